@@ -1,0 +1,144 @@
+"""The sequential network: the notebook's ``SimpleSequenceNetwork`` as a ``tf.Module``."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from tfnn.layers import Dense
+from tfnn.losses import get_loss, softmax_cross_entropy_from_logits
+
+SPEC_FORMAT = "tfnn.sequential/1"
+
+
+class Sequential(tf.Module):
+    """Layers applied in order, with a loss. Inputs are ``(batch, input_dim)`` float32."""
+
+    def __init__(
+        self, layers: Sequence[Dense], loss: str = "cross_entropy_error", name: str | None = None
+    ):
+        super().__init__(name=name)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for before, after in zip(layers, layers[1:]):
+            if before.w.shape[1] != after.w.shape[0]:
+                raise ValueError(
+                    f"layer sizes do not chain: {before!r} outputs {before.w.shape[1]} "
+                    f"but {after!r} takes {after.w.shape[0]}"
+                )
+        self.layers = list(layers)
+        self.loss_name = loss
+        self.loss_function = get_loss(loss)
+        # Softmax followed by cross-entropy is computed from the logits in one stable
+        # kernel; the unfused pair underflows to log(1e-7) once a probability hits 0.
+        self.fused_softmax_cross_entropy = (
+            self.layers[-1].activation_name == "softmax" and loss == "cross_entropy_error"
+        )
+
+    @property
+    def all_weights(self) -> list[tf.Variable]:
+        """``[w0, b0, w1, b1, ...]``: every layer's weights, input layer first."""
+        return [weight for layer in self.layers for weight in layer.weights]
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.layers[0].w.shape[0])
+
+    def logits(self, x: tf.Tensor) -> tf.Tensor:
+        """The last layer's pre-activation, ``(batch, outputs)``."""
+        for layer in self.layers[:-1]:
+            x = layer(x)
+        return self.layers[-1].pre_activation(x)
+
+    def predict(self, x: tf.Tensor) -> tf.Tensor:
+        """The network's output, ``(batch, outputs)``: class probabilities for softmax."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        # Compiled with a signature so a SavedModel (and MLflow's tensorflow flavour)
+        # can serve it; training calls the plain Python methods inside its own graph.
+        return self.predict(x)
+
+    def loss_from_logits(self, logits: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        """The loss of ``(batch, outputs)`` logits against one-hot or real ``target``."""
+        if self.fused_softmax_cross_entropy:
+            return softmax_cross_entropy_from_logits(logits, target)
+        return self.loss_function(self.layers[-1].activation(logits), target)
+
+    def loss(self, x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        """Scalar loss of the predictions for ``x`` against ``target``."""
+        return self.loss_from_logits(self.logits(x), target)
+
+    def accuracy(self, x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        """Fraction of rows whose arg-max prediction equals the arg-max of one-hot ``target``."""
+        hits = tf.equal(tf.argmax(self.predict(x), axis=1), tf.argmax(target, axis=1))
+        return tf.reduce_mean(tf.cast(hits, tf.float32))
+
+    def gradient(self, x: tf.Tensor, target: tf.Tensor) -> list[tf.Tensor]:
+        """d loss / d weight for every weight, in ``all_weights`` order."""
+        with tf.GradientTape() as tape:
+            loss = self.loss(x, target)
+        return tape.gradient(loss, self.all_weights)
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description that ``from_spec`` rebuilds (weights not included)."""
+        return {
+            "format": SPEC_FORMAT,
+            "loss": self.loss_name,
+            "layers": [
+                {
+                    "input_dim": int(layer.w.shape[0]),
+                    "units": int(layer.w.shape[1]),
+                    "activation": layer.activation_name,
+                }
+                for layer in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Sequential":
+        """A network of the described shape with fresh weights."""
+        if spec.get("format") != SPEC_FORMAT:
+            raise ValueError(f"architecture format must be {SPEC_FORMAT!r}, got {spec.get('format')!r}")
+        layers = [
+            Dense(layer["input_dim"], layer["units"], layer["activation"], name=f"dense_{i}")
+            for i, layer in enumerate(spec["layers"])
+        ]
+        return cls(layers, loss=spec["loss"])
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([{inner}], loss={self.loss_name!r})"
+
+
+def build_mlp(
+    sizes: Sequence[int],
+    hidden_activation: str = "relu",
+    output_activation: str = "softmax",
+    loss: str = "cross_entropy_error",
+    initializer: str = "he_normal",
+    seed: int = 0,
+) -> Sequential:
+    """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, e.g. ``[784, 100, 50, 10]``.
+
+    Layer ``i`` is initialised with the stateless seed ``(seed, i)``, so a seed fixes
+    every weight.
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs an input and an output size, got {list(sizes)}")
+    last = len(sizes) - 2
+    layers = [
+        Dense(
+            fan_in,
+            fan_out,
+            output_activation if i == last else hidden_activation,
+            initializer,
+            seed=(seed, i),
+            name=f"dense_{i}",
+        )
+        for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:]))
+    ]
+    return Sequential(layers, loss=loss)

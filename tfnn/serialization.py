@@ -1,0 +1,99 @@
+"""Saving networks: an architecture JSON beside an ``.npz`` of weights, never pickle.
+
+``architecture.json`` is ``Sequential.spec()``; ``weights.npz`` holds one float32 array
+per weight, keyed ``layer{i}/weight`` and ``layer{i}/bias``. Mid-training checkpoints
+use ``tf.train.Checkpoint`` instead (see ``TrainingCheckpoint``).
+"""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfnn.network import Sequential
+from tfnn.training import History
+
+ARCHITECTURE_FILE = "architecture.json"
+WEIGHTS_FILE = "weights.npz"
+
+
+class ModelFileError(ValueError):
+    """A saved network cannot be loaded: the message names the file and the problem."""
+
+
+def _weight_keys(network: Sequential) -> list[str]:
+    return [f"layer{i}/{part}" for i in range(len(network.layers)) for part in ("weight", "bias")]
+
+
+def save_network(network: Sequential, directory: str | Path) -> Path:
+    """Write ``architecture.json`` and ``weights.npz`` for ``network`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ARCHITECTURE_FILE).write_text(json.dumps(network.spec(), indent=2) + "\n")
+    arrays = {key: w.numpy() for key, w in zip(_weight_keys(network), network.all_weights)}
+    np.savez(directory / WEIGHTS_FILE, **arrays)
+    return directory
+
+
+def load_network(directory: str | Path) -> Sequential:
+    """Rebuild the network saved by ``save_network`` in ``directory``."""
+    directory = Path(directory)
+    spec_path, weights_path = directory / ARCHITECTURE_FILE, directory / WEIGHTS_FILE
+    try:
+        spec = json.loads(spec_path.read_text())
+        network = Sequential.from_spec(spec)
+    except FileNotFoundError:
+        raise ModelFileError(f"{spec_path}: no such file; save the network with save_network") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFileError(f"{spec_path}: invalid architecture: {error}") from None
+    try:
+        with np.load(weights_path, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+    except FileNotFoundError:
+        raise ModelFileError(f"{weights_path}: no such file; save the network with save_network") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ModelFileError(f"{weights_path}: unreadable (truncated or not an .npz file): {error}") from None
+    for key, variable in zip(_weight_keys(network), network.all_weights):
+        if key not in arrays:
+            raise ModelFileError(f"{weights_path}: missing array {key!r} for {spec_path.name}")
+        if arrays[key].shape != tuple(variable.shape):
+            raise ModelFileError(
+                f"{weights_path}: {key} has shape {arrays[key].shape} but the architecture "
+                f"needs {tuple(variable.shape)}"
+            )
+        variable.assign(arrays[key].astype(np.float32))
+    return network
+
+
+class TrainingCheckpoint:
+    """Everything needed to continue training after a crash: weights, the completed epoch
+    count and the history so far, written atomically by ``tf.train.CheckpointManager``.
+
+    The shuffling state needs no saving: ``tfnn.training.epoch_order`` derives each
+    epoch's order from the seed and the epoch number.
+    """
+
+    def __init__(self, network: Sequential, directory: str | Path, max_to_keep: int | None = None):
+        self.network = network
+        self.directory = Path(directory)
+        self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+        self.history_json = tf.Variable("{}", dtype=tf.string, name="history")
+        checkpoint = tf.train.Checkpoint(network=network, epoch=self.epoch, history=self.history_json)
+        self.manager = tf.train.CheckpointManager(checkpoint, str(self.directory), max_to_keep)
+
+    def save(self, epoch: int, history: History) -> str:
+        """Record that ``epoch`` epochs are complete; returns the checkpoint's path prefix."""
+        self.epoch.assign(epoch)
+        self.history_json.assign(json.dumps(history.__dict__))
+        return self.manager.save(checkpoint_number=epoch)
+
+    def restore_latest(self) -> tuple[int, History]:
+        """Load the newest checkpoint into the network: ``(completed epochs, history)``,
+        or ``(0, empty History)`` when there is none."""
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return 0, History()
+        self.manager.checkpoint.restore(latest).assert_consumed()
+        return int(self.epoch.numpy()), History(**json.loads(self.history_json.numpy().decode()))

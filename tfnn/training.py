@@ -1,0 +1,200 @@
+"""The training loop: the notebook's ``fit``, compiled so an epoch runs as one graph.
+
+The notebook runs every step eagerly from Python, paying interpreter and dispatch
+overhead on every tiny matmul. Here the steps of an epoch (or of a chunk of it,
+when a step callback wants progress) run inside one ``tf.function`` loop, and
+Python only sees the per-step losses when the chunk ends.
+"""
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from tfnn.network import Sequential
+from tfnn.optimizers import SGD
+
+# (epoch, metrics, network) after every epoch; epoch counts from 1.
+EpochCallback = Callable[[int, dict[str, float], Sequential], None]
+# (epoch, first_step, losses) after every chunk of steps; steps count from 0 within the epoch.
+StepCallback = Callable[[int, int, np.ndarray], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the weights are those before that step."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(
+            f"training loss became {loss} at epoch {epoch}, step {step}: "
+            "lower the learning rate or check the inputs"
+        )
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+@dataclass
+class History:
+    """What training measured, as plain lists (one entry per step or per epoch)."""
+
+    step_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        """The per-epoch values of epoch ``epoch`` (counted from 1) by name."""
+        i = epoch - 1
+        return {
+            "train_loss": self.train_loss[i],
+            "train_accuracy": self.train_accuracy[i],
+            "test_loss": self.test_loss[i],
+            "test_accuracy": self.test_accuracy[i],
+            "epoch_seconds": self.epoch_seconds[i],
+        }
+
+
+class Trainer:
+    """Compiled training and evaluation for one network and optimizer.
+
+    Building the graphs costs a second or two, so a ``Trainer`` is made once and its
+    ``run_steps`` reused for every epoch.
+    """
+
+    def __init__(self, network: Sequential, optimizer: SGD):
+        self.network = network
+        self.optimizer = optimizer
+        self.run_steps = tf.function(self._run_steps)
+        self.evaluate = tf.function(self._evaluate)
+
+    def _run_steps(self, x, y, order, first_step, num_steps, batch_size):
+        """Run ``num_steps`` SGD steps over the rows ``order[first_step * batch_size:]``.
+
+        Returns ``(losses, correct)``: the float32 loss of every step run, and the int32
+        number of correctly classified training rows. Stops early, before updating,
+        at the first non-finite loss, so ``losses`` can be shorter than ``num_steps``.
+        """
+        network, variables = self.network, self.network.all_weights
+        n = tf.shape(order)[0]
+        losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+        correct = tf.constant(0, tf.int32)
+        for i in tf.range(num_steps):
+            start = (first_step + i) * batch_size
+            rows = order[start : tf.minimum(start + batch_size, n)]
+            x_batch, y_batch = tf.gather(x, rows), tf.gather(y, rows)
+            with tf.GradientTape() as tape:
+                logits = network.logits(x_batch)
+                loss = network.loss_from_logits(logits, y_batch)
+            losses = losses.write(i, loss)
+            if not tf.math.is_finite(loss):
+                break
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            correct += _count_correct(logits, y_batch)
+        return losses.stack(), correct
+
+    def _evaluate(self, x, y):
+        """``(loss, accuracy)`` of the network on all of ``x``, ``y``."""
+        logits = self.network.logits(x)
+        accuracy = tf.cast(_count_correct(logits, y), tf.float32) / tf.cast(tf.shape(x)[0], tf.float32)
+        return self.network.loss_from_logits(logits, y), accuracy
+
+
+def _count_correct(logits: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    # arg-max of the logits is the arg-max of every monotone output activation.
+    hits = tf.equal(tf.argmax(logits, axis=1), tf.argmax(target, axis=1))
+    return tf.reduce_sum(tf.cast(hits, tf.int32))
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> tf.Tensor:
+    """The shuffled row order of ``epoch``: a pure function of the seed and the epoch,
+    so a run resumed at any epoch shuffles exactly as an uninterrupted one."""
+    return tf.random.experimental.stateless_shuffle(tf.range(num_examples), seed=[seed, epoch])
+
+
+def fit(
+    network: Sequential,
+    optimizer: SGD,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int = 0,
+    callbacks: Sequence[EpochCallback] = (),
+    step_callback: StepCallback | None = None,
+    steps_per_call: int | None = None,
+    initial_epoch: int = 0,
+    history: History | None = None,
+    trainer: Trainer | None = None,
+) -> History:
+    """Train ``network`` with minibatch ``optimizer`` steps for epochs ``initial_epoch+1..epochs``.
+
+    ``train`` and ``test`` are ``(x, y)`` pairs: ``x`` float32 ``(n, input_dim)``, ``y``
+    float32 ``(n, outputs)``. Each epoch visits the training rows in a fresh order
+    fixed by ``(seed, epoch)``, in batches of ``batch_size`` (the last may be smaller).
+    After each epoch the test set is evaluated and every callback is called.
+    ``step_callback`` is called after every ``steps_per_call`` steps (default: once
+    per epoch). To resume, pass the completed epoch count as ``initial_epoch`` and the
+    history so far. Raises ``NonFiniteLossError`` naming the epoch and step where
+    the loss stopped being finite.
+    """
+    x_train, y_train = (tf.convert_to_tensor(a, tf.float32) for a in train)
+    x_test, y_test = (tf.convert_to_tensor(a, tf.float32) for a in test)
+    num_examples = int(x_train.shape[0])
+    _check_fit_arguments(num_examples, int(x_test.shape[0]), epochs, batch_size, steps_per_call)
+    trainer = trainer or Trainer(network, optimizer)
+    history = history or History()
+    steps_per_epoch = math.ceil(num_examples / batch_size)
+    chunk = steps_per_call or steps_per_epoch
+
+    for epoch in range(initial_epoch + 1, epochs + 1):
+        started = time.perf_counter()
+        order = epoch_order(num_examples, seed, epoch)
+        epoch_losses, correct = [], 0
+        for first in range(0, steps_per_epoch, chunk):
+            count = min(chunk, steps_per_epoch - first)
+            losses, chunk_correct = trainer.run_steps(
+                x_train, y_train, order, tf.constant(first), tf.constant(count),
+                tf.constant(batch_size),
+            )
+            losses = losses.numpy()
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                raise NonFiniteLossError(epoch, first + int(bad[0]), float(losses[bad[0]]))
+            epoch_losses.append(losses)
+            correct += int(chunk_correct)
+            if step_callback is not None:
+                step_callback(epoch, first, losses)
+        test_loss, test_accuracy = trainer.evaluate(x_test, y_test)
+        losses = np.concatenate(epoch_losses)
+        history.step_loss.extend(losses.tolist())
+        history.train_loss.append(float(losses.mean()))
+        history.train_accuracy.append(correct / num_examples)
+        history.test_loss.append(float(test_loss))
+        history.test_accuracy.append(float(test_accuracy))
+        history.epoch_seconds.append(time.perf_counter() - started)
+        metrics = history.epoch_metrics(epoch)
+        for callback in callbacks:
+            callback(epoch, metrics, network)
+    return history
+
+
+def _check_fit_arguments(
+    num_train: int, num_test: int, epochs: int, batch_size: int, steps_per_call: int | None
+) -> None:
+    if num_train == 0 or num_test == 0:
+        raise ValueError("training and test sets must not be empty")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not 1 <= batch_size <= num_train:
+        raise ValueError(f"batch_size must be between 1 and {num_train} (the training set size), got {batch_size}")
+    if steps_per_call is not None and steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")

@@ -23,7 +23,7 @@ def he_normal(shape: tuple[int, int], seed: tuple[int, int]) -> tf.Tensor:
 
 
 def glorot_uniform(shape: tuple[int, int], seed: tuple[int, int]) -> tf.Tensor:
-    """``U(-l, l)`` with ``l = sqrt(6 / (fan_in + fan_out))`` (Glorot & Bengio 2010), Keras' default."""
+    """``U(-l, l)``, ``l = sqrt(6 / (fan_in + fan_out))`` (Glorot & Bengio 2010), Keras' default."""
     limit = math.sqrt(6.0 / (shape[0] + shape[1]))
     return tf.random.stateless_uniform(shape, seed, minval=-limit, maxval=limit)
 

@@ -1,6 +1,7 @@
 """The sequential network: the notebook's ``SimpleSequenceNetwork`` as a ``tf.Module``."""
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import tensorflow as tf
@@ -20,7 +21,7 @@ class Sequential(tf.Module):
         super().__init__(name=name)
         if not layers:
             raise ValueError("Sequential needs at least one layer")
-        for before, after in zip(layers, layers[1:]):
+        for before, after in pairwise(layers):
             if before.w.shape[1] != after.w.shape[0]:
                 raise ValueError(
                     f"layer sizes do not chain: {before!r} outputs {before.w.shape[1]} "
@@ -39,6 +40,11 @@ class Sequential(tf.Module):
     def all_weights(self) -> list[tf.Variable]:
         """``[w0, b0, w1, b1, ...]``: every layer's weights, input layer first."""
         return [weight for layer in self.layers for weight in layer.weights]
+
+    @property
+    def num_parameters(self) -> int:
+        """How many numbers the network learns: the sizes of all weights and biases."""
+        return sum(int(w.shape.num_elements()) for w in self.all_weights)
 
     @property
     def input_dim(self) -> int:
@@ -102,7 +108,9 @@ class Sequential(tf.Module):
     def from_spec(cls, spec: dict[str, Any]) -> "Sequential":
         """A network of the described shape with fresh weights."""
         if spec.get("format") != SPEC_FORMAT:
-            raise ValueError(f"architecture format must be {SPEC_FORMAT!r}, got {spec.get('format')!r}")
+            raise ValueError(
+                f"architecture format must be {SPEC_FORMAT!r}, got {spec.get('format')!r}"
+            )
         layers = [
             Dense(layer["input_dim"], layer["units"], layer["activation"], name=f"dense_{i}")
             for i, layer in enumerate(spec["layers"])
@@ -139,6 +147,6 @@ def build_mlp(
             seed=(seed, i),
             name=f"dense_{i}",
         )
-        for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:]))
+        for i, (fan_in, fan_out) in enumerate(pairwise(sizes))
     ]
     return Sequential(layers, loss=loss)

@@ -45,16 +45,22 @@ def load_network(directory: str | Path) -> Sequential:
         spec = json.loads(spec_path.read_text())
         network = Sequential.from_spec(spec)
     except FileNotFoundError:
-        raise ModelFileError(f"{spec_path}: no such file; save the network with save_network") from None
+        raise ModelFileError(
+            f"{spec_path}: no such file; save the network with save_network"
+        ) from None
     except (ValueError, KeyError, TypeError) as error:
         raise ModelFileError(f"{spec_path}: invalid architecture: {error}") from None
     try:
         with np.load(weights_path, allow_pickle=False) as saved:
             arrays = {key: saved[key] for key in saved.files}
     except FileNotFoundError:
-        raise ModelFileError(f"{weights_path}: no such file; save the network with save_network") from None
+        raise ModelFileError(
+            f"{weights_path}: no such file; save the network with save_network"
+        ) from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-        raise ModelFileError(f"{weights_path}: unreadable (truncated or not an .npz file): {error}") from None
+        raise ModelFileError(
+            f"{weights_path}: unreadable (truncated or not an .npz file): {error}"
+        ) from None
     for key, variable in zip(_weight_keys(network), network.all_weights):
         if key not in arrays:
             raise ModelFileError(f"{weights_path}: missing array {key!r} for {spec_path.name}")
@@ -80,7 +86,9 @@ class TrainingCheckpoint:
         self.directory = Path(directory)
         self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
         self.history_json = tf.Variable("{}", dtype=tf.string, name="history")
-        checkpoint = tf.train.Checkpoint(network=network, epoch=self.epoch, history=self.history_json)
+        checkpoint = tf.train.Checkpoint(
+            network=network, epoch=self.epoch, history=self.history_json
+        )
         self.manager = tf.train.CheckpointManager(checkpoint, str(self.directory), max_to_keep)
 
     def save(self, epoch: int, history: History) -> str:

@@ -103,7 +103,9 @@ class Trainer:
     def _evaluate(self, x, y):
         """``(loss, accuracy)`` of the network on all of ``x``, ``y``."""
         logits = self.network.logits(x)
-        accuracy = tf.cast(_count_correct(logits, y), tf.float32) / tf.cast(tf.shape(x)[0], tf.float32)
+        accuracy = tf.cast(_count_correct(logits, y), tf.float32) / tf.cast(
+            tf.shape(x)[0], tf.float32
+        )
         return self.network.loss_from_logits(logits, y), accuracy
 
 
@@ -162,7 +164,11 @@ def fit(
         for first in range(0, steps_per_epoch, chunk):
             count = min(chunk, steps_per_epoch - first)
             losses, chunk_correct = trainer.run_steps(
-                x_train, y_train, order, tf.constant(first), tf.constant(count),
+                x_train,
+                y_train,
+                order,
+                tf.constant(first),
+                tf.constant(count),
                 tf.constant(batch_size),
             )
             losses = losses.numpy()
@@ -195,6 +201,9 @@ def _check_fit_arguments(
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 1 <= batch_size <= num_train:
-        raise ValueError(f"batch_size must be between 1 and {num_train} (the training set size), got {batch_size}")
+        raise ValueError(
+            f"batch_size must be between 1 and the training set size {num_train}, "
+            f"got {batch_size}"
+        )
     if steps_per_call is not None and steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")

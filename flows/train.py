@@ -1,0 +1,54 @@
+"""The training flow: load, preprocess, build, train, evaluate, plot, all tracked in MLflow."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.config import TrainConfig
+from tasks.data import load_data, prepare_data
+from tasks.evaluate import evaluate
+from tasks.model import build_network
+from tasks.plots import plot_run
+from tasks.reporting import publish_summary
+from tasks.tracking import log_dataset, log_evaluation, log_trained_model, tracked_run
+from tasks.training import train
+from tfnn.training import History
+
+DEFAULT_EXPERIMENT = "tfnn-mnist"
+DEFAULT_OUTPUT_DIR = "outputs"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced: its MLflow ids, its history and its final metrics."""
+
+    run_id: str
+    model_uri: str
+    history: History
+    metrics: dict[str, float]
+
+
+@flow(name="train-mnist", log_prints=True)
+def train_flow(
+    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
+    experiment: str = DEFAULT_EXPERIMENT,
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Train the configured network on MNIST and record everything in one MLflow run."""
+    with tracked_run(config.as_params(), experiment, parent_run_id, run_name) as run_id:
+        run_dir = Path(output_dir) / run_id
+        data = prepare_data(load_data(config.data_source))
+        network = build_network(config, data.input_dim, data.num_classes)
+        log_dataset(run_id, data, network.num_parameters)
+        history = train(network, data, config, run_id, str(run_dir / "checkpoints"), show_progress)
+        evaluation = evaluate(network, data)
+        log_evaluation(
+            run_id, evaluation, plot_run(history, evaluation, data, str(run_dir / "plots"))
+        )
+        model_uri = log_trained_model(run_id, network, data)
+        publish_summary(run_id, model_uri, history, evaluation)
+    return TrainResult(run_id, model_uri, history, evaluation.metrics())

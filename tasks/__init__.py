@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, typed wrappers over tfnn plus the MLflow tracking they own."""

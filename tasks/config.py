@@ -1,0 +1,94 @@
+"""The one typed description of a training run.
+
+The CLI flags, the Prefect flow parameters and the MLflow params are all derived
+from ``TrainConfig``; nothing re-lists its fields by hand.
+"""
+
+import math
+import os
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tfnn.activations import ACTIVATIONS
+from tfnn.initializers import INITIALIZERS
+from tfnn.losses import LOSSES
+
+DATA_DIR_ENV = "TFNN_DATA_DIR"
+
+
+def default_data_source() -> str:
+    """``$TFNN_DATA_DIR`` when set (a directory of IDX files), else tensorflow-datasets."""
+    return os.environ.get(DATA_DIR_ENV) or "tfds:mnist"
+
+
+def _one_of(known: dict[str, Any], kind: str):
+    def check(value: str) -> str:
+        if value not in known:
+            raise ValueError(f"unknown {kind} {value!r}: use one of {', '.join(known)}")
+        return value
+
+    return check
+
+
+class TrainConfig(BaseModel):
+    """A training run; the defaults are the notebook's MNIST run with He initialisation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (100, 50), description="units of each hidden layer, input side first"
+    )
+    activation: str = Field("relu", description="hidden-layer activation")
+    output_activation: str = Field("softmax", description="output-layer activation")
+    loss: str = Field("cross_entropy_error", description="loss function")
+    initializer: str = Field("he_normal", description="weight initialiser")
+    learning_rate: float = Field(0.1, gt=0, description="SGD learning rate")
+    batch_size: int = Field(32, ge=1, description="examples per SGD step")
+    epochs: int = Field(5, ge=1, description="passes over the training set")
+    seed: int = Field(42, description="seed for weights and shuffling")
+    data_source: str = Field(
+        default_factory=default_data_source,
+        description="'tfds:mnist', 'tfds:fashion_mnist' or a directory of IDX files",
+    )
+
+    _check_activation = field_validator("activation", "output_activation")(
+        _one_of(ACTIVATIONS, "activation")
+    )
+    _check_loss = field_validator("loss")(_one_of(LOSSES, "loss"))
+    _check_initializer = field_validator("initializer")(_one_of(INITIALIZERS, "initializer"))
+
+    @field_validator("hidden_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        # "100,50" from a command line or an environment.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    def layer_sizes(self, input_dim: int, num_classes: int) -> list[int]:
+        """``[input_dim, *hidden_sizes, num_classes]``."""
+        return [input_dim, *self.hidden_sizes, num_classes]
+
+    def as_params(self) -> dict[str, str]:
+        """Every field as an MLflow param (strings; sizes as ``100,50``)."""
+        params = self.model_dump()
+        params["hidden_sizes"] = ",".join(map(str, self.hidden_sizes))
+        return {key: str(value) for key, value in params.items()}
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each bad field: ``learning_rate: Input should be greater than 0 (got 0)``."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message} (got {item.get('input')!r})")
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,65 @@
+"""Tasks that load and preprocess MNIST."""
+
+from dataclasses import dataclass
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tfnn.data import DataError, MnistArrays, load_dataset, preprocess
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """Model-ready splits: ``x`` float32 ``(n, 784)`` in [0, 1], ``y`` one-hot ``(n, 10)``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_labels: np.ndarray
+    test_images: np.ndarray
+    source: str
+    digest: str
+
+    @property
+    def input_dim(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.y_train.shape[1]
+
+
+def _download_may_succeed_on_retry(task, task_run, state) -> bool:
+    # Only a tfds download can fail transiently; a bad directory or an offline
+    # machine fails the same way every time, so it fails at once.
+    error = state.result(raise_on_failure=False)
+    return (
+        isinstance(error, DataError)
+        and str(error).startswith("tfds:")
+        and "unreachable" not in str(error)
+    )
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_download_may_succeed_on_retry)
+def load_data(source: str) -> MnistArrays:
+    """MNIST as uint8 arrays from ``tfds:NAME`` or a directory of IDX files."""
+    return load_dataset(source)
+
+
+@task(cache_policy=NONE)
+def prepare_data(arrays: MnistArrays) -> PreparedData:
+    """Flatten and scale the images and one-hot the labels, as the notebook does."""
+    x_train, y_train = preprocess(arrays.train_images, arrays.train_labels)
+    x_test, y_test = preprocess(arrays.test_images, arrays.test_labels)
+    return PreparedData(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        test_labels=arrays.test_labels,
+        test_images=arrays.test_images,
+        source=arrays.source,
+        digest=arrays.digest(),
+    )

@@ -1,0 +1,47 @@
+"""The task that measures a trained network on the test set."""
+
+from dataclasses import dataclass
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.data import PreparedData
+from tfnn.metrics import confusion_matrix, per_class_accuracy
+from tfnn.network import Sequential
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Test-set results: probabilities ``(n, classes)``, predicted labels ``(n,)``,
+    the confusion matrix (row = true class) and the accuracy of each class."""
+
+    test_loss: float
+    test_accuracy: float
+    probabilities: np.ndarray
+    predicted_labels: np.ndarray
+    confusion: np.ndarray
+    class_accuracy: np.ndarray
+
+    def metrics(self) -> dict[str, float]:
+        """Final metrics by MLflow name, per-class accuracy as ``test_accuracy_class_<k>``."""
+        metrics = {"final_test_loss": self.test_loss, "final_test_accuracy": self.test_accuracy}
+        for k, value in enumerate(self.class_accuracy):
+            metrics[f"test_accuracy_class_{k}"] = float(value)
+        return metrics
+
+
+@task(cache_policy=NONE)
+def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
+    """Loss, accuracy, per-class accuracy and confusion matrix of ``network`` on the test set."""
+    probabilities = network(data.x_test).numpy()
+    predicted = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(data.test_labels, predicted, data.num_classes)
+    return Evaluation(
+        test_loss=float(network.loss(data.x_test, data.y_test)),
+        test_accuracy=float(np.trace(confusion) / confusion.sum()),
+        probabilities=probabilities,
+        predicted_labels=predicted,
+        confusion=confusion,
+        class_accuracy=per_class_accuracy(confusion),
+    )

@@ -1,0 +1,119 @@
+"""Tasks that draw a run's figures as PNG files with matplotlib (no display needed)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: scheduled runs have no display
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.data import PreparedData
+from tasks.evaluate import Evaluation
+from tfnn.training import History
+
+DIGITS_SHOWN = 24
+
+
+def _save(figure: Figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return str(path)
+
+
+def plot_step_loss(history: History, path: Path) -> str:
+    """The notebook's plot: train loss at every step."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(history.step_loss, linewidth=0.6)
+    axes.set(xlabel="step", ylabel="train loss", title="Train loss per step")
+    return _save(figure, path)
+
+
+def plot_accuracy(history: History, path: Path) -> str:
+    """Train and test accuracy after each epoch."""
+    epochs = np.arange(1, history.epochs + 1)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(epochs, history.train_accuracy, "o-", label="train")
+    axes.plot(epochs, history.test_accuracy, "s-", label="test")
+    axes.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch", xticks=epochs)
+    axes.legend()
+    return _save(figure, path)
+
+
+def plot_confusion(confusion: np.ndarray, path: Path) -> str:
+    """The confusion matrix with counts; rows are true classes."""
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    image = axes.imshow(confusion, cmap="Blues")
+    classes = np.arange(len(confusion))
+    axes.set(
+        xticks=classes, yticks=classes, xlabel="predicted", ylabel="true", title="Confusion matrix"
+    )
+    threshold = confusion.max() / 2
+    for (row, column), count in np.ndenumerate(confusion):
+        axes.text(
+            column,
+            row,
+            count,
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
+    figure.colorbar(image, ax=axes)
+    return _save(figure, path)
+
+
+def plot_digits(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, path: Path) -> str:
+    """Test digits titled ``predicted (true)``: the first mistakes in red, then correct ones."""
+    wrong = np.flatnonzero(predicted != true)[: DIGITS_SHOWN // 2]
+    right = np.flatnonzero(predicted == true)[: DIGITS_SHOWN - len(wrong)]
+    shown = np.concatenate([wrong, right])
+    figure, grid = plt.subplots(4, DIGITS_SHOWN // 4, figsize=(9, 6.5))
+    for axes, index in zip(grid.flat, shown):
+        axes.imshow(images[index], cmap="gray")
+        axes.set_title(
+            f"{predicted[index]} ({true[index]})",
+            fontsize=9,
+            color="red" if predicted[index] != true[index] else "black",
+        )
+    for axes in grid.flat:
+        axes.axis("off")
+    figure.suptitle("Test digits: predicted (true); mistakes in red")
+    return _save(figure, path)
+
+
+@task(cache_policy=NONE)
+def plot_run(
+    history: History, evaluation: Evaluation, data: PreparedData, directory: str
+) -> list[str]:
+    """Write the run's four PNG figures into ``directory``; returns their paths."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_step_loss(history, out / "train_loss.png"),
+        plot_accuracy(history, out / "accuracy.png"),
+        plot_confusion(evaluation.confusion, out / "confusion_matrix.png"),
+        plot_digits(
+            data.test_images, data.test_labels, evaluation.predicted_labels, out / "test_digits.png"
+        ),
+    ]
+
+
+@task(cache_policy=NONE)
+def plot_comparison(histories: dict[str, History], path: str) -> str:
+    """Step loss and test accuracy of several runs, labelled by name, on one figure."""
+    figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, history in histories.items():
+        losses.plot(history.step_loss, linewidth=0.6, label=name)
+        accuracy.plot(np.arange(1, history.epochs + 1), history.test_accuracy, "o-", label=name)
+    losses.set(xlabel="step", ylabel="train loss", title="Train loss per step")
+    accuracy.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
+    losses.legend()
+    accuracy.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, Path(path))

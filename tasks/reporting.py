@@ -1,0 +1,32 @@
+"""Prefect artifacts that summarise a run and point at its MLflow record."""
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks.evaluate import Evaluation
+from tfnn.training import History
+
+
+@task(cache_policy=NONE)
+def publish_summary(run_id: str, model_uri: str, history: History, evaluation: Evaluation) -> None:
+    """A markdown artifact with the final metrics and the MLflow run id, and a table
+    artifact of the per-epoch metrics."""
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation.metrics().items())
+    create_markdown_artifact(
+        key="training-summary",
+        description="Final metrics of the training run and where MLflow keeps it",
+        markdown=(
+            f"# Training run `{run_id}`\n\n"
+            f"MLflow run id: `{run_id}`  \nModel: `{model_uri}`\n\n"
+            f"| metric | value |\n|---|---|\n{rows}\n"
+        ),
+    )
+    create_table_artifact(
+        key="epoch-metrics",
+        description="Metrics after each epoch",
+        table=[
+            {"epoch": epoch, **history.epoch_metrics(epoch)}
+            for epoch in range(1, history.epochs + 1)
+        ],
+    )

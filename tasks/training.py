@@ -1,0 +1,72 @@
+"""The task that trains a network with tfnn's manual loop, logging to MLflow as it goes."""
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.config import TrainConfig
+from tasks.data import PreparedData
+from tasks.tracking import EpochLogger
+from tfnn.network import Sequential
+from tfnn.optimizers import SGD
+from tfnn.serialization import TrainingCheckpoint
+from tfnn.training import History, StepCallback, fit
+
+
+@task(cache_policy=NONE)
+def train(
+    network: Sequential,
+    data: PreparedData,
+    config: TrainConfig,
+    run_id: str,
+    checkpoint_dir: str,
+    show_progress: bool = False,
+) -> History:
+    """Train ``network`` in place with SGD; after every epoch log metrics and a checkpoint.
+
+    Checkpoints go to ``checkpoint_dir`` (kept there if the run fails) and to the run's
+    ``checkpoints/`` artifacts.
+    """
+    history = History()
+    steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
+    checkpoint = TrainingCheckpoint(network, Path(checkpoint_dir))
+    logger = EpochLogger(run_id, checkpoint, history, steps_per_epoch)
+    with _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance:
+        return fit(
+            network,
+            SGD(config.learning_rate),
+            (data.x_train, data.y_train),
+            (data.x_test, data.y_test),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            callbacks=[logger],
+            history=history,
+            step_callback=advance,
+            # Each refresh ends a compiled chunk of steps, so refresh ~20 times an epoch.
+            steps_per_call=max(1, steps_per_epoch // 20) if advance else None,
+        )
+
+
+@contextmanager
+def _progress_bar(
+    enabled: bool, epochs: int, steps_per_epoch: int
+) -> Iterator[StepCallback | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress  # rich comes with prefect
+
+    with Progress() as progress:
+        bar = progress.add_task("training", total=epochs * steps_per_epoch)
+
+        def advance(epoch: int, first_step: int, losses: np.ndarray) -> None:
+            description = f"epoch {epoch}/{epochs} loss {losses[-1]:.4f}"
+            progress.update(bar, advance=len(losses), description=description)
+
+        yield advance

@@ -1,0 +1,300 @@
+"""MNIST loading: IDX files from a local directory, or tensorflow-datasets.
+
+Every data problem raises `DataError` with a one-line message that names the file (or
+dataset) and the problem. Images stay uint8 until `preprocess`, so the arrays are exactly
+the bytes on disk and `MnistArrays.digest()` can record what a run trained on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import socket
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DATA_DIR_HINT = (
+    "pass a local directory holding the four MNIST IDX files instead "
+    "(--data-dir DIR or the TFNN_DATA_DIR environment variable)"
+)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_KIND = {IMAGES_MAGIC: "IDX unsigned-byte images", LABELS_MAGIC: "IDX unsigned-byte labels"}
+
+
+class DataError(ValueError):
+    """A dataset is missing, unreadable or malformed; the message says which and why."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing numpy arrays with == is ambiguous
+class MnistArrays:
+    """Raw MNIST splits: images (n, 28, 28) uint8, labels (n,) uint8, and where they came from."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+    def digest(self) -> str:
+        """Sha256 hex of the four arrays (shape, dtype and bytes), independent of `source`."""
+        h = hashlib.sha256()
+        for a in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(f"{a.shape}{a.dtype.str};".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return (
+            f"MnistArrays(train={self.train_images.shape}, test={self.test_images.shape}, "
+            f"source={self.source!r})"
+        )
+
+
+# --- IDX files ------------------------------------------------------------------------------
+
+
+def _read_idx(path: str | Path, magic: int, ndim: int) -> np.ndarray:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read file ({e.strerror})") from e
+    # Trust the content, not the name: a mirror may serve an uncompressed file as .gz.
+    compressed = raw[:2] == _GZIP_MAGIC
+    if compressed:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt gzip data ({e}); download the file again") from e
+    header_size = 4 + 4 * ndim
+    # Magic first: a short file of the other IDX kind should say "wrong kind", not "too short".
+    found = struct.unpack_from(">I", raw)[0] if len(raw) >= 4 else None
+    if found is not None and found != magic:
+        note = (
+            " (nor gzip data, despite the .gz name)"
+            if path.suffix == ".gz" and not compressed
+            else ""
+        )
+        raise DataError(
+            f"{path}: wrong magic number 0x{found:08X}, expected 0x{magic:08X} "
+            f"({_KIND[magic]}){note}"
+        )
+    if len(raw) < header_size:
+        raise DataError(
+            f"{path}: {len(raw)} bytes is too short for an IDX header ({header_size} bytes); "
+            "the file is empty or not IDX"
+        )
+    shape = struct.unpack_from(f">{ndim}I", raw, 4)
+    expected = header_size + int(np.prod(shape))
+    if len(raw) < expected:
+        raise DataError(
+            f"{path}: truncated, header says {shape[0]} items ({expected} bytes) "
+            f"but the file has {len(raw)} bytes; download it again"
+        )
+    if len(raw) > expected:
+        raise DataError(
+            f"{path}: {len(raw) - expected} bytes after the {shape[0]} items the header "
+            "announces; the header or the file is wrong"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def load_idx_images(path: str | Path) -> np.ndarray:
+    """Read an IDX image file: (n, rows, cols) uint8, sizes from the header.
+
+    Gzip or raw is decided by the content's first bytes, not the name, so a raw file
+    named `.gz` is read as raw; content that is neither valid gzip nor IDX raises
+    DataError. The result is a read-only view of the file's bytes.
+    """
+    return _read_idx(path, IMAGES_MAGIC, 3)
+
+
+def load_idx_labels(path: str | Path) -> np.ndarray:
+    """Read an IDX label file: (n,) uint8; gzip or raw as in `load_idx_images`."""
+    return _read_idx(path, LABELS_MAGIC, 1)
+
+
+def _write_idx(path: str | Path, array: np.ndarray, magic: int, ndim: int) -> None:
+    array = np.asarray(array)
+    if array.ndim != ndim or array.dtype != np.uint8:
+        raise ValueError(f"expected a {ndim}-d uint8 array, got {array.ndim}-d {array.dtype}")
+    data = struct.pack(f">I{ndim}I", magic, *array.shape) + array.tobytes()
+    path = Path(path)
+    # mtime=0 keeps the bytes, and so any checksum of them, reproducible.
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+
+
+def write_idx_images(path: str | Path, images: np.ndarray) -> None:
+    """Write (n, rows, cols) uint8 images as IDX; gzip-compressed if `path` ends in .gz."""
+    _write_idx(path, images, IMAGES_MAGIC, 3)
+
+
+def write_idx_labels(path: str | Path, labels: np.ndarray) -> None:
+    """Write (n,) uint8 labels as IDX; gzip-compressed if `path` ends in .gz."""
+    _write_idx(path, labels, LABELS_MAGIC, 1)
+
+
+def _check_split(
+    images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str
+) -> None:
+    if len(images) == 0:
+        raise DataError(f"{images_name}: empty set (0 images); need at least one image")
+    if images.shape[1:] != IMAGE_SHAPE:
+        found, want = "x".join(map(str, images.shape[1:])), "x".join(map(str, IMAGE_SHAPE))
+        raise DataError(f"{images_name}: images are {found}, expected {want} (MNIST)")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{labels_name}: {len(labels)} labels but {images_name} has {len(images)} images; "
+            "use files from the same split"
+        )
+    bad = (labels < 0) | (labels >= NUM_CLASSES)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{labels_name}: label {labels[i]} at index {i} is outside 0-{NUM_CLASSES - 1}"
+        )
+
+
+def _find(directory: Path, name: str) -> Path:
+    # The compressed file wins if both exist: it is what the mirrors publish.
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    expected = ", ".join(f"{n}[.gz]" for n in MNIST_FILES)
+    raise DataError(f"{directory / name}[.gz]: not found; the directory must hold {expected}")
+
+
+def load_mnist_idx(directory: str | Path) -> MnistArrays:
+    """Load the four canonical MNIST IDX files (each .gz or raw) from `directory`.
+
+    Counts come from the headers (any n > 0); images must be 28x28, labels 0-9.
+    """
+    directory = Path(directory).expanduser().resolve()
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise DataError(f"{directory}: {what}; {DATA_DIR_HINT}")
+    paths = [_find(directory, name) for name in MNIST_FILES]
+    train_x, test_x = load_idx_images(paths[0]), load_idx_images(paths[2])
+    train_y, test_y = load_idx_labels(paths[1]), load_idx_labels(paths[3])
+    _check_split(train_x, train_y, str(paths[0]), str(paths[1]))
+    _check_split(test_x, test_y, str(paths[2]), str(paths[3]))
+    return MnistArrays(train_x, train_y, test_x, test_y, source=str(directory))
+
+
+# --- tensorflow-datasets --------------------------------------------------------------------
+
+
+def tfds_reachable(
+    host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0
+) -> bool:
+    """True if a TCP connection to tfds' download host opens within `timeout` seconds."""
+    ok = []
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    # A thread bounds the DNS lookup too, which the socket timeout does not cover.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+def load_mnist_tfds(name: str = "mnist", data_dir: str | Path | None = None) -> MnistArrays:
+    """Load an MNIST-like tensorflow-datasets dataset (train and test) as uint8 numpy arrays.
+
+    Downloads only if not yet prepared in `data_dir`, and fails fast with a DataError
+    when the download host is unreachable instead of letting tfds retry for minutes.
+    """
+    import tensorflow_datasets as tfds  # lazy: pulls in TensorFlow, not needed for IDX files
+
+    source = f"tfds:{name}"
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DataError(f"{source}: tensorflow-datasets has no dataset {name!r}") from e
+    if not builder.is_prepared():
+        cannot = f"{source}: tensorflow-datasets cannot download {name!r}"
+        if not tfds_reachable():
+            raise DataError(f"{cannot} (storage.googleapis.com unreachable); {DATA_DIR_HINT}")
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # any download failure gets the same way out
+            why = " ".join(str(e).split())  # tfds messages span lines; ours stay on one
+            raise DataError(f"{cannot} ({type(e).__name__}: {why}); {DATA_DIR_HINT}") from e
+    arrays = []
+    for split in ("train", "test"):
+        # Not batch_size=-1: that batches by builder.info's split sizes, which are 0 under
+        # tfds.testing.mock_data, and TensorFlow then aborts the process on batch(sys.maxsize).
+        ds = builder.as_dataset(split=split, as_supervised=True).batch(10_000)
+        batches = list(tfds.as_numpy(ds))
+        if not batches:
+            raise DataError(f"{source} {split}: the split is empty; need at least one image")
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches])
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]  # drop the grayscale channel axis
+        _check_split(images, labels, f"{source} {split} images", f"{source} {split} labels")
+        arrays += [images.astype(np.uint8), labels.astype(np.uint8)]
+    return MnistArrays(*arrays, source=source)
+
+
+def load_dataset(source: str) -> MnistArrays:
+    """Load MNIST from `tfds:NAME` (e.g. tfds:mnist, tfds:fashion_mnist) or an IDX directory."""
+    if not source:
+        raise DataError("empty data source; use tfds:NAME or a directory of MNIST IDX files")
+    scheme, sep, rest = source.partition(":")
+    if scheme == "tfds":
+        if not rest:
+            raise DataError(f"{source}: no dataset name; use e.g. tfds:mnist")
+        return load_mnist_tfds(rest)
+    # Anything else that looks like "scheme:..." (but not a path such as C:\data) is a typo.
+    if sep and re.fullmatch(r"[A-Za-z][\w+.-]+", scheme) and not Path(source).exists():
+        raise DataError(
+            f"{source}: unknown data source scheme {scheme!r}; "
+            "use tfds:NAME or a directory of MNIST IDX files"
+        )
+    return load_mnist_idx(source)
+
+
+# --- model input ----------------------------------------------------------------------------
+
+
+def preprocess(
+    images: np.ndarray, labels: np.ndarray, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and flatten images, one-hot encode labels, as the notebook does.
+
+    images (n, 28, 28) uint8 -> (n, 784) float32 in [0, 1]; labels (n,) int -> (n, 10) float32.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if len(images) != len(labels):
+        raise DataError(f"preprocess: {len(images)} images but {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"preprocess: labels span {labels.min()}-{labels.max()}, expected 0-{num_classes - 1}"
+        )
+    x = images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+    y = np.eye(num_classes, dtype=np.float32)[labels]
+    return x, y

@@ -8,6 +8,7 @@ run id to every task, and every call goes through an ``MlflowClient``.
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,30 +102,68 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
 
 
 class EpochLogger:
-    """A ``tfnn.fit`` callback: after each epoch, log its metrics (``step=epoch``) and a
-    sample of its step losses in one batch, write a checkpoint and upload it."""
+    """A ``tfnn.fit`` callback that tracks each epoch without slowing training down.
+
+    After each epoch it snapshots the weights (a fast copy) and hands the rest to one
+    background thread, in order: write a ``TrainingCheckpoint`` of the snapshot, log
+    the epoch's metrics (``step=epoch``) with a sample of its step losses in one
+    batch, and upload the checkpoint. Use it as a context manager: leaving waits for
+    the queue, so every completed epoch is on disk and in MLflow, and re-raises the
+    first tracking error (unless training itself already failed).
+    """
 
     def __init__(
-        self, run_id: str, checkpoint: TrainingCheckpoint, history: History, steps_per_epoch: int
+        self,
+        run_id: str,
+        network: Sequential,
+        checkpoint_dir: str | Path,
+        history: History,
+        steps_per_epoch: int,
     ):
         self.client = MlflowClient()
         self.run_id = run_id
-        self.checkpoint = checkpoint
         self.history = history
         self.steps_per_epoch = steps_per_epoch
         self.stride = max(1, steps_per_epoch // STEP_LOSS_POINTS_PER_EPOCH)
+        # The background thread checkpoints this twin, so training can go on
+        # changing the real weights meanwhile.
+        self._snapshot = Sequential.from_spec(network.spec())
+        self.checkpoint = TrainingCheckpoint(self._snapshot, checkpoint_dir)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfnn-tracking")
+        self._pending: list[Future] = []
+
+    def __enter__(self) -> "EpochLogger":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self._worker.shutdown(wait=True)
+        if error_type is None:
+            for done in self._pending:
+                done.result()
 
     def __call__(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
+        for done in self._pending:
+            if done.done() and done.exception() is not None:
+                raise done.exception()
+        weights = [w.numpy() for w in network.all_weights]
+        history = History(**{name: list(values) for name, values in vars(self.history).items()})
+        self._pending.append(self._worker.submit(self._log_epoch, epoch, metrics, weights, history))
+
+    def _log_epoch(
+        self, epoch: int, metrics: dict[str, float], weights: list[np.ndarray], history: History
+    ) -> None:
+        for variable, value in zip(self._snapshot.all_weights, weights):
+            variable.assign(value)
+        prefix = Path(self.checkpoint.save(epoch, history))
         now = int(time.time() * 1000)
         batch = [Metric(name, value, now, epoch) for name, value in metrics.items()]
         first_step = (epoch - 1) * self.steps_per_epoch
-        losses = self.history.step_loss[first_step:]
+        losses = history.step_loss[first_step:]
         batch += [
             Metric("step_loss", losses[i], now, first_step + i)
             for i in range(0, len(losses), self.stride)
         ]
         self.client.log_batch(self.run_id, metrics=batch)
-        prefix = Path(self.checkpoint.save(epoch, self.history))
         for path in [prefix.parent / "checkpoint", *prefix.parent.glob(prefix.name + ".*")]:
             self.client.log_artifact(self.run_id, str(path), f"checkpoints/epoch-{epoch:03d}")
 

@@ -3,7 +3,6 @@
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from prefect import task
@@ -14,7 +13,6 @@ from tasks.data import PreparedData
 from tasks.tracking import EpochLogger
 from tfnn.network import Sequential
 from tfnn.optimizers import SGD
-from tfnn.serialization import TrainingCheckpoint
 from tfnn.training import History, StepCallback, fit
 
 
@@ -34,9 +32,10 @@ def train(
     """
     history = History()
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
-    checkpoint = TrainingCheckpoint(network, Path(checkpoint_dir))
-    logger = EpochLogger(run_id, checkpoint, history, steps_per_epoch)
-    with _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance:
+    with (
+        EpochLogger(run_id, network, checkpoint_dir, history, steps_per_epoch) as logger,
+        _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance,
+    ):
         return fit(
             network,
             SGD(config.learning_rate),

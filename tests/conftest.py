@@ -1,0 +1,81 @@
+"""Shared fixtures: an isolated Prefect home and server, real MLflow stores in temporary
+directories, and MNIST-format data (small synthetic files, or the real shared digits)."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports prefect: a private home, no telemetry, room for a slow start,
+# and no servers inherited from the shell that runs the tests.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tfnn-tests-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("TFNN_DATA_DIR", None)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfnn.data import write_idx_images, write_idx_labels  # noqa: E402
+
+REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect server and database for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh local MLflow store (SQLite + ./mlruns) in a temporary working directory."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` learnable 28x28 uint8 "digits": class k is a bright 7x7 square at the k-th
+    of ten fixed places, on noise. Labels cycle 0-9 so every class is present."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    images = rng.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row, column = 2 + 12 * (label // 5), 1 + 5 * (label % 5)
+        images[i, row : row + 7, column : column + 7] = rng.integers(180, 256, size=(7, 7))
+    return images, labels
+
+
+def write_mnist_dir(directory: Path, train_count: int = 600, test_count: int = 200) -> Path:
+    """Write the four canonical MNIST IDX files (gzip) of synthetic digits into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train_count, 1), ("t10k", test_count, 2)):
+        images, labels = synthetic_digits(count, seed)
+        write_idx_images(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx_labels(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def small_mnist_dir(tmp_path_factory) -> Path:
+    """A directory of small synthetic MNIST-format files (600 train, 200 test)."""
+    return write_mnist_dir(tmp_path_factory.mktemp("small-mnist"))
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir() -> Path:
+    """``../shared/data/mnist``: 10k real training digits and the official test set."""
+    if not REAL_MNIST.is_dir():
+        pytest.skip("../shared/data/mnist is absent (it is beside the project in CI)")
+    return REAL_MNIST

@@ -18,7 +18,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("TFNN_DATA_DIR", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfnn.data import write_idx_images, write_idx_labels  # noqa: E402
+from tfnn.data import write_idx_images, write_idx_labels
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

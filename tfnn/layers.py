@@ -1,5 +1,7 @@
 """The dense layer: the notebook's ``SimpleLayer`` as a ``tf.Module``."""
 
+import numbers
+
 import tensorflow as tf
 
 from tfnn.activations import get_activation
@@ -22,12 +24,12 @@ class Dense(tf.Module):
     ):
         super().__init__(name=name)
         for field, value in (("input_dim", input_dim), ("units", units)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"Dense {field} must be a positive integer, got {value!r}")
         self.activation_name = activation
         self.activation = get_activation(activation)
         init = get_initializer(initializer)
-        self.w = tf.Variable(init((input_dim, units), seed), name="weight")
+        self.w = tf.Variable(init((int(input_dim), int(units)), seed), name="weight")
         self.b = tf.Variable(tf.zeros([units]), name="bias")
 
     @property

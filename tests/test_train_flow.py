@@ -386,3 +386,21 @@ def test_run_diverging_later_keeps_the_last_good_checkpoint(
     assert completed == good and history.epochs == good
     assert all(np.isfinite(w.numpy()).all() for w in restored.all_weights)
     assert_weights_equal(restored, [w.numpy() for w in reference.all_weights])
+
+
+# --- the real digits --------------------------------------------------------------------------
+
+
+def test_defaults_reach_94_percent_on_real_mnist(prefect_harness, mlflow_store, real_mnist_dir):
+    # The notebook's run: 784-100-50-10 relu, He initialisation, SGD lr 0.1, batch 32, 5 epochs.
+    config = TrainConfig(data_source=str(real_mnist_dir))
+    result = train_flow(config)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["num_parameters"] == str(784 * 100 + 100 + 100 * 50 + 50 + 50 * 10 + 10)
+    arrays = load_mnist_idx(real_mnist_dir)
+    x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
+    network = load_network(client.download_artifacts(result.run_id, "weights"))
+    accuracy = np.mean(network(x_test).numpy().argmax(axis=1) == arrays.test_labels)
+    assert accuracy >= 0.94
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(accuracy)

@@ -166,9 +166,6 @@ def test_one_value_per_epoch_equal_to_history(run):
         history = run.client.get_metric_history(run.result.run_id, name)
         assert [m.step for m in history] == [1, 2, 3], name
         assert [m.value for m in history] == getattr(run.result.history, name), name
-    # The flow's history is the bare library's: the same accuracy every epoch.
-    assert run.result.history.epochs == EPOCHS
-    assert all(0.0 < s < 600 for s in run.result.history.epoch_seconds)
 
 
 def test_step_loss_is_sampled_at_a_bounded_rate(run):

@@ -86,6 +86,9 @@ def _quiet_tracebacks() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    # The ephemeral server's telemetry heartbeat races the flow for its SQLite database
+    # and logs "database is locked" tracebacks; a user's own setting still wins.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     from tasks.config import describe_validation_error
 

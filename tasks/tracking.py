@@ -5,6 +5,7 @@ worker thread, so nothing here relies on it: the flow opens the run, passes the
 run id to every task, and every call goes through an ``MlflowClient``.
 """
 
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,6 +16,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -74,6 +78,17 @@ def tracked_run(
     client.set_terminated(run_id, "FINISHED")
 
 
+def _dataset_source(source: str) -> DatasetSource:
+    """MLflow's record of where the data came from: a tfds catalog page or a local directory."""
+    scheme, _, name = source.partition(":")
+    if scheme == "tfds":
+        # MLflow has no resolver for "tfds:NAME" and would raise.
+        return HTTPDatasetSource(f"https://www.tensorflow.org/datasets/catalog/{name}")
+    # Built by type, not resolved from the string: MLflow registers two resolvers for local
+    # paths and warns that the source "can be interpreted in multiple ways".
+    return get_dataset_source_from_json(json.dumps({"uri": Path(source).as_uri()}), "local")
+
+
 @task(cache_policy=NONE)
 def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
     """Record the data source, its digest and the parameter count, and the dataset as an input."""
@@ -93,7 +108,7 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
         ("testing", (data.x_test, data.y_test)),
     ):
         dataset = mlflow.data.from_numpy(
-            x, targets=y, source=data.source, name=f"{data.source}:{context}"
+            x, targets=y, source=_dataset_source(data.source), name=f"{data.source}:{context}"
         )
         inputs.append(
             DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])

@@ -32,16 +32,23 @@ def prefect_harness():
         yield
 
 
+def use_mlflow_store(monkeypatch: pytest.MonkeyPatch, directory: Path) -> str:
+    """Make ``directory`` the working directory and MLflow's store (SQLite + ./mlruns) there."""
+    import mlflow
+
+    monkeypatch.chdir(directory)
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A fresh local MLflow store (SQLite + ./mlruns) in a temporary working directory."""
     import mlflow
 
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
+    yield use_mlflow_store(monkeypatch, tmp_path)
     mlflow.set_tracking_uri(None)
 
 

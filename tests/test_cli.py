@@ -1,0 +1,176 @@
+"""The ``tfnn`` command: refusing bad input before any work, reporting a run, and the README's
+main job on embedded defaults (a local MLflow store and Prefect's ephemeral server)."""
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.cli import main
+from flows.train import train_flow
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ID_LINE = re.compile(r"mlflow run id: (\w+)  model: (\S+)")
+METRICS_LINE = re.compile(r"final_test_loss=(\S+)  final_test_accuracy=(\S+)")
+
+
+def flow_run_count() -> int:
+    with get_client(sync_client=True) as prefect:
+        return len(prefect.read_flow_runs(limit=200))
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "problem"),
+    [
+        (["--learning-rate", "0"], "learning_rate", "greater than 0"),
+        (["--learning-rate", "-0.1"], "learning_rate", "greater than 0"),
+        (["--learning-rate", "inf"], "learning_rate", "must be a finite number"),
+        (["--epochs", "0"], "epochs", "greater than or equal to 1"),
+        (["--batch-size", "0"], "batch_size", "greater than or equal to 1"),
+        (["--hidden-sizes", "100,0"], "hidden_sizes.1", "greater than or equal to 1"),
+        (["--activation", "swish"], "activation", "unknown activation 'swish': use one of"),
+        (["--initializer", "zeros"], "initializer", "unknown initializer 'zeros': use one of"),
+        (["--epochs", "five"], "epochs", "valid integer"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_bad_flag_is_refused_before_any_work(
+    command, flags, field, problem, prefect_harness, mlflow_store, tmp_path, capsys
+):
+    runs_before = flow_run_count()
+    # A data directory that does not exist: loading it would fail with a data error instead.
+    code = main([command, "--data-dir", str(tmp_path / "absent"), *flags])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.endswith("\n")
+    assert err.startswith(f"tfnn: error: invalid configuration: {field}: ")
+    assert problem in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert flow_run_count() == runs_before
+
+
+def test_compare_refuses_an_unknown_activation_in_its_list(prefect_harness, mlflow_store, capsys):
+    runs_before = flow_run_count()
+    assert main(["compare", "--activations", "relu,swish"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "tfnn: error: invalid configuration: activation: unknown activation 'swish': use one of "
+        "step, sigmoid, relu, tanh, identity, softmax (got 'swish')\n"
+    )
+    assert flow_run_count() == runs_before
+
+
+def test_flow_parameter_validation_refuses_a_bad_config(prefect_harness, mlflow_store, tmp_path):
+    state = train_flow(
+        config={"learning_rate": 0, "data_source": str(tmp_path / "absent")}, return_state=True
+    )
+    assert state.is_failed()
+    assert state.message.startswith("Validation of flow parameters failed")
+    error = state.result(raise_on_failure=False)
+    assert "learning_rate" in str(error) and "greater than 0" in str(error)
+    with get_client(sync_client=True) as prefect:
+        flow_run_id = state.state_details.flow_run_id
+        assert prefect.read_flow_run(flow_run_id).state.is_failed()
+        tasks = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    assert tasks == []
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_train_prints_final_metrics_and_run_id(
+    prefect_harness, mlflow_store, small_mnist_dir, capsys
+):
+    code = main(
+        ["train", "--data-dir", str(small_mnist_dir), "--epochs", "2", "--hidden-sizes", "8"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    metrics_line, run_line = out.splitlines()[-2:]
+    run_id, model_uri = RUN_ID_LINE.fullmatch(run_line).groups()
+    loss, accuracy = METRICS_LINE.fullmatch(metrics_line).groups()
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2" and run.data.params["hidden_sizes"] == "8"
+    assert float(loss) == round(run.data.metrics["final_test_loss"], 4)
+    assert float(accuracy) == round(run.data.metrics["final_test_accuracy"], 4)
+    assert model_uri.startswith("models:/")
+    # Not a terminal, so no progress bar.
+    assert "epoch 1/2" not in out + err and "━" not in out + err
+
+
+def test_failed_run_exits_1_with_a_one_line_reason(
+    prefect_harness, mlflow_store, small_mnist_dir, capsys
+):
+    code = main(["train", "--data-dir", str(small_mnist_dir), "--learning-rate", "1e6"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in out + err
+    last = err.splitlines()[-1]
+    assert re.fullmatch(
+        r"tfnn: error: training loss became nan at epoch 1, step \d+: "
+        r"lower the learning rate or check the inputs",
+        last,
+    )
+    (run,) = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("tfnn-mnist").experiment_id]
+    )
+    assert run.info.status == "FAILED"
+
+
+def run_on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``command`` with stdout and stderr on a pseudo-terminal: (exit code, output)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout=600), output.decode(errors="replace")
+
+
+def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
+    # The README's command in a fresh directory with no servers configured: MLflow's local
+    # store appears in the working directory and Prefect runs its ephemeral server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(small_mnist_dir)]
+    code, output = run_on_a_terminal(
+        [*command, "--epochs", "2", "--hidden-sizes", "8"], tmp_path, env
+    )
+    assert code == 0, output
+    # The flow's last words; Prefect only logs its server's shutdown after them.
+    lines = [line.strip() for line in output.splitlines()]
+    (printed,) = [i for i, line in enumerate(lines) if RUN_ID_LINE.fullmatch(line)]
+    run_id, _ = RUN_ID_LINE.fullmatch(lines[printed]).groups()
+    assert METRICS_LINE.fullmatch(lines[printed - 1])
+    assert all("Stopping temporary server" in line for line in lines[printed + 1 :])
+    # On a terminal the progress bar shows epochs and the loss.
+    assert re.search(r"epoch 2/2 loss \d+\.\d{4}", output)
+    assert "Traceback" not in output and "| ERROR" not in output and "Warning:" not in output
+
+    assert (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    artifacts = Path(run.info.artifact_uri)
+    assert artifacts.is_relative_to(tmp_path / "mlruns")
+    assert (artifacts / "weights" / "weights.npz").is_file()
+    assert (tmp_path / "outputs" / run_id / "checkpoints" / "checkpoint").is_file()
+    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [1, 2]
+    assert run.data.tags["prefect.flow_run_id"]

@@ -1,0 +1,40 @@
+"""Tasks on their own, for the cases the flows' tests on local IDX files cannot reach."""
+
+import json
+import warnings
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from tasks.data import PreparedData
+from tasks.tracking import log_dataset
+from tfnn.data import MnistArrays, preprocess
+
+
+def prepared(source: str) -> PreparedData:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    labels = np.arange(6, dtype=np.uint8)
+    x, y = preprocess(images, labels)
+    digest = MnistArrays(images, labels, images, labels, source).digest()
+    return PreparedData(x, y, x, y, labels, images, source=source, digest=digest)
+
+
+def test_log_dataset_records_a_tfds_source_as_its_catalog_page(mlflow_store):
+    # tfds:mnist is the default source; MLflow cannot resolve "tfds:" strings by itself.
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("tasks")).info.run_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log_dataset.fn(run_id, prepared("tfds:mnist"), num_parameters=7850)
+    run = client.get_run(run_id)
+    assert run.data.params["num_parameters"] == "7850"
+    assert run.data.params["num_train_examples"] == "6"
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["testing", "training"]
+    for context, dataset in inputs.items():
+        assert dataset.name == f"tfds:mnist:{context}"
+        assert dataset.source_type == "http"
+        assert json.loads(dataset.source) == {
+            "url": "https://www.tensorflow.org/datasets/catalog/mnist"
+        }

@@ -1,0 +1,403 @@
+"""The training flow end to end: one real run under a Prefect test server, recorded in a real
+local MLflow store, checked against the bare library, NumPy and Prefect's own client."""
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.image
+import mlflow
+import numpy as np
+import pytest
+from conftest import use_mlflow_store
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from flows.train import TrainResult, train_flow
+from tasks.config import TrainConfig
+from tfnn.data import load_mnist_idx, preprocess
+from tfnn.network import Sequential, build_mlp
+from tfnn.optimizers import SGD
+from tfnn.serialization import TrainingCheckpoint, load_network
+from tfnn.training import fit
+
+EPOCHS = 3
+HIDDEN = 16
+# 600 examples in batches of 2: 300 steps an epoch, so the step loss is sampled every 3rd step.
+BATCH_SIZE = 2
+STEPS_PER_EPOCH = 300
+LEARNING_RATE = 0.05
+SEED = 7
+EPOCH_METRICS = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Run:
+    """A finished flow run, its MLflow record and what the bare library computes for it."""
+
+    config: TrainConfig
+    result: TrainResult
+    flow_run_id: str
+    mlflow_run: mlflow.entities.Run
+    client: MlflowClient
+    directory: Path
+    x_test: np.ndarray
+    test_labels: np.ndarray
+    epoch_weights: list[list[np.ndarray]]  # the bare library's weights after each epoch
+
+    def download(self, artifact_path: str) -> Path:
+        return Path(self.client.download_artifacts(self.mlflow_run.info.run_id, artifact_path))
+
+
+def bare_library_weights(data_dir: Path) -> list[list[np.ndarray]]:
+    """Weights after each epoch of the same run trained by tfnn alone."""
+    arrays = load_mnist_idx(data_dir)
+    network = build_mlp([784, HIDDEN, 10], "relu", "softmax", initializer="he_normal", seed=SEED)
+    snapshots = []
+
+    def snapshot(epoch, metrics, net):
+        snapshots.append([w.numpy() for w in net.all_weights])
+
+    fit(
+        network,
+        SGD(LEARNING_RATE),
+        preprocess(arrays.train_images, arrays.train_labels),
+        preprocess(arrays.test_images, arrays.test_labels),
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        seed=SEED,
+        callbacks=[snapshot],
+    )
+    return snapshots
+
+
+@pytest.fixture(scope="module")
+def run(prefect_harness, small_mnist_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("train-flow")
+    config = TrainConfig(
+        hidden_sizes=(HIDDEN,),
+        learning_rate=LEARNING_RATE,
+        batch_size=BATCH_SIZE,
+        epochs=EPOCHS,
+        seed=SEED,
+        data_source=str(small_mnist_dir),
+    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_mlflow_store(monkeypatch, directory)
+        state = train_flow(config, experiment="e2e", return_state=True)
+        result = state.result()
+        client = MlflowClient()
+        arrays = load_mnist_idx(small_mnist_dir)
+        yield Run(
+            config=config,
+            result=result,
+            flow_run_id=str(state.state_details.flow_run_id),
+            mlflow_run=client.get_run(result.run_id),
+            client=client,
+            directory=directory,
+            x_test=preprocess(arrays.test_images, arrays.test_labels)[0],
+            test_labels=arrays.test_labels,
+            epoch_weights=bare_library_weights(small_mnist_dir),
+        )
+    mlflow.set_tracking_uri(None)
+
+
+def assert_weights_equal(network: Sequential, expected: list[np.ndarray]) -> None:
+    assert len(network.all_weights) == len(expected)
+    for got, want in zip(network.all_weights, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+# --- parameters and data --------------------------------------------------------------------
+
+
+def test_run_finished_with_every_config_field_as_param(run):
+    params = run.mlflow_run.data.params
+    assert run.mlflow_run.info.status == "FINISHED"
+    assert run.mlflow_run.data.tags.get("tfnn.error") is None
+    assert params.items() >= run.config.as_params().items()
+    # The values passed in, and the notebook's defaults for the rest, written out by hand.
+    assert (
+        params.items()
+        >= {
+            "hidden_sizes": "16",
+            "activation": "relu",
+            "output_activation": "softmax",
+            "loss": "cross_entropy_error",
+            "initializer": "he_normal",
+            "learning_rate": "0.05",
+            "batch_size": "2",
+            "epochs": "3",
+            "seed": "7",
+            "data_source": run.config.data_source,
+        }.items()
+    )
+
+
+def test_param_count_data_digest_and_dataset_inputs(run, small_mnist_dir):
+    params = run.mlflow_run.data.params
+    assert params["num_parameters"] == str(784 * 16 + 16 + 16 * 10 + 10)
+    assert params["num_train_examples"] == "600" and params["num_test_examples"] == "200"
+    arrays = load_mnist_idx(small_mnist_dir)
+    sha = hashlib.sha256()
+    for a in (arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels):
+        sha.update(f"{a.shape}{a.dtype.str};".encode() + a.tobytes())
+    assert params["data_digest"] == sha.hexdigest()
+
+    inputs = run.mlflow_run.inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs}
+    assert sorted(contexts) == ["testing", "training"]
+    for dataset in contexts.values():
+        assert json.loads(dataset.source)["uri"] == Path(small_mnist_dir).resolve().as_uri()
+    assert json.loads(contexts["training"].schema)["mlflow_tensorspec"]["features"]
+    assert json.loads(contexts["testing"].profile)["features_shape"] == [200, 784]
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def test_one_value_per_epoch_equal_to_history(run):
+    for name in EPOCH_METRICS:
+        history = run.client.get_metric_history(run.result.run_id, name)
+        assert [m.step for m in history] == [1, 2, 3], name
+        assert [m.value for m in history] == getattr(run.result.history, name), name
+
+
+def test_step_loss_is_sampled_at_a_bounded_rate(run):
+    history = run.client.get_metric_history(run.result.run_id, "step_loss")
+    all_steps = run.result.history.step_loss
+    assert len(all_steps) == EPOCHS * STEPS_PER_EPOCH
+    assert len(history) == EPOCHS * 100  # at most 100 points an epoch
+    assert [m.step for m in history] == list(range(0, EPOCHS * STEPS_PER_EPOCH, 3))
+    assert [m.value for m in history] == all_steps[::3]
+
+
+def test_final_metrics_match_numpy(run):
+    metrics = run.mlflow_run.data.metrics
+    network = load_network(run.download("weights"))
+    predicted = network(run.x_test).numpy().argmax(axis=1)
+    assert metrics["final_test_accuracy"] == pytest.approx(np.mean(predicted == run.test_labels))
+    assert metrics["final_test_accuracy"] == pytest.approx(run.result.history.test_accuracy[-1])
+    assert metrics["final_test_accuracy"] > 0.5  # the synthetic digits are learnable
+    for k in range(10):
+        mask = run.test_labels == k
+        assert metrics[f"test_accuracy_class_{k}"] == pytest.approx(np.mean(predicted[mask] == k))
+    per_class = [f"test_accuracy_class_{k}" for k in range(10)]
+    assert list(run.result.metrics) == ["final_test_loss", "final_test_accuracy", *per_class]
+    assert run.result.metrics == {key: metrics[key] for key in run.result.metrics}
+
+
+def test_confusion_matrix_artifact(run):
+    saved = json.loads(run.download("confusion_matrix.json").read_text())
+    confusion = np.array(saved["rows_true_columns_predicted"])
+    network = load_network(run.download("weights"))
+    predicted = network(run.x_test).numpy().argmax(axis=1)
+    expected = np.zeros((10, 10), dtype=int)
+    np.add.at(expected, (run.test_labels, predicted), 1)
+    np.testing.assert_array_equal(confusion, expected)
+    assert confusion.sum() == 200
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(
+        run.mlflow_run.data.metrics["final_test_accuracy"]
+    )
+
+
+# --- checkpoints, weights and the model ------------------------------------------------------
+
+
+def test_a_checkpoint_per_epoch_restores_that_epochs_weights(run):
+    listed = [a.path for a in run.client.list_artifacts(run.result.run_id, "checkpoints")]
+    assert listed == [f"checkpoints/epoch-{e:03d}" for e in range(1, EPOCHS + 1)]
+    spec = json.loads(run.download("weights/architecture.json").read_text())
+    for epoch in range(1, EPOCHS + 1):
+        network = Sequential.from_spec(spec)
+        restored = TrainingCheckpoint(network, run.download(f"checkpoints/epoch-{epoch:03d}"))
+        completed, history = restored.restore_latest()
+        assert completed == epoch
+        assert history.test_accuracy == run.result.history.test_accuracy[:epoch]
+        assert_weights_equal(network, run.epoch_weights[epoch - 1])
+    local = run.directory / "outputs" / run.result.run_id / "checkpoints"
+    assert TrainingCheckpoint(Sequential.from_spec(spec), local).restore_latest()[0] == EPOCHS
+
+
+def test_final_weights_reload_and_predict_as_the_library(run):
+    network = load_network(run.download("weights"))
+    assert [layer.w.shape[1] for layer in network.layers] == [HIDDEN, 10]
+    assert_weights_equal(network, run.epoch_weights[-1])
+    reference = build_mlp([784, HIDDEN, 10], "relu", "softmax", seed=SEED)
+    for variable, value in zip(reference.all_weights, run.epoch_weights[-1]):
+        variable.assign(value)
+    np.testing.assert_allclose(
+        network(run.x_test).numpy(), reference(run.x_test).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_logged_model_serves_the_networks_probabilities(run):
+    network = load_network(run.download("weights"))
+    model = mlflow.pyfunc.load_model(run.result.model_uri)
+    served = np.asarray(model.predict(run.x_test))
+    expected = network(run.x_test).numpy()
+    assert served.shape == (200, 10)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 784)
+    assert model.metadata.get_output_schema().inputs[0].shape == (-1, 10)
+    assert model.metadata.saved_input_example_info is not None
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def test_plots_are_valid_pngs(run):
+    listed = {a.path: a.file_size for a in run.client.list_artifacts(run.result.run_id, "plots")}
+    names = ["accuracy", "confusion_matrix", "test_digits", "train_loss"]
+    assert sorted(listed) == [f"plots/{name}.png" for name in names]
+    for path, size in listed.items():
+        local = run.download(path)
+        assert size > 0 and local.stat().st_size == size
+        assert local.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(local)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert image.std() > 0  # something was drawn
+
+
+# --- the Prefect side -----------------------------------------------------------------------
+
+
+def test_prefect_flow_run_and_mlflow_run_point_at_each_other(run):
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(run.flow_run_id)
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    assert flow_run.state.is_completed()
+    tags = run.mlflow_run.data.tags
+    assert tags["prefect.flow_run_id"] == str(flow_run.id)
+    assert tags["prefect.flow_run_name"] == flow_run.name
+
+    by_key = {artifact.key: artifact for artifact in artifacts}
+    assert sorted(by_key) == ["epoch-metrics", "training-summary"]
+    summary = by_key["training-summary"].data
+    assert run.result.run_id in summary and run.result.model_uri in summary
+    accuracy = run.mlflow_run.data.metrics["final_test_accuracy"]
+    assert f"| final_test_accuracy | {accuracy:.4f} |" in summary
+
+    table = by_key["epoch-metrics"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    for name in EPOCH_METRICS:
+        assert [row[name] for row in rows] == getattr(run.result.history, name)
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def failed_run(config: TrainConfig):
+    """Run the flow expecting failure: (Prefect state, MLflow run, local checkpoint dir)."""
+    state = train_flow(config, experiment="failures", return_state=True)
+    client = MlflowClient()
+    (mlflow_run,) = client.search_runs(
+        [client.get_experiment_by_name("failures").experiment_id],
+        f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
+    )
+    return state, mlflow_run, Path("outputs") / mlflow_run.info.run_id / "checkpoints"
+
+
+def assert_failed_with_reason(state, mlflow_run) -> tuple[int, int]:
+    """Both records FAILED with the same reason; returns the (epoch, step) it names."""
+    assert state.is_failed()
+    assert mlflow_run.info.status == "FAILED"
+    reason = mlflow_run.data.tags["tfnn.error"]
+    assert reason.startswith("NonFiniteLossError: training loss became ")
+    match = re.search(r"at epoch (\d+), step (\d+)", reason)
+    assert match, reason
+    assert reason.split(": ", 1)[1] in state.message
+    with get_client(sync_client=True) as prefect:
+        assert prefect.read_flow_run(state.state_details.flow_run_id).state.is_failed()
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments, "attributes.status = 'RUNNING'") == []
+    return int(match[1]), int(match[2])
+
+
+def test_diverging_run_fails_in_mlflow_and_prefect(prefect_harness, mlflow_store, small_mnist_dir):
+    # The issue's example: lr = 1e6 on the notebook's network blows up within the first epoch.
+    state, mlflow_run, checkpoints = failed_run(
+        TrainConfig(learning_rate=1e6, epochs=2, data_source=str(small_mnist_dir))
+    )
+    epoch, step = assert_failed_with_reason(state, mlflow_run)
+    assert epoch == 1 and 0 <= step < math.ceil(600 / 32)
+    # Nothing of the failed epoch is recorded: no checkpoint, no epoch metric, no model.
+    client = MlflowClient()
+    assert client.get_metric_history(mlflow_run.info.run_id, "train_loss") == []
+    assert client.list_artifacts(mlflow_run.info.run_id) == []
+    assert not list(checkpoints.glob("ckpt-*"))
+
+
+def test_run_diverging_later_keeps_the_last_good_checkpoint(
+    prefect_harness, mlflow_store, small_mnist_dir
+):
+    # A linear network on full batches grows its loss geometrically at this rate, so the
+    # first epochs complete and the loss overflows a few epochs later.
+    config = TrainConfig(
+        hidden_sizes=(8,),
+        activation="identity",
+        output_activation="identity",
+        loss="sum_squared_error",
+        learning_rate=1.0,
+        batch_size=600,
+        epochs=12,
+        data_source=str(small_mnist_dir),
+    )
+    state, mlflow_run, checkpoints = failed_run(config)
+    epoch, step = assert_failed_with_reason(state, mlflow_run)
+    good = epoch - 1
+    assert good >= 1 and step == 0
+
+    client = MlflowClient()
+    run_id = mlflow_run.info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "test_loss")] == list(
+        range(1, good + 1)
+    )
+    listed = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+    assert listed == [f"checkpoints/epoch-{e:03d}" for e in range(1, good + 1)]
+
+    # The checkpoint kept on disk holds the weights the bare library has after `good` epochs.
+    arrays = load_mnist_idx(small_mnist_dir)
+    reference = build_mlp([784, 8, 10], "identity", "identity", "sum_squared_error", seed=42)
+    fit(
+        reference,
+        SGD(1.0),
+        preprocess(arrays.train_images, arrays.train_labels),
+        preprocess(arrays.test_images, arrays.test_labels),
+        epochs=good,
+        batch_size=600,
+        seed=42,
+    )
+    restored = Sequential.from_spec(reference.spec())
+    completed, history = TrainingCheckpoint(restored, checkpoints).restore_latest()
+    assert completed == good and history.epochs == good
+    assert all(np.isfinite(w.numpy()).all() for w in restored.all_weights)
+    assert_weights_equal(restored, [w.numpy() for w in reference.all_weights])
+
+
+# --- the real digits --------------------------------------------------------------------------
+
+
+def test_defaults_reach_94_percent_on_real_mnist(prefect_harness, mlflow_store, real_mnist_dir):
+    # The notebook's run: 784-100-50-10 relu, He initialisation, SGD lr 0.1, batch 32, 5 epochs.
+    config = TrainConfig(data_source=str(real_mnist_dir))
+    result = train_flow(config)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["num_parameters"] == str(784 * 100 + 100 + 100 * 50 + 50 + 50 * 10 + 10)
+    arrays = load_mnist_idx(real_mnist_dir)
+    x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
+    network = load_network(client.download_artifacts(result.run_id, "weights"))
+    accuracy = np.mean(network(x_test).numpy().argmax(axis=1) == arrays.test_labels)
+    assert accuracy >= 0.94
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(accuracy)

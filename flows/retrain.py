@@ -31,7 +31,7 @@ def retrain_flow(
     by at least ``margin``. With nothing new since the last decision it trains nothing."""
     data = prepare_data(load_data(config.data_source))
     champion = find_champion(model_name)
-    key = retrain_key(config, data.digest, warm_start)
+    key = retrain_key(config, data.digest, warm_start, margin)
     skip_reason = already_decided(model_name, key, champion)
     if skip_reason:
         decision = Decision(

@@ -2,10 +2,12 @@
 decisions that move it. Every call names its model, version and run explicitly.
 
 A retrain is identified by its *key*: a hash of the training configuration (less the data
-path), the data digest and whether it warm-starts. Rule for "nothing new": a retrain is
-skipped when the current champion was itself produced by a retrain with the same key, or
-when a version with the same key was already compared against the current champion.
-Only a new champion, new data or a new configuration makes a retrain train again.
+path), the data digest, whether it warm-starts and the promotion margin.
+
+Rule for "nothing new": a retrain is skipped when the current champion was itself produced
+by a retrain with the same key, or when a version with the same key was already compared
+against the current champion. Only a new champion, new data, a new configuration or a new
+margin trains again.
 """
 
 import hashlib
@@ -65,10 +67,11 @@ class Decision:
         return {key: str(value) for key, value in values.items() if value is not None}
 
 
-def retrain_key(config: TrainConfig, data_digest: str, warm_start: bool) -> str:
-    """Sha256 hex of what a retrain trains from; the data path is left out, its digest counts."""
+def retrain_key(config: TrainConfig, data_digest: str, warm_start: bool, margin: float) -> str:
+    """Sha256 hex of what a retrain trains from and decides by; the data path is left out,
+    its digest counts."""
     params = {k: v for k, v in config.as_params().items() if k != "data_source"}
-    text = json.dumps([params, data_digest, warm_start], sort_keys=True)
+    text = json.dumps([params, data_digest, warm_start, margin], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -93,20 +93,10 @@ def test_served_champion_answers_like_the_network_in_process(champion, small_mni
     uri, network = champion
     x = flatten_and_scale(load_idx_images(small_mnist_dir / "t10k-images-idx3-ubyte.gz")[:20])
     port, log = free_port(), tmp_path / "serve.log"
+    # The README's command, on a free loopback port.
+    command = f"models serve -m models:/{NAME}@champion --env-manager local -p {port} -h 127.0.0.1"
     server = start(
-        [
-            MLFLOW,
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@champion",
-            "--env-manager",
-            "local",
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-        ],
+        [MLFLOW, *command.split()],
         log,
         MLFLOW_TRACKING_URI=uri,
     )

@@ -12,6 +12,8 @@ from dotenv import dotenv_values
 from mlflow.server.security_utils import is_allowed_host_header
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools import validate
 
 from flows.schedules import build_deployments
 from tasks.config import TrainConfig
@@ -28,7 +30,7 @@ def option(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-def validate(path: Path) -> subprocess.CompletedProcess:
+def check_compose(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(path)],
         capture_output=True,
@@ -37,7 +39,7 @@ def validate(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_compose_file_follows_the_compose_specification(tmp_path):
-    result = validate(ROOT / "docker-compose.yml")
+    result = check_compose(ROOT / "docker-compose.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     # The same file with one invalid value must fail, or the check proves nothing.
     broken = (
@@ -46,7 +48,7 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
         .replace("condition: service_healthy", "condition: when_ready", 1)
     )
     (tmp_path / "docker-compose.yml").write_text(broken)
-    assert validate(tmp_path / "docker-compose.yml").returncode != 0
+    assert check_compose(tmp_path / "docker-compose.yml").returncode != 0
 
 
 def test_services_are_wired_as_the_code_expects():
@@ -133,6 +135,8 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
     def resolve(value):
         if isinstance(value, dict):
             return {k: resolve(v) for k, v in value.items()}
+        if not isinstance(value, str):
+            return value
         return re.sub(r"\{\{ \$(\w+) \}\}", lambda m: env[m.group(1)], value)
 
     served = {d.name: d for d in build_deployments(TrainConfig(), "0 2 * * *", "0 3 * * 0")}
@@ -142,8 +146,11 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
         flow = load_flow_from_entrypoint(deployment["entrypoint"])
         assert deployment["entrypoint"] == served[deployment["name"]].entrypoint
         assert flow.name == served[deployment["name"]].flow_name
-        parameters = flow.validate_parameters(resolve(deployment["parameters"]))
-        assert parameters["config"].data_source == "/data/mnist"
+        parameters = resolve(deployment["parameters"])
+        # What the server enforces when deploying, then what the flow run checks.
+        schema = parameter_schema(flow).model_dump_for_openapi()
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+        assert flow.validate_parameters(parameters)["config"].data_source == "/data/mnist"
         for schedule in deployment["schedules"]:
             CronSchedule(cron=resolve(schedule["cron"]))
     assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == (

@@ -92,34 +92,81 @@ def prefect_call(env, read):
     return asyncio.run(call())
 
 
-def test_train_and_retrain_against_real_servers(stack, small_mnist_dir):
+def deployments(env) -> dict:
+    async def read(client):
+        return {d.name: d for d in await client.read_deployments()}
+
+    return prefect_call(env, read)
+
+
+def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
     home, env = stack
     data = ["--data-dir", str(small_mnist_dir)]
-    trained = run(tfnn("train", *data, *SMALL), env, home / "work")
-    retrained = run(tfnn("retrain", *data, *SMALL), env, home / "work")
+    # The long-running `tfnn schedule` registers its deployments while `tfnn train` runs;
+    # then it is stopped. `prefect deploy` (the worker's route) runs beside `tfnn retrain`.
+    log = home / "schedule.log"
+    serving = start(tfnn("schedule", *data, "--train-cron", "15 4 * * *"), log, **env)
+    try:
+        trained = run(tfnn("train", *data, *SMALL), env, home / "work")
+        deadline = time.monotonic() + 180
+        while len(served := deployments(env)) < 2:
+            assert serving.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "tfnn schedule registered no deployments"
+            time.sleep(1)
+    finally:
+        stop(serving)
+    prefect = str(VENV_BIN / "prefect")
+    run([prefect, "work-pool", "create", "tfnn", "--type", "process"], env, ROOT)
+    deploy_env = {"TFNN_DATA_DIR": str(small_mnist_dir), "TFNN_RETRAIN_CRON": "30 5 * * 1"}
+    with open(home / "deploy.log", "wb") as out:
+        deploy = subprocess.Popen(
+            [prefect, "--no-prompt", "deploy", "--all"],
+            env={**os.environ, **env, **deploy_env, "TFNN_TRAIN_CRON": "0 5 * * *"},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            retrained = run(tfnn("retrain", *data, *SMALL), env, home / "work")
+        finally:
+            deploy.wait(timeout=300)
+    assert deploy.returncode == 0, (home / "deploy.log").read_text()[-3000:]
+
+    # Deployments: first as `tfnn schedule` served them, then as prefect.yaml defines them.
+    assert served["scheduled-train"].schedules[0].schedule.cron == "15 4 * * *"
+    assert served["scheduled-retrain"].schedules[0].schedule.cron == "0 3 * * 0"
+    assert served["scheduled-train"].parameters["config"]["data_source"] == str(small_mnist_dir)
+    deployed = deployments(env)
+    retrain = deployed["scheduled-retrain"]
+    assert retrain.work_pool_name == "tfnn"
+    assert retrain.entrypoint == "flows/retrain.py:retrain_flow"
+    assert retrain.schedules[0].schedule.cron == "30 5 * * 1"
+    assert retrain.parameters == {
+        "config": {"data_source": str(small_mnist_dir)},
+        "model_name": NAME,
+        "margin": 0.0,
+    }
+    assert deployed["scheduled-train"].schedules[0].schedule.cron == "0 5 * * *"
+
+    # MLflow: two finished runs, two versions, the retrain's challenger is champion.
     assert f"registered: models:/{NAME}/1" in trained
     assert "promoted: no champion yet" in retrained
-
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
     champion = client.get_model_version_by_alias(NAME, "champion")
-    assert str(champion.version) == "2"
-    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] in (
-        ["2", "1"],
-        ["1", "2"],
-    )
+    assert str(champion.version) == "2" and champion.tags["tfnn.decision"] == "promoted"
     challenger = client.get_run(champion.run_id)
     assert challenger.data.tags["tfnn.decision"] == "promoted"
-    assert champion.tags["tfnn.decision"] == "promoted"
     # Artifacts went through the server into its artifacts destination; the accuracy the
     # run logged is what the downloaded weights score.
     listed = {a.path for a in client.list_artifacts(champion.run_id)}
     assert {"weights", "plots", "checkpoints"} <= listed
-    assert list((home / "artifacts").rglob("weights.npz"))
-    network = load_network(
-        client.download_artifacts(champion.run_id, "weights", tempfile.mkdtemp())
-    )
+    assert len(list((home / "artifacts").rglob("weights.npz"))) == 2
+    weights = client.download_artifacts(champion.run_id, "weights", tempfile.mkdtemp())
+    network = load_network(weights)
     arrays = load_mnist_idx(small_mnist_dir)
     x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
     accuracy = np.mean(network.predict(x_test).numpy().argmax(1) == arrays.test_labels)
@@ -127,52 +174,8 @@ def test_train_and_retrain_against_real_servers(stack, small_mnist_dir):
     [epoch_one] = client.get_metric_history(champion.run_id, "test_accuracy")
     assert epoch_one.step == 1 and epoch_one.value == pytest.approx(accuracy, abs=1e-6)
 
-    # Train, retrain and the retrain's challenger subflow, all Completed; each MLflow run
-    # names its Prefect flow run.
+    # Prefect: train, retrain and the retrain's challenger subflow, all Completed; each
+    # MLflow run names its Prefect flow run.
     flow_runs = [r for r in prefect_call(env, lambda c: c.read_flow_runs()) if not r.deployment_id]
     assert len(flow_runs) == 3 and {r.state_type.value for r in flow_runs} == {"COMPLETED"}
     assert {r.data.tags["prefect.flow_run_id"] for r in runs} < {str(r.id) for r in flow_runs}
-
-
-def test_schedules_and_prefect_yaml_register_deployments(stack, small_mnist_dir):
-    home, env = stack
-
-    async def deployments(client):
-        return {d.name: d for d in await client.read_deployments()}
-
-    # `tfnn schedule` is long-running: start it, wait until its deployments exist, stop it.
-    log = home / "schedule.log"
-    serving = start(
-        tfnn("schedule", "--data-dir", str(small_mnist_dir), "--train-cron", "15 4 * * *"),
-        log,
-        **env,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while len(found := prefect_call(env, deployments)) < 2:
-            assert serving.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "tfnn schedule registered no deployments"
-            time.sleep(1)
-    finally:
-        stop(serving)
-    assert found["scheduled-train"].schedules[0].schedule.cron == "15 4 * * *"
-    assert found["scheduled-retrain"].schedules[0].schedule.cron == "0 3 * * 0"
-    assert found["scheduled-train"].parameters["config"]["data_source"] == str(small_mnist_dir)
-
-    # The compose worker's route: a process work pool and prefect.yaml's deployments.
-    deploy_env = {
-        "TFNN_DATA_DIR": str(small_mnist_dir),
-        "TFNN_TRAIN_CRON": "0 5 * * *",
-        "TFNN_RETRAIN_CRON": "30 5 * * 1",
-    }
-    prefect = str(VENV_BIN / "prefect")
-    run([prefect, "work-pool", "create", "tfnn", "--type", "process"], env, ROOT)
-    run([prefect, "--no-prompt", "deploy", "--all"], env, ROOT, **deploy_env)
-    found = prefect_call(env, deployments)
-    retrain = found["scheduled-retrain"]
-    assert (
-        retrain.work_pool_name == "tfnn" and retrain.entrypoint == "flows/retrain.py:retrain_flow"
-    )
-    assert retrain.schedules[0].schedule.cron == "30 5 * * 1"
-    assert retrain.parameters["margin"] == 0.0
-    assert found["scheduled-train"].schedules[0].schedule.cron == "0 5 * * *"

@@ -127,7 +127,8 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
             stderr=subprocess.STDOUT,
         )
         try:
-            retrained = run(tfnn("retrain", *data, *SMALL), env, home / "work")
+            retrain_flags = ["--margin", "0.005", "--warm-start"]
+            retrained = run(tfnn("retrain", *data, *SMALL, *retrain_flags), env, home / "work")
         finally:
             deploy.wait(timeout=300)
     assert deploy.returncode == 0, (home / "deploy.log").read_text()[-3000:]
@@ -150,6 +151,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
 
     # MLflow: two finished runs, two versions, the retrain's challenger is champion.
     assert f"registered: models:/{NAME}/1" in trained
+    # With no champion, a warm start starts fresh and the margin does not apply.
     assert "promoted: no champion yet" in retrained
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
@@ -160,6 +162,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
     assert str(champion.version) == "2" and champion.tags["tfnn.decision"] == "promoted"
     challenger = client.get_run(champion.run_id)
     assert challenger.data.tags["tfnn.decision"] == "promoted"
+    assert "tfnn.warm_start_from" not in challenger.data.tags
     # Artifacts went through the server into its artifacts destination; the accuracy the
     # run logged is what the downloaded weights score.
     listed = {a.path for a in client.list_artifacts(champion.run_id)}
@@ -178,4 +181,6 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
     # MLflow run names its Prefect flow run.
     flow_runs = [r for r in prefect_call(env, lambda c: c.read_flow_runs()) if not r.deployment_id]
     assert len(flow_runs) == 3 and {r.state_type.value for r in flow_runs} == {"COMPLETED"}
+    [retrain_run] = [r for r in flow_runs if r.parameters.get("warm_start")]
+    assert retrain_run.parameters["margin"] == 0.005
     assert {r.data.tags["prefect.flow_run_id"] for r in runs} < {str(r.id) for r in flow_runs}

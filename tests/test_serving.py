@@ -16,7 +16,13 @@ from servers import MLFLOW, free_port, start, stop, wait_for
 from flows.cli import main
 from flows.retrain import retrain_flow
 from tasks.config import TrainConfig
-from tfnn.data import flatten_and_scale, load_idx_images, load_idx_labels, load_png_images
+from tfnn.data import (
+    DataError,
+    flatten_and_scale,
+    load_idx_images,
+    load_idx_labels,
+    load_png_images,
+)
 from tfnn.serialization import load_network
 
 NAME = "tfnn-mnist"
@@ -121,3 +127,11 @@ def test_predict_command_refuses_mismatched_labels(champion, small_mnist_dir, tm
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("tfnn: error:") and "600 labels for 200 images" in error
     assert not output.exists()
+
+
+def test_a_file_that_is_not_a_png_is_named(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"notes\.png: not a PNG image$"):
+        load_png_images([tmp_path / "notes.png"])
+    with pytest.raises(DataError, match=r"missing\.png: cannot read: No such file"):
+        load_png_images([tmp_path / "missing.png"])

@@ -89,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--experiment", default="tfnn-mnist", help="MLflow experiment name")
         command.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for command in (train, retrain, schedule):
         command.add_argument("--model-name", default="tfnn-mnist", help="registered model name")
 
     predict = commands.add_parser("predict", help="predict digits in PNG or IDX files to a CSV")
@@ -172,7 +171,9 @@ def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> li
         )
         results = {"": result}
     else:
-        results = compare_flow(config, activations, args.experiment, args.output_dir)
+        results = compare_flow(
+            config, activations, args.experiment, args.output_dir, args.model_name
+        )
     lines = []
     for name, result in results.items():
         label = f"[{name}] " if name else ""

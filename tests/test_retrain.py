@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.cli import main
 from flows.retrain import retrain_flow
 from tasks.config import TrainConfig
 from tasks.registry import decide
@@ -149,3 +150,24 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     assert (better.action, better.challenger_version, champion()[0]) == ("promoted", "3", "3")
     assert better.challenger_accuracy == pytest.approx(v3_accuracy)
     assert client.get_model_version(NAME, "3").tags["tfnn.compared_with_version"] == "1"
+
+
+def test_compare_registers_each_child_under_the_given_name(
+    prefect_harness, mlflow_store, small_mnist_dir, capsys
+):
+    argv = ["compare", "--data-dir", str(small_mnist_dir), "--hidden-sizes", "8", "--epochs", "1"]
+    assert main([*argv, "--no-progress", "--model-name", "digits"]) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient()
+    versions = {str(v.version): v for v in client.search_model_versions("name = 'digits'")}
+    assert set(versions) == {"1", "2"}
+    for version in versions.values():
+        run = client.get_run(version.run_id)
+        activation = run.data.params["activation"]
+        assert f"[{activation}] registered: models:/digits/{version.version}" in out
+        assert run.data.tags["tfnn.registered_model"] == f"digits/{version.version}"
+        assert "mlflow.parentRunId" in run.data.tags
+    assert {client.get_run(v.run_id).data.params["activation"] for v in versions.values()} == {
+        "relu",
+        "tanh",
+    }

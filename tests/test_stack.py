@@ -132,6 +132,10 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
         finally:
             deploy.wait(timeout=300)
     assert deploy.returncode == 0, (home / "deploy.log").read_text()[-3000:]
+    # The compose worker's last command, polling once: it joins the pool on the server.
+    run([prefect, "worker", "start", "--pool", "tfnn", "--run-once"], env, ROOT)
+    workers = prefect_call(env, lambda c: c.read_workers_for_work_pool("tfnn"))
+    assert len(workers) == 1
 
     # Deployments: first as `tfnn schedule` served them, then as prefect.yaml defines them.
     assert served["scheduled-train"].schedules[0].schedule.cron == "15 4 * * *"

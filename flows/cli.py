@@ -50,12 +50,83 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--activations", default="relu,tanh", help="comma-separated (default: relu,tanh)"
     )
-    for command in (train, compare):
+    train.add_argument(
+        "--no-register", action="store_true", help="do not register the model in the registry"
+    )
+    retrain = commands.add_parser(
+        "retrain", help="train a challenger; promote it to champion only if it wins"
+    )
+    retrain.add_argument(
+        "--margin",
+        type=_non_negative,
+        default=0.0,
+        help="test accuracy the challenger must gain over the champion (default: 0, a tie keeps)",
+    )
+    retrain.add_argument(
+        "--warm-start", action="store_true", help="start from the champion's weights"
+    )
+    schedule = commands.add_parser(
+        "schedule", help="serve the train and retrain deployments on cron schedules"
+    )
+    train_cron, retrain_cron = _default_crons()
+    schedule.add_argument(
+        "--train-cron",
+        type=_cron,
+        default=train_cron,
+        help=f"when to train (default: $TFNN_TRAIN_CRON or {train_cron!r})",
+    )
+    schedule.add_argument(
+        "--retrain-cron",
+        type=_cron,
+        default=retrain_cron,
+        help=f"when to retrain (default: $TFNN_RETRAIN_CRON or {retrain_cron!r})",
+    )
+    schedule.add_argument(
+        "--margin", type=_non_negative, default=0.0, help="the retrain's promotion margin"
+    )
+    for command in (train, compare, retrain, schedule):
         _add_config_flags(command)
         command.add_argument("--experiment", default="tfnn-mnist", help="MLflow experiment name")
         command.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
+        command.add_argument("--model-name", default="tfnn-mnist", help="registered model name")
+
+    predict = commands.add_parser("predict", help="predict digits in PNG or IDX files to a CSV")
+    predict.add_argument("--model", default=None, help="MLflow model URI (default: the champion)")
+    predict.add_argument(
+        "--images", nargs="+", required=True, help="PNG files and/or an IDX image file"
+    )
+    predict.add_argument("--labels", help="IDX label file: print the accuracy")
+    predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
     return parser
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _cron(text: str) -> str:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid cron string {text!r}: use five fields, e.g. '0 2 * * *'"
+        ) from None
+    return text
+
+
+def _default_crons() -> tuple[str, str]:
+    from flows.schedules import default_crons
+
+    return default_crons()
 
 
 def _config_from(args: argparse.Namespace):
@@ -84,6 +155,81 @@ def _quiet_tracebacks() -> None:
         handler.addFilter(_NoTracebacks())
 
 
+def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
+    from flows.compare import compare_flow
+    from flows.train import train_flow
+
+    if args.command == "train":
+        model_name = None if args.no_register else args.model_name
+        show_progress = sys.stderr.isatty() and not args.no_progress
+        result = train_flow(
+            config,
+            args.experiment,
+            args.output_dir,
+            show_progress=show_progress,
+            registered_model_name=model_name,
+        )
+        results = {"": result}
+    else:
+        results = compare_flow(
+            config, activations, args.experiment, args.output_dir, args.model_name
+        )
+    lines = []
+    for name, result in results.items():
+        label = f"[{name}] " if name else ""
+        metrics = "  ".join(
+            f"{key}={value:.4f}"
+            for key, value in result.metrics.items()
+            if not key.startswith("test_accuracy_class")
+        )
+        lines.append(f"{label}{metrics}")
+        lines.append(f"{label}mlflow run id: {result.run_id}  model: {result.model_uri}")
+        if result.model_version:
+            lines.append(f"{label}registered: models:/{args.model_name}/{result.model_version}")
+    return lines
+
+
+def _retrain(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
+    from flows.retrain import retrain_flow
+
+    decision = retrain_flow(
+        config, args.model_name, args.margin, args.warm_start, args.experiment, args.output_dir
+    )
+    return [
+        f"{decision.action}: {decision.reason}",
+        f"champion: models:/{args.model_name}@champion",
+    ]
+
+
+def _schedule(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
+    from flows.schedules import build_deployments, serve_schedules
+
+    serve_schedules(
+        build_deployments(config, args.train_cron, args.retrain_cron, args.model_name, args.margin)
+    )
+    return []
+
+
+def _predict(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
+    from flows.predict import DEFAULT_MODEL_URI, predict_flow
+
+    model_uri = args.model or DEFAULT_MODEL_URI
+    predictions = predict_flow(args.images, args.output, model_uri, args.labels)
+    lines = [f"{len(predictions.predicted_labels)} predictions by {model_uri} in {args.output}"]
+    if predictions.accuracy is not None:
+        lines.append(f"accuracy={predictions.accuracy:.4f}")
+    return lines
+
+
+_COMMANDS = {
+    "train": _train,
+    "compare": _train,
+    "retrain": _retrain,
+    "schedule": _schedule,
+    "predict": _predict,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     # The ephemeral server's telemetry heartbeat races the flow for its SQLite database
@@ -93,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasks.config import describe_validation_error
 
     try:
-        config = _config_from(args)
+        config = None if args.command == "predict" else _config_from(args)
         activations = (
             tuple(a.strip() for a in args.activations.split(","))
             if args.command == "compare"
@@ -107,35 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
         return EXIT_USAGE
 
-    from flows.compare import compare_flow
-    from flows.train import train_flow
-
     if not args.traceback:
         _quiet_tracebacks()
-    show_progress = sys.stderr.isatty() and not args.no_progress
     try:
-        if args.command == "train":
-            results = {
-                "": train_flow(
-                    config, args.experiment, args.output_dir, show_progress=show_progress
-                )
-            }
-        else:
-            results = compare_flow(config, activations, args.experiment, args.output_dir)
+        lines = _COMMANDS[args.command](args, config, activations)
     except Exception as error:
         if args.traceback:
             raise
         print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
-    for name, result in results.items():
-        label = f"[{name}] " if name else ""
-        metrics = "  ".join(
-            f"{key}={value:.4f}"
-            for key, value in result.metrics.items()
-            if not key.startswith("test_accuracy_class")
-        )
-        print(f"{label}{metrics}")
-        print(f"{label}mlflow run id: {result.run_id}  model: {result.model_uri}")
+    print("\n".join(lines))
     return 0
 
 

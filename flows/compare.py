@@ -4,7 +4,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, train_flow
+from flows.train import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_OUTPUT_DIR,
+    TrainResult,
+    train_flow,
+)
 from tasks.config import TrainConfig
 from tasks.plots import plot_comparison
 from tasks.tracking import log_artifact, tracked_run
@@ -16,8 +22,10 @@ def compare_flow(
     activations: tuple[str, ...] = ("relu", "tanh"),
     experiment: str = DEFAULT_EXPERIMENT,
     output_dir: str = DEFAULT_OUTPUT_DIR,
+    registered_model_name: str | None = DEFAULT_MODEL_NAME,
 ) -> dict[str, TrainResult]:
-    """Train one child run per activation under one parent MLflow run, and plot them together."""
+    """Train one child run per activation under one parent MLflow run, and plot them together;
+    each child's model becomes a version of ``registered_model_name`` (unless None)."""
     # Validated here, so a bad name is refused before anything trains.
     variants = {
         name: TrainConfig(**{**config.model_dump(), "activation": name}) for name in activations
@@ -28,7 +36,12 @@ def compare_flow(
     ) as parent_id:
         results = {
             name: train_flow(
-                variant, experiment, output_dir, parent_run_id=parent_id, run_name=name
+                variant,
+                experiment,
+                output_dir,
+                parent_run_id=parent_id,
+                run_name=name,
+                registered_model_name=registered_model_name,
             )
             for name, variant in variants.items()
         }

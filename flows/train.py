@@ -10,6 +10,7 @@ from tasks.data import load_data, prepare_data
 from tasks.evaluate import evaluate
 from tasks.model import build_network
 from tasks.plots import plot_run
+from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
 from tasks.tracking import log_dataset, log_evaluation, log_trained_model, tracked_run
 from tasks.training import train
@@ -17,16 +18,19 @@ from tfnn.training import History
 
 DEFAULT_EXPERIMENT = "tfnn-mnist"
 DEFAULT_OUTPUT_DIR = "outputs"
+DEFAULT_MODEL_NAME = "tfnn-mnist"
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run produced: its MLflow ids, its history and its final metrics."""
+    """What a finished run produced: its MLflow ids, its history and its final metrics, and
+    the registered model version (None when the run registered nothing)."""
 
     run_id: str
     model_uri: str
     history: History
     metrics: dict[str, float]
+    model_version: str | None = None
 
 
 @flow(name="train-mnist", log_prints=True)
@@ -37,12 +41,23 @@ def train_flow(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     show_progress: bool = False,
+    registered_model_name: str | None = DEFAULT_MODEL_NAME,
+    warm_start_from: str | None = None,
 ) -> TrainResult:
-    """Train the configured network on MNIST and record everything in one MLflow run."""
+    """Train the configured network on MNIST and record everything in one MLflow run.
+
+    The model is registered as a new version of ``registered_model_name`` (unless None).
+    ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a saved network's weights.
+    """
     with tracked_run(config.as_params(), experiment, parent_run_id, run_name) as run_id:
         run_dir = Path(output_dir) / run_id
         data = prepare_data(load_data(config.data_source))
-        network = build_network(config, data.input_dim, data.num_classes)
+        initial = (
+            download_weights(run_id, warm_start_from, str(run_dir / "warm_start"))
+            if warm_start_from
+            else None
+        )
+        network = build_network(config, data.input_dim, data.num_classes, initial)
         log_dataset(run_id, data, network.num_parameters)
         history = train(network, data, config, run_id, str(run_dir / "checkpoints"), show_progress)
         evaluation = evaluate(network, data)
@@ -50,5 +65,10 @@ def train_flow(
             run_id, evaluation, plot_run(history, evaluation, data, str(run_dir / "plots"))
         )
         model_uri = log_trained_model(run_id, network, data)
+        version = (
+            register_model(registered_model_name, model_uri, run_id)
+            if registered_model_name
+            else None
+        )
         publish_summary(run_id, model_uri, history, evaluation)
-    return TrainResult(run_id, model_uri, history, evaluation.metrics())
+    return TrainResult(run_id, model_uri, history, evaluation.metrics(), version)

@@ -5,6 +5,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from tasks.evaluate import Evaluation
+from tasks.registry import Decision
 from tfnn.training import History
 
 
@@ -29,4 +30,27 @@ def publish_summary(run_id: str, model_uri: str, history: History, evaluation: E
             {"epoch": epoch, **history.epoch_metrics(epoch)}
             for epoch in range(1, history.epochs + 1)
         ],
+    )
+
+
+@task
+def publish_decision(decision: Decision) -> None:
+    """A markdown artifact stating the retrain's decision, both scores and the reason."""
+
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    create_markdown_artifact(
+        key="retrain-decision",
+        description=f"Retrain decision for {decision.model_name}: {decision.action}",
+        markdown=(
+            f"# Retrain of `{decision.model_name}`: {decision.action}\n\n"
+            f"{decision.reason}\n\n"
+            "| | version | test accuracy |\n|---|---|---|\n"
+            f"| champion before | {decision.champion_version or '-'} | "
+            f"{score(decision.champion_accuracy)} |\n"
+            f"| challenger | {decision.challenger_version or '-'} | "
+            f"{score(decision.challenger_accuracy)} |\n\n"
+            f"Challenger MLflow run id: `{decision.challenger_run_id or '-'}`\n"
+        ),
     )

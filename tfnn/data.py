@@ -295,6 +295,30 @@ def preprocess(
         raise DataError(
             f"preprocess: labels span {labels.min()}-{labels.max()}, expected 0-{num_classes - 1}"
         )
-    x = images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
-    y = np.eye(num_classes, dtype=np.float32)[labels]
-    return x, y
+    return flatten_and_scale(images), np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def flatten_and_scale(images: np.ndarray) -> np.ndarray:
+    """images (n, 28, 28) uint8 -> (n, 784) float32 in [0, 1], the network's input."""
+    images = np.asarray(images)
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
+def load_png_images(paths: list[str | Path]) -> np.ndarray:
+    """PNG files as (n, 28, 28) uint8 grayscale: colour is converted to gray and other sizes
+    are resized by area averaging. MNIST digits are light on dark; dark-on-light images are
+    not inverted."""
+    import tensorflow as tf  # only here: the IDX readers work without TensorFlow
+
+    images = []
+    for path in paths:
+        try:
+            image = tf.io.decode_png(Path(path).read_bytes(), channels=1)
+        except OSError as error:
+            raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+        except tf.errors.InvalidArgumentError:
+            raise DataError(f"{path}: not a PNG image") from None
+        if tuple(image.shape[:2]) != IMAGE_SHAPE:
+            image = tf.image.resize(image, IMAGE_SHAPE, method="area")
+        images.append(np.clip(np.round(image.numpy()[..., 0]), 0, 255).astype(np.uint8))
+    return np.stack(images)

@@ -1,0 +1,20 @@
+# The project image: runs the MLflow server, the Prefect server and the worker.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+WORKDIR /app
+# Dependencies first, so editing the code does not reinstall TensorFlow.
+COPY pyproject.toml README.md ./
+COPY tfnn ./tfnn
+COPY tasks ./tasks
+COPY flows ./flows
+RUN pip install ".[server]"
+COPY prefect.yaml ./
+
+RUN useradd --create-home --uid 1000 tfnn && mkdir -p /app/outputs /mlartifacts \
+    && chown tfnn /app/outputs /mlartifacts
+USER tfnn

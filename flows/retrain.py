@@ -1,0 +1,61 @@
+"""The retrain flow: train a challenger and move the ``champion`` alias only if it wins."""
+
+from prefect import flow
+from pydantic import NonNegativeFloat
+
+from flows.train import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, DEFAULT_OUTPUT_DIR, train_flow
+from tasks.config import TrainConfig
+from tasks.data import load_data, prepare_data
+from tasks.registry import (
+    Decision,
+    already_decided,
+    challenge,
+    find_champion,
+    record_decision,
+    retrain_key,
+)
+from tasks.reporting import publish_decision
+
+
+@flow(name="retrain-mnist", log_prints=True)
+def retrain_flow(
+    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
+    model_name: str = DEFAULT_MODEL_NAME,
+    margin: NonNegativeFloat = 0.0,
+    warm_start: bool = False,
+    experiment: str = DEFAULT_EXPERIMENT,
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+) -> Decision:
+    """Train a challenger (fresh, or from the champion's weights with ``warm_start``), score
+    it and the champion on the same test set, and promote it only if its accuracy is higher
+    by at least ``margin``. With nothing new since the last decision it trains nothing."""
+    data = prepare_data(load_data(config.data_source))
+    champion = find_champion(model_name)
+    key = retrain_key(config, data.digest, warm_start, margin)
+    skip_reason = already_decided(model_name, key, champion)
+    if skip_reason:
+        decision = Decision(
+            model_name, "skipped", skip_reason, key, champion_version=champion.version
+        )
+    else:
+        challenger = train_flow(
+            config,
+            experiment,
+            output_dir,
+            run_name="challenger",
+            registered_model_name=model_name,
+            warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start and champion else None,
+        )
+        decision = challenge(
+            model_name,
+            champion,
+            challenger.model_version,
+            challenger.run_id,
+            data,
+            margin,
+            key,
+        )
+        record_decision(decision)
+    publish_decision(decision)
+    print(f"{decision.action}: {decision.reason}")
+    return decision

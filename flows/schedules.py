@@ -1,0 +1,54 @@
+"""Deployments of the train and retrain flows on cron schedules, served by one process.
+
+``tfnn schedule`` runs ``serve_schedules``; the compose stack instead deploys
+``prefect.yaml`` to a work pool that a worker polls.
+"""
+
+import os
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+
+from flows.retrain import retrain_flow
+from flows.train import DEFAULT_MODEL_NAME, train_flow
+from tasks.config import TrainConfig
+
+TRAIN_CRON_ENV, RETRAIN_CRON_ENV = "TFNN_TRAIN_CRON", "TFNN_RETRAIN_CRON"
+# Nightly training at 02:00 and a weekly retrain on Sunday at 03:00 (UTC).
+DEFAULT_TRAIN_CRON, DEFAULT_RETRAIN_CRON = "0 2 * * *", "0 3 * * 0"
+
+
+def default_crons() -> tuple[str, str]:
+    """``(train, retrain)`` cron strings from ``$TFNN_TRAIN_CRON``/``$TFNN_RETRAIN_CRON``."""
+    return (
+        os.environ.get(TRAIN_CRON_ENV) or DEFAULT_TRAIN_CRON,
+        os.environ.get(RETRAIN_CRON_ENV) or DEFAULT_RETRAIN_CRON,
+    )
+
+
+def build_deployments(
+    config: TrainConfig,
+    train_cron: str,
+    retrain_cron: str,
+    model_name: str = DEFAULT_MODEL_NAME,
+    margin: float = 0.0,
+) -> list[RunnerDeployment]:
+    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises."""
+    config_json = config.model_dump(mode="json")
+    return [
+        train_flow.to_deployment(
+            "scheduled-train",
+            cron=train_cron,
+            parameters={"config": config_json, "registered_model_name": model_name},
+        ),
+        retrain_flow.to_deployment(
+            "scheduled-retrain",
+            cron=retrain_cron,
+            parameters={"config": config_json, "model_name": model_name, "margin": margin},
+        ),
+    ]
+
+
+def serve_schedules(deployments: list[RunnerDeployment]) -> None:
+    """Register ``deployments`` and run their scheduled flow runs until interrupted."""
+    serve(*deployments)

@@ -1,0 +1,87 @@
+"""Tasks for batch prediction: read digits from files, predict with any MLflow model URI,
+write a CSV of labels and probabilities."""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tfnn.data import (
+    DataError,
+    flatten_and_scale,
+    load_idx_images,
+    load_idx_labels,
+    load_png_images,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Digits:
+    """Images (n, 28, 28) uint8, a name per image, and true labels (n,) when known."""
+
+    images: np.ndarray
+    names: list[str]
+    labels: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """Probabilities (n, 10) float32, predicted labels (n,), accuracy when labels are known."""
+
+    probabilities: np.ndarray
+    predicted_labels: np.ndarray
+    accuracy: float | None
+
+
+@task
+def load_digits(paths: list[str], labels_path: str | None = None) -> Digits:
+    """Digits from PNG files and/or IDX image files, named by the PNG's file name or
+    ``<idx file>:<index>``, with the labels of an IDX label file if given."""
+    images, names = [], []
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".png":
+            images.append(load_png_images([path]))
+            names.append(path.name)
+        else:
+            images.append(load_idx_images(path))
+            names += [f"{path.name}:{i}" for i in range(len(images[-1]))]
+    if not images:
+        raise DataError("no images given: pass PNG files or an IDX image file")
+    labels = load_idx_labels(labels_path) if labels_path else None
+    if labels is not None and len(labels) != len(names):
+        raise DataError(
+            f"{labels_path}: {len(labels)} labels for {len(names)} images; pass matching files"
+        )
+    return Digits(np.concatenate(images), names, labels)
+
+
+@task(cache_policy=NONE)
+def predict(model_uri: str, digits: Digits) -> Predictions:
+    """Predict ``digits`` with the MLflow model at ``model_uri`` (any URI pyfunc can load)."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    probabilities = np.asarray(model.predict(flatten_and_scale(digits.images)), np.float32)
+    predicted = probabilities.argmax(axis=1)
+    accuracy = None if digits.labels is None else float(np.mean(predicted == digits.labels))
+    return Predictions(probabilities, predicted, accuracy)
+
+
+@task(cache_policy=NONE)
+def write_predictions(path: str, digits: Digits, predictions: Predictions) -> str:
+    """Write ``image,predicted[,label],p0..p9`` rows to the CSV file ``path``; returns it."""
+    classes = [f"p{k}" for k in range(predictions.probabilities.shape[1])]
+    labelled = digits.labels is not None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "predicted", *(["label"] if labelled else []), *classes])
+        for i, row in enumerate(predictions.probabilities):
+            label = [int(digits.labels[i])] if labelled else []
+            writer.writerow(
+                [digits.names[i], int(predictions.predicted_labels[i]), *label]
+                + [f"{p:.6f}" for p in row]
+            )
+    return path

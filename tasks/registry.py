@@ -1,0 +1,201 @@
+"""Tasks that keep the MLflow model registry: versions, the ``champion`` alias and the
+decisions that move it. Every call names its model, version and run explicitly.
+
+A retrain is identified by its *key*: a hash of the training configuration (less the data
+path), the data digest, whether it warm-starts and the promotion margin.
+
+Rule for "nothing new": a retrain is skipped when the current champion was itself produced
+by a retrain with the same key, or when a version with the same key was already compared
+against the current champion. Only a new champion, new data, a new configuration or a new
+margin trains again.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks.config import TrainConfig
+from tasks.data import PreparedData
+
+CHAMPION_ALIAS = "champion"
+KEY_TAG = "tfnn.retrain_key"
+COMPARED_WITH_TAG = "tfnn.compared_with_version"
+WARM_START_TAG = "tfnn.warm_start_from"
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version the ``champion`` alias points at, and the run that trained it."""
+
+    version: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a retrain: ``action`` is ``promoted``, ``kept`` or ``skipped``."""
+
+    model_name: str
+    action: str
+    reason: str
+    key: str
+    champion_version: str | None = None
+    challenger_version: str | None = None
+    champion_accuracy: float | None = None
+    challenger_accuracy: float | None = None
+    challenger_run_id: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The decision as MLflow tags (scores with all their digits)."""
+        values = {
+            "tfnn.decision": self.action,
+            "tfnn.decision_reason": self.reason,
+            "tfnn.champion_accuracy": self.champion_accuracy,
+            "tfnn.challenger_accuracy": self.challenger_accuracy,
+            COMPARED_WITH_TAG: self.champion_version or "none",
+            KEY_TAG: self.key,
+        }
+        return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def retrain_key(config: TrainConfig, data_digest: str, warm_start: bool, margin: float) -> str:
+    """Sha256 hex of what a retrain trains from and decides by; the data path is left out,
+    its digest counts."""
+    params = {k: v for k, v in config.as_params().items() if k != "data_source"}
+    text = json.dumps([params, data_digest, warm_start, margin], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def decide(
+    champion_accuracy: float | None, challenger_accuracy: float, margin: float
+) -> tuple[bool, str]:
+    """``(promote, reason)``: promote when there is no champion, or when the challenger is
+    strictly better by at least ``margin`` (so a tie never moves the alias)."""
+    if champion_accuracy is None:
+        return True, "no champion yet: the first model becomes champion"
+    gain = challenger_accuracy - champion_accuracy
+    comparison = (
+        f"challenger accuracy {challenger_accuracy:.4f} vs champion {champion_accuracy:.4f} "
+        f"(gain {gain:+.4f}, margin {margin:.4f})"
+    )
+    if gain > 0 and gain >= margin:
+        return True, f"{comparison}: the challenger beats the champion by the margin"
+    return False, f"{comparison}: the challenger does not beat the champion by the margin"
+
+
+def _is_missing(error: MlflowException) -> bool:
+    return error.error_code in _MISSING
+
+
+@task
+def register_model(name: str, model_uri: str, run_id: str) -> str:
+    """Register the logged model ``models:/<model_id>`` of run ``run_id`` as a new version of
+    ``name`` (created if needed); returns the version number once it is READY."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/")
+    )
+    version = client.get_model_version(name, created.version)
+    if version.status != "READY":
+        raise RuntimeError(f"model {name!r} version {version.version} is {version.status}")
+    client.set_tag(run_id, "tfnn.registered_model", f"{name}/{version.version}")
+    return str(version.version)
+
+
+@task
+def find_champion(name: str) -> Champion | None:
+    """The version that ``models:/<name>@champion`` points at, or None when there is none."""
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as error:
+        if _is_missing(error):
+            return None
+        raise
+    return Champion(str(version.version), version.run_id)
+
+
+@task
+def already_decided(name: str, key: str, champion: Champion | None) -> str | None:
+    """The reason a retrain with ``key`` has nothing new against ``champion``, else None."""
+    if champion is None:
+        return None
+    query = f"name = '{name}' and tags.`{KEY_TAG}` = '{key}'"
+    for version in MlflowClient().search_model_versions(query):
+        if str(version.version) == champion.version:
+            return f"nothing new: champion version {champion.version} came from this retrain"
+        if version.tags.get(COMPARED_WITH_TAG) == champion.version:
+            return (
+                f"nothing new: version {version.version} from this retrain was already "
+                f"compared with champion version {champion.version}"
+            )
+    return None
+
+
+@task
+def download_weights(run_id: str, source_uri: str, directory: str) -> str:
+    """Download a saved network (``architecture.json`` + ``weights.npz``, e.g.
+    ``runs:/<id>/weights``) into ``directory`` and note the source on run ``run_id``."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=directory)
+    MlflowClient().set_tag(run_id, WARM_START_TAG, source_uri)
+    return path
+
+
+@task(cache_policy=NONE)
+def challenge(
+    name: str,
+    champion: Champion | None,
+    challenger_version: str,
+    challenger_run_id: str,
+    data: PreparedData,
+    margin: float,
+    key: str,
+) -> Decision:
+    """Score champion and challenger, loaded from the registry as they would be served, on
+    the same test set, and decide whether the challenger becomes champion."""
+    accuracy = {}
+    for version in filter(None, (champion and champion.version, challenger_version)):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        predicted = np.asarray(model.predict(data.x_test)).argmax(axis=1)
+        accuracy[version] = float(np.mean(predicted == data.test_labels))
+    champion_accuracy = accuracy[champion.version] if champion else None
+    promote, reason = decide(champion_accuracy, accuracy[challenger_version], margin)
+    return Decision(
+        model_name=name,
+        action="promoted" if promote else "kept",
+        reason=reason,
+        key=key,
+        champion_version=champion.version if champion else None,
+        challenger_version=challenger_version,
+        champion_accuracy=champion_accuracy,
+        challenger_accuracy=accuracy[challenger_version],
+        challenger_run_id=challenger_run_id,
+    )
+
+
+@task
+def record_decision(decision: Decision) -> None:
+    """Tag the challenger's run and version with the decision; on promotion, then move the
+    ``champion`` alias to the (already READY) challenger in one registry call."""
+    client = MlflowClient()
+    for key, value in decision.tags().items():
+        client.set_tag(decision.challenger_run_id, key, value)
+        client.set_model_version_tag(decision.model_name, decision.challenger_version, key, value)
+    if decision.action == "promoted":
+        client.set_registered_model_alias(
+            decision.model_name, CHAMPION_ALIAS, decision.challenger_version
+        )

@@ -1,0 +1,173 @@
+"""The registry and the retrain flow: versions, the champion alias, decisions, idempotency,
+warm starts. Scores are re-derived independently from the saved weights with NumPy."""
+
+import asyncio
+import tempfile
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.cli import main
+from flows.retrain import retrain_flow
+from tasks.config import TrainConfig
+from tasks.registry import decide
+from tfnn.data import load_mnist_idx, preprocess
+from tfnn.optimizers import SGD
+from tfnn.serialization import load_network
+from tfnn.training import fit
+
+NAME = "tfnn-mnist"
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger", "margin", "promote"),
+    [
+        (None, 0.10, 0.5, True),  # the first model always becomes champion
+        (0.90, 0.92, 0.01, True),
+        (0.90, 0.905, 0.01, False),  # better, but not by the margin
+        (0.90, 0.90, 0.0, False),  # a tie never moves the alias
+        (0.90, 0.80, 0.0, False),
+    ],
+)
+def test_decide(champion, challenger, margin, promote):
+    promoted, reason = decide(champion, challenger, margin)
+    assert promoted is promote
+    if champion is not None:
+        assert f"{challenger:.4f}" in reason and f"{champion:.4f}" in reason
+
+
+def saved_network(run_id):
+    """The network a run saved under ``weights/``, read back with tfnn alone."""
+    return load_network(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="weights", dst_path=tempfile.mkdtemp()
+        )
+    )
+
+
+def accuracy_of(run_id, x_test, labels):
+    return float(np.mean(saved_network(run_id).predict(x_test).numpy().argmax(1) == labels))
+
+
+def latest_artifact_markdown():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-decision"])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+            return found[0].data
+
+    return asyncio.run(read())
+
+
+def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
+    prefect_harness, mlflow_store, small_mnist_dir
+):
+    client = MlflowClient()
+    arrays = load_mnist_idx(small_mnist_dir)
+    x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
+    labels = arrays.test_labels
+    config = TrainConfig(hidden_sizes=(16,), epochs=1, data_source=str(small_mnist_dir))
+
+    def champion():
+        version = client.get_model_version_by_alias(NAME, "champion")
+        return str(version.version), version.run_id
+
+    # 1. No champion yet: the challenger becomes champion.
+    first = retrain_flow(config)
+    assert (first.action, first.challenger_version) == ("promoted", "1")
+    assert champion() == ("1", first.challenger_run_id)
+    v1_accuracy = accuracy_of(first.challenger_run_id, x_test, labels)
+    assert first.challenger_accuracy == pytest.approx(v1_accuracy, abs=1e-9)
+    run = client.get_run(first.challenger_run_id)
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(v1_accuracy, abs=1e-6)
+    for tags in (run.data.tags, client.get_model_version(NAME, "1").tags):
+        assert tags["tfnn.decision"] == "promoted"
+        assert tags["tfnn.decision_reason"] == first.reason
+        assert float(tags["tfnn.challenger_accuracy"]) == pytest.approx(v1_accuracy)
+    assert "promoted" in latest_artifact_markdown()
+    # Loading the alias gives the champion's own predictions.
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(x_test)
+    np.testing.assert_allclose(
+        served, saved_network(first.challenger_run_id).predict(x_test).numpy(), atol=1e-6
+    )
+
+    # 2. Nothing new: nothing is trained, registered or promoted.
+    again = retrain_flow(config)
+    assert again.action == "skipped" and "came from this retrain" in again.reason
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
+    assert "skipped" in latest_artifact_markdown()
+
+    # 3. A warm-started challenger that cannot clear a margin of 1: kept, alias unmoved.
+    kept = retrain_flow(config, warm_start=True, margin=1.0)
+    assert (kept.action, kept.challenger_version, champion()[0]) == ("kept", "2", "1")
+    v2_accuracy = accuracy_of(kept.challenger_run_id, x_test, labels)
+    assert kept.champion_accuracy == pytest.approx(v1_accuracy)
+    assert kept.challenger_accuracy == pytest.approx(v2_accuracy)
+    v2_tags = client.get_model_version(NAME, "2").tags
+    assert v2_tags["tfnn.decision"] == "kept" and v2_tags["tfnn.compared_with_version"] == "1"
+    # Warm start means: the champion's weights trained one more epoch, exactly as tfnn.fit
+    # does it from those weights.
+    expected = saved_network(first.challenger_run_id)
+    fit(
+        expected,
+        SGD(config.learning_rate),
+        preprocess(arrays.train_images, arrays.train_labels),
+        (x_test, preprocess(arrays.test_images, labels)[1]),
+        epochs=1,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    warm = saved_network(kept.challenger_run_id)
+    for got, want in zip(warm.all_weights, expected.all_weights):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    assert client.get_run(kept.challenger_run_id).data.tags["tfnn.warm_start_from"] == (
+        f"runs:/{first.challenger_run_id}/weights"
+    )
+    assert retrain_flow(config, warm_start=True, margin=1.0).action == "skipped"
+
+    # 4. A warm start whose architecture differs fails clearly and registers nothing.
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        retrain_flow(config.model_copy(update={"hidden_sizes": (8,)}), warm_start=True)
+    failed = client.search_runs(
+        [run.info.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )[0]
+    assert failed.info.status == "FAILED" and "cannot warm-start" in failed.data.tags["tfnn.error"]
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+
+    # 5. Two more epochs from the champion on learnable digits win: the alias moves.
+    better = retrain_flow(config.model_copy(update={"epochs": 2}), warm_start=True)
+    v3_accuracy = accuracy_of(better.challenger_run_id, x_test, labels)
+    assert v3_accuracy > v1_accuracy
+    assert (better.action, better.challenger_version, champion()[0]) == ("promoted", "3", "3")
+    assert better.challenger_accuracy == pytest.approx(v3_accuracy)
+    assert client.get_model_version(NAME, "3").tags["tfnn.compared_with_version"] == "1"
+
+
+def test_compare_registers_each_child_under_the_given_name(
+    prefect_harness, mlflow_store, small_mnist_dir, capsys
+):
+    argv = ["compare", "--data-dir", str(small_mnist_dir), "--hidden-sizes", "8", "--epochs", "1"]
+    assert main([*argv, "--no-progress", "--model-name", "digits"]) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient()
+    versions = {str(v.version): v for v in client.search_model_versions("name = 'digits'")}
+    assert set(versions) == {"1", "2"}
+    for version in versions.values():
+        run = client.get_run(version.run_id)
+        activation = run.data.params["activation"]
+        assert f"[{activation}] registered: models:/digits/{version.version}" in out
+        assert run.data.tags["tfnn.registered_model"] == f"digits/{version.version}"
+        assert "mlflow.parentRunId" in run.data.tags
+    assert {client.get_run(v.run_id).data.params["activation"] for v in versions.values()} == {
+        "relu",
+        "tanh",
+    }

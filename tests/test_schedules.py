@@ -1,0 +1,58 @@
+"""Deployments with cron schedules, and the command-line checks of the new commands."""
+
+import pytest
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools import validate
+
+from flows.cli import build_parser, main
+from flows.retrain import retrain_flow
+from flows.schedules import DEFAULT_RETRAIN_CRON, build_deployments
+from flows.train import train_flow
+from tasks.config import TrainConfig
+
+
+def test_deployments_carry_the_crons_and_a_parameter_set_the_flows_accept():
+    config = TrainConfig(hidden_sizes=(32,), epochs=2, data_source="/data/mnist")
+    train, retrain = build_deployments(config, "*/10 * * * *", "0 6 * * 1", "digits", 0.02)
+    assert (train.name, train.flow_name) == ("scheduled-train", "train-mnist")
+    assert (retrain.name, retrain.flow_name) == ("scheduled-retrain", "retrain-mnist")
+    assert [s.schedule.cron for s in train.schedules] == ["*/10 * * * *"]
+    assert [s.schedule.cron for s in retrain.schedules] == ["0 6 * * 1"]
+    for deployment, flow in ((train, train_flow), (retrain, retrain_flow)):
+        # The server's type check at registration, then the flow run's own validation.
+        schema = parameter_schema(flow).model_dump_for_openapi()
+        validate(deployment.parameters, schema, raise_on_error=True, ignore_required=True)
+        assert flow.validate_parameters(deployment.parameters)["config"] == config
+    assert retrain.parameters["model_name"] == "digits" and retrain.parameters["margin"] == 0.02
+    assert train.parameters["registered_model_name"] == "digits"
+
+
+def test_crons_default_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TFNN_TRAIN_CRON", "5 1 * * *")
+    monkeypatch.delenv("TFNN_RETRAIN_CRON", raising=False)
+    args = build_parser().parse_args(["schedule"])
+    assert (args.train_cron, args.retrain_cron) == ("5 1 * * *", DEFAULT_RETRAIN_CRON)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["schedule", "--train-cron", "61 * * * *"], "invalid cron string '61 * * * *'"),
+        (["retrain", "--margin", "-0.1"], "must be a number >= 0, got '-0.1'"),
+        (["retrain", "--margin", "high"], "not a number: 'high'"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"tfnn {argv[0]}: error:") and message in error
+
+
+def test_a_bad_cron_in_the_environment_is_refused_too(monkeypatch, capsys):
+    monkeypatch.setenv("TFNN_RETRAIN_CRON", "every sunday")
+    with pytest.raises(SystemExit) as stopped:
+        main(["schedule"])
+    assert stopped.value.code == 2
+    assert "invalid cron string 'every sunday'" in capsys.readouterr().err

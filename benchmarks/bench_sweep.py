@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "mnist"
 GRID = {
     "activation": ["relu", "tanh"],
-    "hidden_sizes": [[256, 128], [512]],
+    "hidden_sizes": [[512, 256], [1024]],
     "learning_rate": [0.1, 0.05],
 }
 TARGET = 0.65  # dask time over sequential time, at most

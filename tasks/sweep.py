@@ -19,15 +19,20 @@ from tasks.grid import SweepSpec
 from tasks.tracking import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."
+SQLITE_LOCK_TIMEOUT_S = 60
 
 
 def portable_tracking_uri() -> str:
-    """The MLflow tracking URI with a relative SQLite path made absolute, so that other
-    processes (Dask workers) reach the same store."""
+    """The MLflow tracking URI as other processes (Dask workers) should use it: a relative
+    SQLite path made absolute, and a longer wait for SQLite's write lock."""
     uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return uri
+    if not uri.startswith("sqlite:///"):
+        return uri
+    if not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    # Several worker processes write one SQLite file; SQLite's default 5 s wait for the
+    # write lock can run out under load and fail a run with "database is locked".
+    return uri if "?" in uri else uri + f"?timeout={SQLITE_LOCK_TIMEOUT_S}"
 
 
 def prepare_worker(tracking_uri: str) -> None:

@@ -323,7 +323,7 @@ def test_sweep_on_a_two_process_dask_cluster(
         uris = dask.run(mlflow.get_tracking_uri)
     assert code == 0
     assert list(threads.values()) == [1, 1]
-    assert set(uris.values()) == {mlflow_store}
+    assert set(uris.values()) == {mlflow_store + "?timeout=60"}
 
     out = capsys.readouterr().out.splitlines()
     parent_id = out[-1].split("mlflow parent run id: ")[1].split()[0]

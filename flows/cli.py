@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+DASK_ADDRESS_ENV = "TFNN_DASK_ADDRESS"
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--labels", help="IDX label file: print the accuracy")
     predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
+    _add_sweep_command(commands)
     return parser
 
 
@@ -127,6 +129,60 @@ def _default_crons() -> tuple[str, str]:
     from flows.schedules import default_crons
 
     return default_crons()
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _add_sweep_command(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="train every configuration of a grid, concurrently or on a Dask cluster",
+        description="Configuration flags set fields shared by every run (over the file's "
+        "base); the grid and --vary list the values to combine.",
+    )
+    sweep.add_argument("--grid", metavar="FILE", help="YAML or JSON file with base and grid")
+    sweep.add_argument(
+        "--vary",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="FIELD VALUE",
+        help="a grid field and its values, e.g. --vary learning_rate 0.1 0.01 (repeatable; "
+        "replaces that field's values from the file)",
+    )
+    sweep.add_argument(
+        "--samples", type=_positive_int, help="train N configurations drawn from the grid"
+    )
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument(
+        "--dask-address",
+        metavar="ADDRESS",
+        help=f"scheduler of an existing Dask cluster, e.g. tcp://host:8786 "
+        f"(default: ${DASK_ADDRESS_ENV})",
+    )
+    where.add_argument(
+        "--dask-workers", type=_positive_int, metavar="N", help="start a local N-process cluster"
+    )
+    where.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        metavar="K",
+        help="without Dask: configurations trained at once in this process (default: 2)",
+    )
+    sweep.add_argument(
+        "--register",
+        nargs="?",
+        const="tfnn-mnist",
+        metavar="NAME",
+        help="register the best model under NAME (default: tfnn-mnist)",
+    )
+    _add_config_flags(sweep)
+    sweep.add_argument("--experiment", default="tfnn-mnist", help="MLflow experiment name")
+    sweep.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
 
 
 def _config_from(args: argparse.Namespace):
@@ -236,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and logs "database is locked" tracebacks; a user's own setting still wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        return _sweep(args)
     from tasks.config import describe_validation_error
 
     try:
@@ -263,6 +321,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     print("\n".join(lines))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tasks.config import TrainConfig
+    from tasks.grid import SweepError, SweepSpec, load_sweep_file
+
+    try:
+        spec = load_sweep_file(args.grid) if args.grid else SweepSpec()
+        base = {name: getattr(args, name) for name in TrainConfig.model_fields}
+        grid = {}
+        for field, *values in args.vary:
+            if not values:
+                raise SweepError(f"--vary {field}: give at least one value")
+            grid[field] = values
+        spec = spec.with_overrides(
+            {name: value for name, value in base.items() if value is not None}, grid, args.samples
+        )
+        configurations = spec.configurations()
+    except SweepError as error:
+        print(f"tfnn: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from flows.sweep import DEFAULT_MAX_CONCURRENCY, sweep_flow, sweep_task_runner
+
+    explicit = args.dask_workers or args.max_concurrency
+    runner = sweep_task_runner(
+        args.dask_address or (None if explicit else os.environ.get(DASK_ADDRESS_ENV)),
+        args.dask_workers,
+        args.max_concurrency or DEFAULT_MAX_CONCURRENCY,
+    )
+    if not args.traceback:
+        _quiet_tracebacks()
+    print(f"sweep of {len(configurations)} configurations", file=sys.stderr)
+    try:
+        result = sweep_flow.with_options(task_runner=runner)(
+            spec, args.experiment, args.output_dir, args.register
+        )
+    except Exception as error:
+        if args.traceback:
+            raise
+        print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    for row in result.ranking:
+        score = f"{row['final_test_accuracy']:.4f}" if row["rank"] else "FAILED"
+        print(f"{row['rank'] or '-':>4}  {score:>8}  {row['configuration']}  {row['error']}")
+    print(
+        f"mlflow parent run id: {result.parent_run_id}  best run id: {result.ranking[0]['run_id']}"
+    )
     return 0
 
 

@@ -33,6 +33,10 @@ class NonFiniteLossError(FloatingPointError):
         )
         self.epoch, self.step, self.loss = epoch, step, loss
 
+    def __reduce__(self):
+        # Rebuilt from its fields, so it survives pickling (Dask sends it between processes).
+        return type(self), (self.epoch, self.step, self.loss)
+
 
 @dataclass
 class History:

@@ -1,0 +1,120 @@
+"""The sweep flow: train every configuration of a grid concurrently, each as its own task and
+MLflow child run, under one parent run that ranks them.
+
+Configurations run on Prefect's thread pool by default, or on a Dask cluster when the flow is
+given a ``DaskTaskRunner`` (``sweep_task_runner``). Each task loads its own data from the
+configured source, so only configurations and small results cross the network.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, train_flow
+from tasks.config import TrainConfig
+from tasks.grid import SweepSpec
+from tasks.plots import plot_comparison
+from tasks.sweep import (
+    portable_tracking_uri,
+    prepare_worker,
+    rank_configurations,
+    register_model,
+    sweep_params,
+    tag_best,
+)
+from tasks.tracking import log_artifact, tracked_run
+
+DEFAULT_MAX_CONCURRENCY = 2
+
+
+class SweepFailedError(RuntimeError):
+    """Every configuration of the sweep failed."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The parent MLflow run, the ranking (best first) and each configuration's outcome:
+    its ``TrainResult`` or the exception it failed with."""
+
+    parent_run_id: str
+    ranking: list[dict[str, Any]]
+    outcomes: dict[str, TrainResult | BaseException]
+
+
+def sweep_task_runner(
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+) -> TaskRunner:
+    """A Dask runner for an existing cluster or a local one of ``dask_workers`` processes,
+    else Prefect's thread pool of ``max_concurrency`` threads."""
+    if dask_address or dask_workers:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True},
+        )
+    return ThreadPoolTaskRunner(max_workers=max_concurrency)
+
+
+@task(cache_policy=NONE)
+def train_configuration(
+    config: TrainConfig,
+    name: str,
+    experiment: str,
+    output_dir: str,
+    parent_run_id: str,
+    tracking_uri: str,
+) -> TrainResult:
+    """Run the training flow for one configuration as a child of ``parent_run_id``, wherever
+    the task runner puts this task."""
+    prepare_worker(tracking_uri)
+    return train_flow(config, experiment, output_dir, parent_run_id=parent_run_id, run_name=name)
+
+
+@flow(name="sweep-mnist", log_prints=True)
+def sweep_flow(
+    spec: SweepSpec,
+    experiment: str = DEFAULT_EXPERIMENT,
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+    register_as: str | None = None,
+) -> SweepResult:
+    """Train every configuration of ``spec`` under one parent MLflow run that ends with the
+    ranking, a comparison plot and the best configuration's tags."""
+    # Validated before anything trains: a bad grid fails here, naming the configuration.
+    configurations = spec.configurations()
+    output_dir = str(Path(output_dir).resolve())
+    tracking_uri = portable_tracking_uri()
+    with tracked_run(
+        sweep_params(spec, configurations), experiment, run_name=f"sweep of {len(configurations)}"
+    ) as parent_id:
+        futures = {
+            name: train_configuration.submit(
+                config, name, experiment, output_dir, parent_id, tracking_uri
+            )
+            for name, config in configurations.items()
+        }
+        # Failed configurations come back as their exceptions and do not stop the others.
+        outcomes = {name: future.result(raise_on_failure=False) for name, future in futures.items()}
+        ranking = rank_configurations(parent_id, configurations, outcomes, spec.varied())
+        finished = {n: r for n, r in outcomes.items() if not isinstance(r, BaseException)}
+        if not finished:
+            raise SweepFailedError(f"all {len(outcomes)} configurations failed; see ranking.json")
+        figure = plot_comparison(
+            {name: result.history for name, result in finished.items()},
+            str(Path(output_dir) / parent_id / "comparison.png"),
+        )
+        log_artifact(parent_id, figure, "plots")
+        best = ranking[0]
+        model_uri = finished[best["configuration"]].model_uri
+        tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
+        if register_as:
+            register_model(model_uri, register_as)
+    return SweepResult(parent_id, ranking, outcomes)

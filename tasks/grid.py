@@ -1,0 +1,131 @@
+"""A sweep's grid: a YAML or JSON file (and command-line values) expanded into ``TrainConfig``s.
+
+The file holds a ``base`` mapping of ``TrainConfig`` fields, a ``grid`` mapping each varied
+field to a list of values, and optionally ``samples: N`` with a ``seed`` to train N
+configurations drawn at random from the grid instead of all of them::
+
+    base: {epochs: 3, hidden_sizes: [100, 50]}
+    grid:
+      activation: [relu, tanh]
+      learning_rate: [0.1, 0.01]
+    samples: 3
+    seed: 0
+"""
+
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.config import TrainConfig, describe_validation_error
+
+
+class SweepError(ValueError):
+    """A sweep file or grid is unreadable or invalid; the message names the file, key or field."""
+
+
+class SweepSpec(BaseModel):
+    """The base configuration, the grid over it and the optional random sample size."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: dict[str, Any] = Field(default_factory=dict, description="fields shared by every run")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="field -> values")
+    samples: int | None = Field(None, ge=1, description="train this many random grid points")
+    seed: int = Field(0, description="seed of the random sample")
+
+    def varied(self) -> list[str]:
+        """The grid fields with more than one value: they name each configuration."""
+        return [field for field, values in self.grid.items() if len(values) > 1]
+
+    def configurations(self) -> dict[str, TrainConfig]:
+        """Every grid point (or the random sample) by name, each validated as a ``TrainConfig``.
+
+        Raises SweepError naming the key, or the configuration and its field, at the first
+        problem, so nothing trains unless every configuration is valid.
+        """
+        for key, mapping in (("base", self.base), ("grid", self.grid)):
+            for field in mapping:
+                if field not in TrainConfig.model_fields:
+                    raise SweepError(
+                        f"{key}.{field}: not a training configuration field; "
+                        f"use {', '.join(TrainConfig.model_fields)}"
+                    )
+        for field, values in self.grid.items():
+            if not values:
+                raise SweepError(f"grid.{field}: no values; list at least one")
+        points = list(itertools.product(*self.grid.values()))
+        if self.samples is not None:
+            if self.samples > len(points):
+                raise SweepError(
+                    f"samples: {self.samples} is more than the {len(points)} grid points"
+                )
+            chosen = random.Random(self.seed).sample(range(len(points)), self.samples)
+            points = [points[i] for i in sorted(chosen)]
+        configurations: dict[str, TrainConfig] = {}
+        for point in points:
+            values = dict(zip(self.grid, point))
+            name = " ".join(f"{field}={_show(values[field])}" for field in self.varied())
+            name = name or "base"
+            try:
+                config = _portable(TrainConfig(**{**self.base, **values}))
+            except ValidationError as error:
+                raise SweepError(
+                    f"configuration {name!r}: {describe_validation_error(error)}"
+                ) from None
+            if config in configurations.values():
+                raise SweepError(
+                    f"configuration {name!r} repeats another: a grid value is listed twice"
+                )
+            configurations[name] = config
+        return configurations
+
+    def with_overrides(
+        self, base: dict[str, Any], grid: dict[str, list[Any]], samples: int | None
+    ) -> "SweepSpec":
+        """This spec with command-line values replacing the file's, field by field."""
+        return SweepSpec(
+            base={**self.base, **base},
+            grid={**self.grid, **grid},
+            samples=self.samples if samples is None else samples,
+            seed=self.seed,
+        )
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def _portable(config: TrainConfig) -> TrainConfig:
+    # Dask workers may run in another directory: give them the data directory's absolute path.
+    source = Path(config.data_source).expanduser()
+    if config.data_source.startswith("tfds:") or not source.exists():
+        return config
+    return config.model_copy(update={"data_source": str(source.resolve())})
+
+
+def load_sweep_file(path: str | Path) -> SweepSpec:
+    """Read a sweep from a ``.json`` file, or a YAML file (any other suffix)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SweepError(f"{path}: cannot read the sweep file ({error.strerror})") from None
+    try:
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise SweepError(f"{path}: not valid {kind} ({' '.join(str(error).split())})") from None
+    if not isinstance(content, dict):
+        raise SweepError(
+            f"{path}: expected a mapping with 'base' and 'grid', got {type(content).__name__}"
+        )
+    try:
+        return SweepSpec(**content)
+    except ValidationError as error:
+        problems = describe_validation_error(error).removeprefix("invalid configuration: ")
+        raise SweepError(f"{path}: {problems}") from None

@@ -1,0 +1,136 @@
+"""Tasks around a sweep: ready a worker to train one configuration, rank the configurations
+on the parent MLflow run, tag it with the best and register the best model."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import tensorflow as tf
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks.config import TrainConfig
+from tasks.grid import SweepSpec
+from tasks.tracking import ERROR_TAG
+
+BEST_TAG_PREFIX = "tfnn.best."
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def portable_tracking_uri() -> str:
+    """The MLflow tracking URI as other processes (Dask workers) should use it: a relative
+    SQLite path made absolute, and a longer wait for SQLite's write lock."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return uri
+    if not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    # Several worker processes write one SQLite file; SQLite's default 5 s wait for the
+    # write lock can run out under load and fail a run with "database is locked".
+    return uri if "?" in uri else uri + f"?timeout={SQLITE_LOCK_TIMEOUT_S}"
+
+
+def prepare_worker(tracking_uri: str) -> None:
+    """Point MLflow at the sweep's store and, on a Dask worker, keep TensorFlow to one thread."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return  # not on a Dask worker: threads of one process share TensorFlow's pool
+    # Dask already runs one configuration per worker thread; TensorFlow's default of one
+    # thread per core in every worker would oversubscribe the cores.
+    if tf.config.threading.get_intra_op_parallelism_threads() != 1:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already ran something in this worker
+            get_run_logger().warning("TensorFlow had started on this worker; keeping its threads")
+
+
+def sweep_params(spec: SweepSpec, configurations: dict[str, TrainConfig]) -> dict[str, str]:
+    """The parent run's params: the shared fields, each grid field's values as a JSON list,
+    the number of configurations and, when sampled, the sample's seed."""
+    shared = next(iter(configurations.values())).as_params()
+    params = {**shared, **{field: json.dumps(values) for field, values in spec.grid.items()}}
+    params["num_configurations"] = str(len(configurations))
+    if spec.samples is not None:
+        params["sample_seed"] = str(spec.seed)
+    return params
+
+
+@task(cache_policy=NONE)
+def rank_configurations(
+    parent_run_id: str,
+    configurations: dict[str, TrainConfig],
+    outcomes: dict[str, Any],
+    varied: list[str],
+) -> list[dict[str, Any]]:
+    """Rank by final test accuracy, failed configurations last with their reason, and log the
+    table to the parent run (``ranking.json``) and to Prefect. ``outcomes`` maps each name to
+    its ``TrainResult`` or to the exception it failed with. Returns the rows, best first."""
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    child_by_name = {run.info.run_name: run for run in children}
+    failed = [name for name, outcome in outcomes.items() if isinstance(outcome, BaseException)]
+    finished = sorted(
+        (name for name in outcomes if name not in failed),
+        key=lambda name: -outcomes[name].metrics["final_test_accuracy"],
+    )
+    rows = []
+    for rank, name in enumerate(finished + failed, 1):
+        outcome, child = outcomes[name], child_by_name.get(name)
+        ok = name in finished
+        params = configurations[name].as_params()
+        rows.append(
+            {
+                "rank": rank if ok else None,
+                "configuration": name,
+                **{field: params[field] for field in varied},
+                "status": "FINISHED" if ok else "FAILED",
+                "final_test_accuracy": outcome.metrics["final_test_accuracy"] if ok else None,
+                "final_test_loss": outcome.metrics["final_test_loss"] if ok else None,
+                "run_id": outcome.run_id if ok else (child.info.run_id if child else None),
+                # A configuration may fail before its MLflow run exists (say, MLflow unreachable).
+                "error": "" if ok else (child.data.tags[ERROR_TAG] if child else repr(outcome)),
+            }
+        )
+    client.log_table(
+        parent_run_id, {key: [row[key] for row in rows] for key in rows[0]}, "ranking.json"
+    )
+    create_table_artifact(
+        key="sweep-ranking", table=rows, description="Configurations by final test accuracy"
+    )
+    return rows
+
+
+@task(cache_policy=NONE)
+def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, model_uri: str) -> None:
+    """Tag the parent run with the best configuration's fields, run, model and accuracy
+    (``tfnn.best.*``) and log its accuracy as the metric ``best_final_test_accuracy``."""
+    client = MlflowClient()
+    tags = {
+        **config.as_params(),
+        "configuration": best["configuration"],
+        "run_id": best["run_id"],
+        "model_uri": model_uri,
+        "final_test_accuracy": str(best["final_test_accuracy"]),
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric("best_final_test_accuracy", best["final_test_accuracy"], now, 0)],
+        tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()],
+    )
+
+
+@task
+def register_model(model_uri: str, name: str) -> str:
+    """Register ``model_uri`` as a new version of the registered model ``name``; returns it."""
+    return mlflow.register_model(model_uri, name).version

@@ -1,7 +1,8 @@
 """The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig``.
 
-Exit codes: 0 success, 1 the run failed, 2 bad command-line input. Errors are one
-line on stderr; ``--traceback`` shows the full stack.
+Exit codes: 0 success, 1 the run failed, 2 input refused before any run started (flags,
+data, model files, unreachable services). Errors are one line on stderr; ``--traceback``
+shows the full stack.
 """
 
 import argparse
@@ -50,19 +51,74 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--activations", default="relu,tanh", help="comma-separated (default: relu,tanh)"
     )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this MLflow run from its newest checkpoint (configuration: the run's)",
+    )
     for command in (train, compare):
         _add_config_flags(command)
         command.add_argument("--experiment", default="tfnn-mnist", help="MLflow experiment name")
         command.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_evaluate_command(commands)
     return parser
 
 
-def _config_from(args: argparse.Namespace):
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="measure a saved network on a test set")
+    evaluate.add_argument(
+        "--weights",
+        required=True,
+        metavar="DIR",
+        help="directory holding architecture.json and weights.npz (a run's weights/ artifacts)",
+    )
+    evaluate.add_argument(
+        "--data-dir",
+        dest="data_source",
+        metavar="DIR",
+        help="directory holding the four MNIST IDX files (default: $TFNN_DATA_DIR, else tfds)",
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    """Print the test loss and accuracy of a saved network."""
+    from tasks.config import default_data_source
+    from tasks.preflight import InputError
+    from tfnn.data import load_dataset, preprocess
+    from tfnn.serialization import load_network
+
+    network = load_network(args.weights)
+    arrays = load_dataset(args.data_source or default_data_source())
+    x, y = preprocess(arrays.test_images, arrays.test_labels)
+    shape = (network.input_dim, int(network.layers[-1].w.shape[1]))
+    if shape != (x.shape[1], y.shape[1]):
+        raise InputError(
+            f"{args.weights}: the network maps {shape[0]} inputs to {shape[1]} outputs but "
+            f"the data has {x.shape[1]} pixels and {y.shape[1]} classes"
+        )
+    loss, accuracy = float(network.loss(x, y)), float(network.accuracy(x, y))
+    print(f"test_loss={loss:.4f}  test_accuracy={accuracy:.4f}")
+
+
+def _config_from(args: argparse.Namespace, recorded: dict[str, str]):
+    """The configuration of ``args``: flags given win over ``recorded`` (a resumed run's)."""
     from tasks.config import TrainConfig
 
     values = {name: getattr(args, name) for name in TrainConfig.model_fields}
-    return TrainConfig(**{name: value for name, value in values.items() if value is not None})
+    given = {name: value for name, value in values.items() if value is not None}
+    return TrainConfig(**{**recorded, **given})
+
+
+def _check_inputs(args: argparse.Namespace, config) -> None:
+    """Refuse bad data, an unwritable output directory and unreachable services before any
+    run starts (raises ``InputError`` or ``DataError``)."""
+    from tasks import preflight
+
+    preflight.check_data(config)
+    preflight.check_output_dir(args.output_dir)
+    preflight.check_tracking()
+    preflight.check_orchestration()
 
 
 def _one_line(error: BaseException) -> str:
@@ -88,9 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     from tasks.config import describe_validation_error
+    from tasks.preflight import InputError, resumed_config_fields
+    from tfnn.data import DataError
+    from tfnn.serialization import ModelFileError
 
     try:
-        config = _config_from(args)
+        if args.command == "evaluate":
+            _evaluate(args)
+            return 0
+        resume = getattr(args, "resume", None)
+        config = _config_from(args, resumed_config_fields(resume) if resume else {})
         activations = (
             tuple(a.strip() for a in args.activations.split(","))
             if args.command == "compare"
@@ -100,8 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for name in activations:
             TrainConfig(**{**config.model_dump(), "activation": name})
+        _check_inputs(args, config)
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InputError, DataError, ModelFileError) as error:
+        if args.traceback:
+            raise
+        print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
 
     from flows.compare import compare_flow
@@ -114,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             results = {
                 "": train_flow(
-                    config, args.experiment, args.output_dir, show_progress=show_progress
+                    config,
+                    args.experiment,
+                    args.output_dir,
+                    show_progress=show_progress,
+                    resume_run_id=resume,
                 )
             }
         else:

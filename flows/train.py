@@ -37,14 +37,26 @@ def train_flow(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     show_progress: bool = False,
+    resume_run_id: str | None = None,
 ) -> TrainResult:
-    """Train the configured network on MNIST and record everything in one MLflow run."""
-    with tracked_run(config.as_params(), experiment, parent_run_id, run_name) as run_id:
+    """Train the configured network on MNIST and record everything in one MLflow run;
+    with ``resume_run_id``, continue that run from its newest checkpoint."""
+    with tracked_run(
+        config.as_params(), experiment, parent_run_id, run_name, resume_run_id
+    ) as run_id:
         run_dir = Path(output_dir) / run_id
         data = prepare_data(load_data(config.data_source))
         network = build_network(config, data.input_dim, data.num_classes)
         log_dataset(run_id, data, network.num_parameters)
-        history = train(network, data, config, run_id, str(run_dir / "checkpoints"), show_progress)
+        history = train(
+            network,
+            data,
+            config,
+            run_id,
+            str(run_dir / "checkpoints"),
+            show_progress,
+            resume=resume_run_id is not None,
+        )
         evaluation = evaluate(network, data)
         log_evaluation(
             run_id, evaluation, plot_run(history, evaluation, data, str(run_dir / "plots"))

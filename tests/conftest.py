@@ -2,6 +2,7 @@
 directories, and MNIST-format data (small synthetic files, or the real shared digits)."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfnn.data import write_idx_images, write_idx_labels
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tfnn_command(*args: str) -> list[str]:
+    """The ``tfnn`` console command of this checkout, to run in a subprocess."""
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+def tfnn_env(**extra: str) -> dict[str, str]:
+    """This process's environment (the test's MLflow store, a private Prefect home) with this
+    checkout importable and ``extra`` on top, for a ``tfnn`` subprocess."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +84,13 @@ def write_mnist_dir(directory: Path, train_count: int = 600, test_count: int = 2
 def small_mnist_dir(tmp_path_factory) -> Path:
     """A directory of small synthetic MNIST-format files (600 train, 200 test)."""
     return write_mnist_dir(tmp_path_factory.mktemp("small-mnist"))
+
+
+@pytest.fixture(scope="session")
+def large_mnist_dir(tmp_path_factory) -> Path:
+    """Synthetic MNIST-format files with 20k training digits: with 256 hidden units an epoch
+    lasts long enough (about half a second) to kill or stop something in the middle of it."""
+    return write_mnist_dir(tmp_path_factory.mktemp("large-mnist"), 20_000, 200)
 
 
 @pytest.fixture(scope="session")

@@ -143,8 +143,8 @@ def _quiet_tracebacks() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
+    from tasks import preflight
     from tasks.config import describe_validation_error
-    from tasks.preflight import InputError, resumed_config_fields
     from tfnn.data import DataError
     from tfnn.serialization import ModelFileError
 
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _evaluate(args)
             return 0
         resume = getattr(args, "resume", None)
-        config = _config_from(args, resumed_config_fields(resume) if resume else {})
+        config = _config_from(args, preflight.resumed_config_fields(resume) if resume else {})
         activations = (
             tuple(a.strip() for a in args.activations.split(","))
             if args.command == "compare"
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
         return EXIT_USAGE
-    except (InputError, DataError, ModelFileError) as error:
+    except (preflight.InputError, DataError, ModelFileError) as error:
         if args.traceback:
             raise
         print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)

@@ -1,22 +1,35 @@
 """Checks the ``tfnn`` command makes before it starts Prefect and an MLflow run, so that
-bad input is refused within seconds, in one line, and leaves no run behind."""
+bad input is refused within seconds, in one line, and leaves no run behind.
 
+Only the checks of services import MLflow and Prefect (seconds of start-up), so bad
+data is refused without them.
+"""
+
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
-
 from tasks.config import TrainConfig
-from tasks.tracking import one_line
 from tfnn.data import load_dataset
 
 
 class InputError(ValueError):
     """Input refused before any run started; the message names the problem and the way out."""
+
+
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    # A check's outcome is its one line: not MLflow's table creation or urllib3's retries.
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def check_data(config: TrainConfig) -> None:
@@ -50,8 +63,15 @@ def check_output_dir(directory: str) -> None:
 
 def check_tracking() -> None:
     """Ask the MLflow tracking store for one experiment."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line  # also caps MLflow's own HTTP retries
+
     try:
-        MlflowClient().search_experiments(max_results=1)
+        with _quiet("mlflow", "urllib3", "alembic"):
+            MlflowClient().search_experiments(max_results=1)
     except MlflowException as error:
         raise InputError(
             f"MLflow tracking at {mlflow.get_tracking_uri()} is unreachable "
@@ -62,6 +82,11 @@ def check_tracking() -> None:
 def check_orchestration() -> None:
     """Ask the Prefect API for its health, when ``PREFECT_API_URL`` names one (else each
     run starts its own temporary server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.tracking import one_line
+
     url = PREFECT_API_URL.value()
     if not url:
         return
@@ -76,6 +101,12 @@ def check_orchestration() -> None:
 
 def resumed_config_fields(run_id: str) -> dict[str, str]:
     """The configuration recorded by MLflow run ``run_id`` (strings, for ``TrainConfig``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line
+
     try:
         params = MlflowClient().get_run(run_id).data.params
     except MlflowException as error:

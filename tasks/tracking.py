@@ -235,6 +235,7 @@ class EpochLogger:
         self.checkpoint = TrainingCheckpoint(self._snapshot, checkpoint_dir)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfnn-tracking")
         self._pending: list[Future] = []
+        self._tracking_failed = False
 
     def __enter__(self) -> "EpochLogger":
         return self
@@ -288,9 +289,17 @@ class EpochLogger:
         for variable, value in zip(self._snapshot.all_weights, weights):
             variable.assign(value)
         prefix = self.checkpoint.save(epoch, history)
-        if epoch > self.logged_epochs:
-            self._log_metrics(epoch, metrics, history)
-        self._upload(epoch, prefix)
+        # After a tracking failure, epochs still queued are only checkpointed: the failure
+        # is reported once, without waiting out the retries again, and resume logs the rest.
+        if self._tracking_failed:
+            return
+        try:
+            if epoch > self.logged_epochs:
+                self._log_metrics(epoch, metrics, history)
+            self._upload(epoch, prefix)
+        except Exception:
+            self._tracking_failed = True
+            raise
 
     def _log_metrics(self, epoch: int, metrics: dict[str, float], history: History) -> None:
         now = int(time.time() * 1000)

@@ -19,10 +19,43 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("TFNN_DATA_DIR", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfnn.data import write_idx_images, write_idx_labels
+from tfnn.data import load_dataset, preprocess, write_idx_images, write_idx_labels
+from tfnn.network import build_mlp
+from tfnn.optimizers import SGD
+from tfnn.serialization import weights_digest
+from tfnn.training import fit
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+
+
+def train_uninterrupted(config) -> tuple:
+    """Train ``config`` with tfnn alone (no flow, tracking or checkpoints), the reference for
+    runs that were interrupted: ``(History, weights_digest)``."""
+    arrays = load_dataset(config.data_source)
+    train = preprocess(arrays.train_images, arrays.train_labels)
+    test = preprocess(arrays.test_images, arrays.test_labels)
+    network = build_mlp(
+        config.layer_sizes(784, 10),
+        hidden_activation=config.activation,
+        output_activation=config.output_activation,
+        loss=config.loss,
+        initializer=config.initializer,
+        seed=config.seed,
+    )
+    history = fit(
+        network,
+        SGD(config.learning_rate),
+        train,
+        test,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    return history, weights_digest(network)
 
 
 def tfnn_command(*args: str) -> list[str]:

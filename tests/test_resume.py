@@ -7,37 +7,12 @@ import signal
 import subprocess
 import time
 
-from conftest import tfnn_command, tfnn_env
+from conftest import EPOCH_METRICS, tfnn_command, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
 from tasks.config import TrainConfig
 from tasks.tracking import WEIGHTS_TAG
-from tfnn.data import load_dataset, preprocess
-from tfnn.network import build_mlp
-from tfnn.optimizers import SGD
-from tfnn.serialization import weights_digest
-from tfnn.training import fit
-
-EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
-
-
-def uninterrupted(config: TrainConfig):
-    """Train with tfnn alone (no flow, no tracking, no checkpoints): ``(history, digest)``."""
-    arrays = load_dataset(config.data_source)
-    train = preprocess(arrays.train_images, arrays.train_labels)
-    test = preprocess(arrays.test_images, arrays.test_labels)
-    network = build_mlp(config.layer_sizes(784, 10), seed=config.seed)
-    history = fit(
-        network,
-        SGD(config.learning_rate),
-        train,
-        test,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
-    )
-    return history, weights_digest(network)
 
 
 def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mnist_dir, tmp_path):
@@ -77,7 +52,7 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
     assert run.info.status == "FINISHED"
     assert [r.info.run_id for r in client.search_runs([run.info.experiment_id])] == [run_id]
     config = TrainConfig(**TrainConfig.fields_from_params(run.data.params))
-    history, digest = uninterrupted(config)
+    history, digest = train_uninterrupted(config)
     assert run.data.tags[WEIGHTS_TAG] == digest
     for name in EPOCH_METRICS:
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))

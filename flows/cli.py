@@ -111,14 +111,16 @@ def _config_from(args: argparse.Namespace, recorded: dict[str, str]):
 
 
 def _check_inputs(args: argparse.Namespace, config) -> None:
-    """Refuse bad data, an unwritable output directory and unreachable services before any
-    run starts (raises ``InputError`` or ``DataError``)."""
+    """Refuse bad data, an unwritable output directory, unreachable services and a run that
+    cannot be resumed before any run starts (raises ``InputError`` or ``DataError``)."""
     from tasks import preflight
 
     preflight.check_data(config)
     preflight.check_output_dir(args.output_dir)
     preflight.check_tracking()
     preflight.check_orchestration()
+    if getattr(args, "resume", None):
+        preflight.check_resume(args.resume, config)
 
 
 def _one_line(error: BaseException) -> str:

@@ -101,6 +101,21 @@ def check_orchestration() -> None:
 
 def resumed_config_fields(run_id: str) -> dict[str, str]:
     """The configuration recorded by MLflow run ``run_id`` (strings, for ``TrainConfig``)."""
+    return TrainConfig.fields_from_params(_resumed_run(run_id).data.params)
+
+
+def check_resume(run_id: str, config: TrainConfig) -> None:
+    """Check that run ``run_id`` is unfinished and was started with ``config`` and this
+    machine's library versions, as resuming it will."""
+    from tasks.tracking import ResumeError, check_resumable, library_versions
+
+    try:
+        check_resumable(_resumed_run(run_id), {**config.as_params(), **library_versions()})
+    except ResumeError as error:
+        raise InputError(f"--resume {error}") from None
+
+
+def _resumed_run(run_id: str):
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -108,9 +123,8 @@ def resumed_config_fields(run_id: str) -> dict[str, str]:
     from tasks.tracking import one_line
 
     try:
-        params = MlflowClient().get_run(run_id).data.params
+        return MlflowClient().get_run(run_id)
     except MlflowException as error:
         raise InputError(
             f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} ({one_line(error)})"
         ) from None
-    return TrainConfig.fields_from_params(params)

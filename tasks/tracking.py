@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import mlflow
 import numpy as np
 import tensorflow as tf
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -111,26 +111,30 @@ def library_versions() -> dict[str, str]:
     return {f"version.{name}": value for name, value in versions.items()}
 
 
-def _reopen(
-    client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]
-) -> dict[str, str]:
-    """Set an unfinished run whose params agree with ``params`` RUNNING again; returns
-    the params it does not hold yet."""
-    run = client.get_run(run_id)
+def check_resumable(run: Run, params: dict[str, str]) -> None:
+    """Raise ``ResumeError`` if ``run`` finished or holds a param that differs from ``params``."""
+    run_id, held = run.info.run_id, run.data.params
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} already finished; start a new run instead")
-    held = run.data.params
     differ = [f"{k}={held[k]} (now {v})" for k, v in params.items() if held.get(k, v) != v]
     if differ:
         raise ResumeError(
             f"run {run_id} was started with {', '.join(differ)}; "
             "resume it with the same configuration and library versions"
         )
+
+
+def _reopen(
+    client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]
+) -> dict[str, str]:
+    """Set a resumable run RUNNING again; returns the params it does not hold yet."""
+    run = client.get_run(run_id)
+    check_resumable(run, params)
     if ERROR_TAG in run.data.tags:
         client.delete_tag(run_id, ERROR_TAG)
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
     client.update_run(run_id, status="RUNNING")
-    return {key: value for key, value in params.items() if key not in held}
+    return {key: value for key, value in params.items() if key not in run.data.params}
 
 
 @contextmanager

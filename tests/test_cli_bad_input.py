@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tfnn_command, tfnn_env
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from tasks.config import TrainConfig
+from tasks.tracking import library_versions
 from tfnn.data import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network
@@ -156,12 +159,36 @@ BROKEN_MODEL = {
         "architecture.json: invalid architecture: unknown activation 'swish'",
     ),
 }
-CASES = [*BROKEN_DATA, *BAD_CONFIG, *BAD_ENVIRONMENT, *BROKEN_MODEL]
+# A failed run recorded with the valid command's configuration; flags to resume it.
+BAD_RESUME = {
+    "resume an unknown run": (f"--resume {'0' * 32}", f"--resume {'0' * 32}: no such run"),
+    "resume with another learning rate": (
+        "--resume {run_id} --learning-rate 0.2",
+        "--resume run {run_id} was started with learning_rate=0.1 (now 0.2)",
+    ),
+}
+CASES = [*BROKEN_DATA, *BAD_CONFIG, *BAD_ENVIRONMENT, *BROKEN_MODEL, *BAD_RESUME]
 
 
-def _command(case: str, directory: Path, data: Path) -> tuple[list[str], dict[str, str], str]:
+def _failed_run(store: str, config: TrainConfig) -> str:
+    """A FAILED run in ``store``, recorded as ``tfnn train`` records ``config``."""
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("tfnn-mnist")).info.run_id
+    params = {**config.as_params(), **library_versions()}
+    client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
+def _command(
+    case: str, directory: Path, data: Path, store: str
+) -> tuple[list[str], dict[str, str], str]:
     """The argv, extra environment and expected message fragment of ``case``."""
     valid = ["train", "--data-dir", str(data), "--epochs", "1", "--hidden-sizes", "8"]
+    if case in BAD_RESUME:
+        run_id = _failed_run(store, TrainConfig(data_source=str(data), epochs=1, hidden_sizes=(8,)))
+        flags, fragment = (f.format(run_id=run_id) for f in BAD_RESUME[case])
+        return [*valid, *flags.split()], {}, fragment
     if case in BROKEN_DATA:
         broken = Path(shutil.copytree(data, directory / "data"))
         BROKEN_DATA[case][0](broken)
@@ -185,8 +212,8 @@ def outcomes(small_mnist_dir, tmp_path_factory) -> dict[str, tuple]:
 
     def run(case: str):
         directory = tmp_path_factory.mktemp("case")
-        argv, extra, fragment = _command(case, directory, small_mnist_dir)
         store = f"sqlite:///{directory / 'mlflow.db'}"
+        argv, extra, fragment = _command(case, directory, small_mnist_dir, store)
         env = tfnn_env(
             **{"MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(directory / "prefect"), **extra}
         )

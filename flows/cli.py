@@ -1,7 +1,8 @@
 """The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig``.
 
-Exit codes: 0 success, 1 the run failed, 2 bad command-line input. Errors are one
-line on stderr; ``--traceback`` shows the full stack.
+Exit codes: 0 success, 1 the run failed, 2 input refused before any run started (flags,
+data, model files, unreachable services). Errors are one line on stderr; ``--traceback``
+shows the full stack.
 """
 
 import argparse
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--activations", default="relu,tanh", help="comma-separated (default: relu,tanh)"
     )
     train.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this MLflow run from its newest checkpoint (configuration: the run's)",
+    )
+    train.add_argument(
         "--no-register", action="store_true", help="do not register the model in the registry"
     )
     retrain = commands.add_parser(
@@ -100,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--labels", help="IDX label file: print the accuracy")
     predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
     _add_sweep_command(commands)
+    _add_evaluate_command(commands)
     return parser
 
 
@@ -185,11 +192,62 @@ def _add_sweep_command(commands) -> None:
     sweep.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
 
 
-def _config_from(args: argparse.Namespace):
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="measure a saved network on a test set")
+    evaluate.add_argument(
+        "--weights",
+        required=True,
+        metavar="DIR",
+        help="directory holding architecture.json and weights.npz (a run's weights/ artifacts)",
+    )
+    evaluate.add_argument(
+        "--data-dir",
+        dest="data_source",
+        metavar="DIR",
+        help="directory holding the four MNIST IDX files (default: $TFNN_DATA_DIR, else tfds)",
+    )
+
+
+def _evaluate(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
+    """The test loss and accuracy of a saved network."""
+    from tasks.config import default_data_source
+    from tasks.preflight import InputError
+    from tfnn.data import load_dataset, preprocess
+    from tfnn.serialization import load_network
+
+    network = load_network(args.weights)
+    arrays = load_dataset(args.data_source or default_data_source())
+    x, y = preprocess(arrays.test_images, arrays.test_labels)
+    shape = (network.input_dim, int(network.layers[-1].w.shape[1]))
+    if shape != (x.shape[1], y.shape[1]):
+        raise InputError(
+            f"{args.weights}: the network maps {shape[0]} inputs to {shape[1]} outputs but "
+            f"the data has {x.shape[1]} pixels and {y.shape[1]} classes"
+        )
+    loss, accuracy = float(network.loss(x, y)), float(network.accuracy(x, y))
+    return [f"test_loss={loss:.4f}  test_accuracy={accuracy:.4f}"]
+
+
+def _config_from(args: argparse.Namespace, recorded: dict[str, str]):
+    """The configuration of ``args``: flags given win over ``recorded`` (a resumed run's)."""
     from tasks.config import TrainConfig
 
     values = {name: getattr(args, name) for name in TrainConfig.model_fields}
-    return TrainConfig(**{name: value for name, value in values.items() if value is not None})
+    given = {name: value for name, value in values.items() if value is not None}
+    return TrainConfig(**{**recorded, **given})
+
+
+def _check_inputs(args: argparse.Namespace, config) -> None:
+    """Refuse bad data, an unwritable output directory, unreachable services and a run that
+    cannot be resumed before any run starts (raises ``InputError`` or ``DataError``)."""
+    from tasks import preflight
+
+    preflight.check_data(config)
+    preflight.check_output_dir(args.output_dir)
+    preflight.check_tracking()
+    preflight.check_orchestration()
+    if getattr(args, "resume", None):
+        preflight.check_resume(args.resume, config)
 
 
 def _one_line(error: BaseException) -> str:
@@ -224,6 +282,7 @@ def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> li
             args.output_dir,
             show_progress=show_progress,
             registered_model_name=model_name,
+            resume_run_id=args.resume,
         )
         results = {"": result}
     else:
@@ -283,7 +342,10 @@ _COMMANDS = {
     "retrain": _retrain,
     "schedule": _schedule,
     "predict": _predict,
+    "evaluate": _evaluate,
 }
+# Commands whose inputs (data, output directory, services) are checked before anything runs.
+_CHECKED = {"train", "compare", "retrain", "schedule"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,27 +356,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep(args)
-    from tasks.config import describe_validation_error
+    from tasks import preflight
+    from tasks.config import TrainConfig, describe_validation_error
+    from tfnn.data import DataError
+    from tfnn.serialization import ModelFileError
 
+    config, activations = None, ()
     try:
-        config = None if args.command == "predict" else _config_from(args)
-        activations = (
-            tuple(a.strip() for a in args.activations.split(","))
-            if args.command == "compare"
-            else ()
-        )
-        from tasks.config import TrainConfig
-
-        for name in activations:
-            TrainConfig(**{**config.model_dump(), "activation": name})
+        if args.command in _CHECKED:
+            resume = getattr(args, "resume", None)
+            config = _config_from(args, preflight.resumed_config_fields(resume) if resume else {})
+            if args.command == "compare":
+                activations = tuple(a.strip() for a in args.activations.split(","))
+            for name in activations:
+                TrainConfig(**{**config.model_dump(), "activation": name})
+            _check_inputs(args, config)
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (preflight.InputError, DataError) as error:
+        if args.traceback:
+            raise
+        print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
 
     if not args.traceback:
         _quiet_tracebacks()
     try:
         lines = _COMMANDS[args.command](args, config, activations)
+    except (preflight.InputError, DataError, ModelFileError) as error:
+        # Files named on the command line (predict, evaluate) proved unreadable.
+        if args.traceback:
+            raise
+        print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as error:
         if args.traceback:
             raise

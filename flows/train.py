@@ -43,13 +43,17 @@ def train_flow(
     show_progress: bool = False,
     registered_model_name: str | None = DEFAULT_MODEL_NAME,
     warm_start_from: str | None = None,
+    resume_run_id: str | None = None,
 ) -> TrainResult:
     """Train the configured network on MNIST and record everything in one MLflow run.
 
     The model is registered as a new version of ``registered_model_name`` (unless None).
-    ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a saved network's weights.
+    ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a saved network's weights;
+    ``resume_run_id`` continues that run from its newest checkpoint.
     """
-    with tracked_run(config.as_params(), experiment, parent_run_id, run_name) as run_id:
+    with tracked_run(
+        config.as_params(), experiment, parent_run_id, run_name, resume_run_id
+    ) as run_id:
         run_dir = Path(output_dir) / run_id
         data = prepare_data(load_data(config.data_source))
         initial = (
@@ -59,7 +63,15 @@ def train_flow(
         )
         network = build_network(config, data.input_dim, data.num_classes, initial)
         log_dataset(run_id, data, network.num_parameters)
-        history = train(network, data, config, run_id, str(run_dir / "checkpoints"), show_progress)
+        history = train(
+            network,
+            data,
+            config,
+            run_id,
+            str(run_dir / "checkpoints"),
+            show_progress,
+            resume=resume_run_id is not None,
+        )
         evaluation = evaluate(network, data)
         log_evaluation(
             run_id, evaluation, plot_run(history, evaluation, data, str(run_dir / "plots"))

@@ -83,6 +83,12 @@ class TrainConfig(BaseModel):
         params["hidden_sizes"] = ",".join(map(str, self.hidden_sizes))
         return {key: str(value) for key, value in params.items()}
 
+    @classmethod
+    def fields_from_params(cls, params: dict[str, str]) -> dict[str, str]:
+        """The configuration fields among MLflow ``params`` (the inverse of ``as_params``),
+        still strings for validation."""
+        return {name: params[name] for name in cls.model_fields if name in params}
+
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field: ``learning_rate: Input should be greater than 0 (got 0)``."""

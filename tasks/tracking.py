@@ -3,15 +3,24 @@
 MLflow's "active run" lives in a thread-local, and Prefect runs each task in a
 worker thread, so nothing here relies on it: the flow opens the run, passes the
 run id to every task, and every call goes through an ``MlflowClient``.
+
+Logging survives tracking-server outages: every call that is safe to repeat goes
+through ``RetryingClient``, which retries refused connections and 5xx replies with
+backoff for up to ``$TFNN_TRACKING_RETRY_SECONDS`` (default 300).
 """
 
 import json
+import os
+import platform
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
@@ -19,7 +28,8 @@ import tensorflow as tf
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.http_dataset_source import HTTPDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import runtime, task
@@ -28,8 +38,18 @@ from prefect.cache_policies import NONE
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.network import Sequential
-from tfnn.serialization import TrainingCheckpoint, save_network
+from tfnn.serialization import TrainingCheckpoint, save_network, weights_digest
 from tfnn.training import History
+
+# MLflow's own retries back off up to two minutes per attempt (about four minutes on a
+# refused connection), which would outlast any budget of ours: keep two quick ones and
+# let RetryingClient wait, unless the user chose otherwise.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+RETRY_SECONDS_ENV = "TFNN_TRACKING_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 300.0
+LIBRARIES = ("tensorflow", "numpy", "prefect", "mlflow")
+WEIGHTS_TAG = "tfnn.weights_sha256"
+T = TypeVar("T")
 
 # Per-step losses are logged at most this many times an epoch, in the same batch as the
 # epoch's metrics, so tracking cost stays flat however many steps an epoch has.
@@ -37,8 +57,88 @@ STEP_LOSS_POINTS_PER_EPOCH = 100
 ERROR_TAG = "tfnn.error"
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line."""
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+class TrackingUnavailableError(ConnectionError):
+    """The tracking server kept failing for the whole retry budget."""
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed: it is finished, or was started with other params."""
+
+
+def _transient(error: MlflowException) -> bool:
+    # MLflow reports a refused connection as INTERNAL_ERROR (HTTP 500), like a 5xx reply.
+    status = error.get_http_status_code()
+    return status >= 500 or status == 429
+
+
+def retry_tracking(call: Callable[[], T]) -> T:
+    """Run ``call`` (MLflow requests that are safe to repeat), retrying transient failures
+    with backoff (0.5 s doubling to 10 s) for up to ``$TFNN_TRACKING_RETRY_SECONDS``."""
+    budget = float(os.environ.get(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS))
+    deadline, delay = time.monotonic() + budget, 0.5
+    while True:
+        try:
+            return call()
+        except MlflowException as error:
+            if not _transient(error):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TrackingUnavailableError(
+                    f"MLflow tracking at {mlflow.get_tracking_uri()} still failing after "
+                    f"{budget:g} s ({one_line(error)}); set {RETRY_SECONDS_ENV} to wait longer"
+                ) from error
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose every method call goes through ``retry_tracking``: use it for
+    logging, never to create runs or experiments (a retry could create two)."""
+
+    def __init__(self) -> None:
+        self._client = MlflowClient()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+        return lambda *args, **kwargs: retry_tracking(lambda: method(*args, **kwargs))
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a run depends on, as MLflow params ``version.<library>``."""
+    versions = {"python": platform.python_version()}
+    versions |= {name: version(name) for name in LIBRARIES}
+    return {f"version.{name}": value for name, value in versions.items()}
+
+
+def check_resumable(run: Run, params: dict[str, str]) -> None:
+    """Raise ``ResumeError`` if ``run`` finished or holds a param that differs from ``params``."""
+    run_id, held = run.info.run_id, run.data.params
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} already finished; start a new run instead")
+    differ = [f"{k}={held[k]} (now {v})" for k, v in params.items() if held.get(k, v) != v]
+    if differ:
+        raise ResumeError(
+            f"run {run_id} was started with {', '.join(differ)}; "
+            "resume it with the same configuration and library versions"
+        )
+
+
+def _reopen(
+    client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]
+) -> dict[str, str]:
+    """Set a resumable run RUNNING again; returns the params it does not hold yet."""
+    run = client.get_run(run_id)
+    check_resumable(run, params)
+    if ERROR_TAG in run.data.tags:
+        client.delete_tag(run_id, ERROR_TAG)
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    client.update_run(run_id, status="RUNNING")
+    return {key: value for key, value in params.items() if key not in run.data.params}
 
 
 @contextmanager
@@ -47,35 +147,42 @@ def tracked_run(
     experiment: str,
     parent_run_id: str | None = None,
     run_name: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[str]:
-    """Open an MLflow run holding ``params`` (``TrainConfig.as_params()``); yield its id.
+    """Open an MLflow run holding ``params`` (``TrainConfig.as_params()``) and the library
+    versions; yield its id. With ``resume_run_id``, reopen that run instead (RUNNING again),
+    refusing if it finished or its params differ.
 
     The run ends FINISHED only if the body completes; on any exception it ends
     FAILED (KILLED on Ctrl-C) with the reason in the ``tfnn.error`` tag, and the
     exception propagates so that Prefect marks the flow run Failed too.
     """
     client = MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    params = {**params, **library_versions()}
     tags = {
         "prefect.flow_run_id": str(runtime.flow_run.id),
         "prefect.flow_run_name": str(runtime.flow_run.name),
     }
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    if resume_run_id:
+        run_id, params = resume_run_id, _reopen(client, resume_run_id, params, tags)
+    else:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     try:
         client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
         yield run_id
-    except KeyboardInterrupt:
-        client.set_tag(run_id, ERROR_TAG, "interrupted")
-        client.set_terminated(run_id, "KILLED")
-        raise
     except BaseException as error:
-        client.set_tag(run_id, ERROR_TAG, _one_line(error))
-        client.set_terminated(run_id, "FAILED")
+        interrupted = isinstance(error, KeyboardInterrupt)
+        # The tracking server may be why the run failed: then the run stays RUNNING there,
+        # to be resumed, and the original error is the one worth reporting.
+        with suppress(MlflowException):
+            client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
+            client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    RetryingClient().set_terminated(run_id, "FINISHED")
 
 
 def _dataset_source(source: str) -> DatasetSource:
@@ -92,7 +199,7 @@ def _dataset_source(source: str) -> DatasetSource:
 @task(cache_policy=NONE)
 def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
     """Record the data source, its digest and the parameter count, and the dataset as an input."""
-    client = MlflowClient()
+    client = RetryingClient()
     client.log_batch(
         run_id,
         params=[
@@ -125,19 +232,20 @@ class EpochLogger:
     batch, and upload the checkpoint. Use it as a context manager: leaving waits for
     the queue, so every completed epoch is on disk and in MLflow, and re-raises the
     first tracking error (unless training itself already failed).
+
+    That order makes a crash recoverable by ``resume``: a local checkpoint may hold
+    epochs whose metrics never reached MLflow (they are logged then), and an uploaded
+    checkpoint may lag the metrics (those epochs are retrained but not logged again).
     """
 
     def __init__(
-        self,
-        run_id: str,
-        network: Sequential,
-        checkpoint_dir: str | Path,
-        history: History,
-        steps_per_epoch: int,
+        self, run_id: str, network: Sequential, checkpoint_dir: str | Path, steps_per_epoch: int
     ):
-        self.client = MlflowClient()
+        self.client = RetryingClient()
         self.run_id = run_id
-        self.history = history
+        self.network = network
+        self.history = History()
+        self.logged_epochs = 0
         self.steps_per_epoch = steps_per_epoch
         self.stride = max(1, steps_per_epoch // STEP_LOSS_POINTS_PER_EPOCH)
         # The background thread checkpoints this twin, so training can go on
@@ -146,6 +254,7 @@ class EpochLogger:
         self.checkpoint = TrainingCheckpoint(self._snapshot, checkpoint_dir)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfnn-tracking")
         self._pending: list[Future] = []
+        self._tracking_failed = False
 
     def __enter__(self) -> "EpochLogger":
         return self
@@ -154,61 +263,126 @@ class EpochLogger:
         self._worker.shutdown(wait=True)
         if error_type is None:
             for done in self._pending:
-                done.result()
+                self._result(done)
 
     def __call__(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
         for done in self._pending:
-            if done.done() and done.exception() is not None:
-                raise done.exception()
+            if done.done():
+                self._result(done)
         weights = [w.numpy() for w in network.all_weights]
         history = History(**{name: list(values) for name, values in vars(self.history).items()})
         self._pending.append(self._worker.submit(self._log_epoch, epoch, metrics, weights, history))
+
+    def resume(self) -> int:
+        """Load the run's newest checkpoint into the network and ``history`` (from the
+        checkpoint directory, else from the run's ``checkpoints/`` artifacts) and log the
+        restored epochs MLflow lacks; returns how many epochs are complete (0: none)."""
+        if tf.train.latest_checkpoint(self.checkpoint.directory) is None:
+            self._download_checkpoint()
+            # A new manager, since a manager reads the directory's state once, when made.
+            self.checkpoint = TrainingCheckpoint(self._snapshot, self.checkpoint.directory)
+        epoch, self.history = self.checkpoint.restore_latest()
+        for variable, restored in zip(self.network.all_weights, self._snapshot.all_weights):
+            variable.assign(restored)
+        logged = self.client.get_metric_history(self.run_id, "train_loss")
+        self.logged_epochs = max((metric.step for metric in logged), default=0)
+        for missing in range(self.logged_epochs + 1, epoch + 1):
+            self._log_metrics(missing, self.history.epoch_metrics(missing), self.history)
+        self.logged_epochs = max(self.logged_epochs, epoch)
+        if epoch:  # the crash may have come before this checkpoint's upload
+            self._upload(epoch, self.checkpoint.manager.latest_checkpoint)
+        return epoch
+
+    def _result(self, done: Future) -> None:
+        try:
+            done.result()
+        except TrackingUnavailableError as error:
+            raise TrackingUnavailableError(
+                f"{error}; the checkpoints are kept in {self.checkpoint.directory}: "
+                f"continue with tfnn train --resume {self.run_id}"
+            ) from error
 
     def _log_epoch(
         self, epoch: int, metrics: dict[str, float], weights: list[np.ndarray], history: History
     ) -> None:
         for variable, value in zip(self._snapshot.all_weights, weights):
             variable.assign(value)
-        prefix = Path(self.checkpoint.save(epoch, history))
+        prefix = self.checkpoint.save(epoch, history)
+        # After a tracking failure, epochs still queued are only checkpointed: the failure
+        # is reported once, without waiting out the retries again, and resume logs the rest.
+        if self._tracking_failed:
+            return
+        try:
+            if epoch > self.logged_epochs:
+                self._log_metrics(epoch, metrics, history)
+            self._upload(epoch, prefix)
+        except Exception:
+            self._tracking_failed = True
+            raise
+
+    def _log_metrics(self, epoch: int, metrics: dict[str, float], history: History) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(name, value, now, epoch) for name, value in metrics.items()]
         first_step = (epoch - 1) * self.steps_per_epoch
-        losses = history.step_loss[first_step:]
+        losses = history.step_loss[first_step : first_step + self.steps_per_epoch]
         batch += [
             Metric("step_loss", losses[i], now, first_step + i)
             for i in range(0, len(losses), self.stride)
         ]
         self.client.log_batch(self.run_id, metrics=batch)
-        for path in [prefix.parent / "checkpoint", *prefix.parent.glob(prefix.name + ".*")]:
+
+    def _upload(self, epoch: int, prefix: str) -> None:
+        # The state file goes last: an uploaded folder that holds it is complete.
+        prefix = Path(prefix)
+        for path in [*sorted(prefix.parent.glob(prefix.name + ".*")), prefix.parent / "checkpoint"]:
             self.client.log_artifact(self.run_id, str(path), f"checkpoints/epoch-{epoch:03d}")
+
+    def _download_checkpoint(self) -> None:
+        folders = [f.path for f in self.client.list_artifacts(self.run_id, "checkpoints")]
+        for folder in sorted(folders, reverse=True):
+            if any(
+                Path(f.path).name == "checkpoint"
+                for f in self.client.list_artifacts(self.run_id, folder)
+            ):
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = self.client.download_artifacts(self.run_id, folder, tmp)
+                    shutil.copytree(local, self.checkpoint.directory, dirs_exist_ok=True)
+                return
 
 
 @task(cache_policy=NONE)
 def log_trained_model(run_id: str, network: Sequential, data: PreparedData) -> str:
     """Log the final weights (architecture JSON + npz) and an MLflow tensorflow model with a
-    signature and an input example; returns the model's URI."""
-    client = MlflowClient()
+    signature and an input example, and tag the run with ``weights_digest``; returns the
+    model's URI."""
+    client = RetryingClient()
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifacts(run_id, str(save_network(network, tmp)), "weights")
+    client.set_tag(run_id, WEIGHTS_TAG, weights_digest(network))
     example = data.x_test[:5]
-    info = mlflow.tensorflow.log_model(
-        network,
-        name="model",
-        run_id=run_id,
-        signature=infer_signature(example, network(example).numpy()),
-        input_example=example,
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
+    info = retry_tracking(
+        lambda: mlflow.tensorflow.log_model(
+            network,
+            name="model",
+            run_id=run_id,
+            signature=infer_signature(example, network(example).numpy()),
+            input_example=example,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
+        )
     )
     return info.model_uri
 
 
 @task(cache_policy=NONE)
 def log_evaluation(run_id: str, evaluation: Evaluation, plot_paths: list[str]) -> None:
-    """Log the final test metrics, the confusion matrix and the plots."""
-    client = MlflowClient()
+    """Log the final test metrics (those a resumed run does not hold yet), the confusion
+    matrix and the plots."""
+    client = RetryingClient()
+    held = client.get_run(run_id).data.metrics
     now = int(time.time() * 1000)
     client.log_batch(
-        run_id, metrics=[Metric(k, v, now, 0) for k, v in evaluation.metrics().items()]
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in evaluation.metrics().items() if k not in held],
     )
     client.log_dict(
         run_id,
@@ -222,4 +396,4 @@ def log_evaluation(run_id: str, evaluation: Evaluation, plot_paths: list[str]) -
 @task
 def log_artifact(run_id: str, path: str, artifact_path: str | None = None) -> None:
     """Upload one local file to the run's artifacts."""
-    MlflowClient().log_artifact(run_id, path, artifact_path)
+    RetryingClient().log_artifact(run_id, path, artifact_path)

@@ -24,18 +24,20 @@ def train(
     run_id: str,
     checkpoint_dir: str,
     show_progress: bool = False,
+    resume: bool = False,
 ) -> History:
     """Train ``network`` in place with SGD; after every epoch log metrics and a checkpoint.
 
     Checkpoints go to ``checkpoint_dir`` (kept there if the run fails) and to the run's
-    ``checkpoints/`` artifacts.
+    ``checkpoints/`` artifacts. With ``resume``, training continues after the newest
+    checkpoint (see ``EpochLogger.resume``), exactly as an uninterrupted run would.
     """
-    history = History()
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     with (
-        EpochLogger(run_id, network, checkpoint_dir, history, steps_per_epoch) as logger,
+        EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch) as logger,
         _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance,
     ):
+        completed_epochs = logger.resume() if resume else 0
         return fit(
             network,
             SGD(config.learning_rate),
@@ -45,7 +47,8 @@ def train(
             batch_size=config.batch_size,
             seed=config.seed,
             callbacks=[logger],
-            history=history,
+            initial_epoch=completed_epochs,
+            history=logger.history,
             step_callback=advance,
             # Each refresh ends a compiled chunk of steps, so refresh ~20 times an epoch.
             steps_per_call=max(1, steps_per_epoch // 20) if advance else None,

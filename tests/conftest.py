@@ -2,6 +2,7 @@
 directories, and MNIST-format data (small synthetic files, or the real shared digits)."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,9 +19,54 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("TFNN_DATA_DIR", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfnn.data import write_idx_images, write_idx_labels
+from tfnn.data import load_dataset, preprocess, write_idx_images, write_idx_labels
+from tfnn.network import build_mlp
+from tfnn.optimizers import SGD
+from tfnn.serialization import weights_digest
+from tfnn.training import fit
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+
+
+def train_uninterrupted(config) -> tuple:
+    """Train ``config`` with tfnn alone (no flow, tracking or checkpoints), the reference for
+    runs that were interrupted: ``(History, weights_digest)``."""
+    arrays = load_dataset(config.data_source)
+    train = preprocess(arrays.train_images, arrays.train_labels)
+    test = preprocess(arrays.test_images, arrays.test_labels)
+    network = build_mlp(
+        config.layer_sizes(784, 10),
+        hidden_activation=config.activation,
+        output_activation=config.output_activation,
+        loss=config.loss,
+        initializer=config.initializer,
+        seed=config.seed,
+    )
+    history = fit(
+        network,
+        SGD(config.learning_rate),
+        train,
+        test,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    return history, weights_digest(network)
+
+
+def tfnn_command(*args: str) -> list[str]:
+    """The ``tfnn`` console command of this checkout, to run in a subprocess."""
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+def tfnn_env(**extra: str) -> dict[str, str]:
+    """This process's environment (the test's MLflow store, a private Prefect home) with this
+    checkout importable and ``extra`` on top, for a ``tfnn`` subprocess."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +124,13 @@ def write_mnist_dir(directory: Path, train_count: int = 600, test_count: int = 2
 def small_mnist_dir(tmp_path_factory) -> Path:
     """A directory of small synthetic MNIST-format files (600 train, 200 test)."""
     return write_mnist_dir(tmp_path_factory.mktemp("small-mnist"))
+
+
+@pytest.fixture(scope="session")
+def large_mnist_dir(tmp_path_factory) -> Path:
+    """Synthetic MNIST-format files with 20k training digits: with 256 hidden units an epoch
+    lasts long enough (about half a second) to kill or stop something in the middle of it."""
+    return write_mnist_dir(tmp_path_factory.mktemp("large-mnist"), 20_000, 200)
 
 
 @pytest.fixture(scope="session")

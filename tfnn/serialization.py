@@ -5,6 +5,7 @@ per weight, keyed ``layer{i}/weight`` and ``layer{i}/bias``. Mid-training checkp
 use ``tf.train.Checkpoint`` instead (see ``TrainingCheckpoint``).
 """
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -25,6 +26,17 @@ class ModelFileError(ValueError):
 
 def _weight_keys(network: Sequential) -> list[str]:
     return [f"layer{i}/{part}" for i in range(len(network.layers)) for part in ("weight", "bias")]
+
+
+def weights_digest(network: Sequential) -> str:
+    """Sha256 hex of every weight's shape, dtype and bytes, in ``all_weights`` order: equal
+    digests mean bit-identical networks."""
+    h = hashlib.sha256()
+    for w in network.all_weights:
+        array = w.numpy()
+        h.update(f"{array.shape}{array.dtype.str};".encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
 
 
 def save_network(network: Sequential, directory: str | Path) -> Path:

@@ -1,0 +1,130 @@
+"""Checks the ``tfnn`` command makes before it starts Prefect and an MLflow run, so that
+bad input is refused within seconds, in one line, and leaves no run behind.
+
+Only the checks of services import MLflow and Prefect (seconds of start-up), so bad
+data is refused without them.
+"""
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tasks.config import TrainConfig
+from tfnn.data import load_dataset
+
+
+class InputError(ValueError):
+    """Input refused before any run started; the message names the problem and the way out."""
+
+
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    # A check's outcome is its one line: not MLflow's table creation or urllib3's retries.
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def check_data(config: TrainConfig) -> None:
+    """Read a directory data source (raising ``DataError``) and check that a batch fits in it.
+
+    The run reads the directory again rather than receive arrays through Prefect: that
+    costs well under a second. ``tfds:`` sources are checked when the run loads them.
+    """
+    if config.data_source.startswith("tfds:"):
+        return
+    examples = len(load_dataset(config.data_source).train_labels)
+    if config.batch_size > examples:
+        raise InputError(
+            f"batch_size: {config.batch_size} is more than the {examples} training examples "
+            f"in {config.data_source}; use at most {examples}"
+        )
+
+
+def check_output_dir(directory: str) -> None:
+    """Create ``directory`` if needed and write a scratch file there."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"{directory}: cannot write checkpoints and plots there ({error.strerror}); "
+            "pass --output-dir DIR naming a writable directory"
+        ) from None
+
+
+def check_tracking() -> None:
+    """Ask the MLflow tracking store for one experiment."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line  # also caps MLflow's own HTTP retries
+
+    try:
+        with _quiet("mlflow", "urllib3", "alembic"):
+            MlflowClient().search_experiments(max_results=1)
+    except MlflowException as error:
+        raise InputError(
+            f"MLflow tracking at {mlflow.get_tracking_uri()} is unreachable "
+            f"({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def check_orchestration() -> None:
+    """Ask the Prefect API for its health, when ``PREFECT_API_URL`` names one (else each
+    run starts its own temporary server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.tracking import one_line
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        raise InputError(
+            f"Prefect API at {url} is unreachable ({one_line(error)}); "
+            "start it (prefect server start) or unset PREFECT_API_URL"
+        )
+
+
+def resumed_config_fields(run_id: str) -> dict[str, str]:
+    """The configuration recorded by MLflow run ``run_id`` (strings, for ``TrainConfig``)."""
+    return TrainConfig.fields_from_params(_resumed_run(run_id).data.params)
+
+
+def check_resume(run_id: str, config: TrainConfig) -> None:
+    """Check that run ``run_id`` is unfinished and was started with ``config`` and this
+    machine's library versions, as resuming it will."""
+    from tasks.tracking import ResumeError, check_resumable, library_versions
+
+    try:
+        check_resumable(_resumed_run(run_id), {**config.as_params(), **library_versions()})
+    except ResumeError as error:
+        raise InputError(f"--resume {error}") from None
+
+
+def _resumed_run(run_id: str):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line
+
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        raise InputError(
+            f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} ({one_line(error)})"
+        ) from None

@@ -208,7 +208,7 @@ def _add_evaluate_command(commands) -> None:
     )
 
 
-def _evaluate(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
+def _evaluate(args: argparse.Namespace) -> list[str]:
     """The test loss and accuracy of a saved network."""
     from tasks.config import default_data_source
     from tasks.preflight import InputError
@@ -342,7 +342,6 @@ _COMMANDS = {
     "retrain": _retrain,
     "schedule": _schedule,
     "predict": _predict,
-    "evaluate": _evaluate,
 }
 # Commands whose inputs (data, output directory, services) are checked before anything runs.
 _CHECKED = {"train", "compare", "retrain", "schedule"}
@@ -363,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config, activations = None, ()
     try:
+        if args.command == "evaluate":  # no run to start: all of it is checking files
+            print("\n".join(_evaluate(args)))
+            return 0
         if args.command in _CHECKED:
             resume = getattr(args, "resume", None)
             config = _config_from(args, preflight.resumed_config_fields(resume) if resume else {})
@@ -374,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
         return EXIT_USAGE
-    except (preflight.InputError, DataError) as error:
+    except (preflight.InputError, DataError, ModelFileError) as error:
         if args.traceback:
             raise
         print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
@@ -384,12 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_tracebacks()
     try:
         lines = _COMMANDS[args.command](args, config, activations)
-    except (preflight.InputError, DataError, ModelFileError) as error:
-        # Files named on the command line (predict, evaluate) proved unreadable.
-        if args.traceback:
-            raise
-        print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
     except Exception as error:
         if args.traceback:
             raise

@@ -137,8 +137,9 @@ class SimpleSequenceNetwork:
         self.update_variables_by_sdg(grads)
 
 
-def notebook_fit(network, train_ds: tf.data.Dataset, test_ds: tf.data.Dataset, epochs=20,
-                 batch_size=32):
+def notebook_fit(
+    network, train_ds: tf.data.Dataset, test_ds: tf.data.Dataset, epochs=20, batch_size=32
+):
     history_train_loss, history_train_accuracy, history_test_accuracy = [], [], []
     for _epoch in range(1, epochs + 1):
         train_loss, train_accuracy, test_accuracy = [], [], []
@@ -149,26 +150,34 @@ def notebook_fit(network, train_ds: tf.data.Dataset, test_ds: tf.data.Dataset, e
         for X_batch, y_batch in test_ds.shuffle(1000).batch(batch_size).prefetch(1):
             test_accuracy.append(network.accuracy(X_batch, y_batch))
 
-        print("train acc, test acc, train loss | {:.4}, {:.4}, {:.4}".format(  # noqa: UP032
-            tf.reduce_mean(train_accuracy).numpy(),
-            tf.reduce_mean(test_accuracy).numpy(),
-            tf.reduce_mean(train_loss).numpy()
-        ))
+        print(
+            "train acc, test acc, train loss | {:.4}, {:.4}, {:.4}".format(  # noqa: UP032
+                tf.reduce_mean(train_accuracy).numpy(),
+                tf.reduce_mean(test_accuracy).numpy(),
+                tf.reduce_mean(train_loss).numpy(),
+            )
+        )
         history_train_loss.extend(train_loss)
         history_train_accuracy.extend(train_accuracy)
         history_test_accuracy.extend(test_accuracy)
     return {
         "train_loss": np.array(history_train_loss),
         "train_accuracy": np.array(history_train_accuracy),
-        "test_accuracy": np.array(history_test_accuracy)
+        "test_accuracy": np.array(history_test_accuracy),
     }
 
 
 # --- The three measurements ----------------------------------------------------------------
 
 
-def summarise(name: str, epoch_seconds: list[float], warmup_epochs: int, num_train: int,
-              test_accuracy: float, **extra) -> dict:
+def summarise(
+    name: str,
+    epoch_seconds: list[float],
+    warmup_epochs: int,
+    num_train: int,
+    test_accuracy: float,
+    **extra,
+) -> dict:
     """Examples/s from the mean of the epochs after the first ``warmup_epochs``."""
     timed = epoch_seconds[warmup_epochs:]
     mean = statistics.fmean(timed)
@@ -187,11 +196,15 @@ def summarise(name: str, epoch_seconds: list[float], warmup_epochs: int, num_tra
 def bench_tfnn(train, test, epochs: int, seed: int) -> dict:
     network = tfnn.build_mlp(SIZES, initializer="he_normal", seed=seed)
     history = tfnn.fit(
-        network, tfnn.SGD(LEARNING_RATE), train, test,
-        epochs=epochs, batch_size=BATCH_SIZE, seed=seed,
+        network,
+        tfnn.SGD(LEARNING_RATE),
+        train,
+        test,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        seed=seed,
     )
-    return summarise("tfnn.fit", history.epoch_seconds, 1, len(train[0]),
-                     history.test_accuracy[-1])
+    return summarise("tfnn.fit", history.epoch_seconds, 1, len(train[0]), history.test_accuracy[-1])
 
 
 def bench_keras(train, test, epochs: int, seed: int) -> dict:
@@ -211,12 +224,14 @@ def bench_keras(train, test, epochs: int, seed: int) -> dict:
             self.seconds.append(time.perf_counter() - self.started)
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((SIZES[0],)),
-        keras.layers.Dense(SIZES[1], activation="relu"),
-        keras.layers.Dense(SIZES[2], activation="relu"),
-        keras.layers.Dense(SIZES[3], activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((SIZES[0],)),
+            keras.layers.Dense(SIZES[1], activation="relu"),
+            keras.layers.Dense(SIZES[2], activation="relu"),
+            keras.layers.Dense(SIZES[3], activation="softmax"),
+        ]
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(LEARNING_RATE),
         loss="categorical_crossentropy",
@@ -224,13 +239,24 @@ def bench_keras(train, test, epochs: int, seed: int) -> dict:
     )
     timer = EpochTimer()
     history = model.fit(
-        *train, batch_size=BATCH_SIZE, epochs=epochs, validation_data=test, shuffle=True,
-        verbose=0, callbacks=[timer],
+        *train,
+        batch_size=BATCH_SIZE,
+        epochs=epochs,
+        validation_data=test,
+        shuffle=True,
+        verbose=0,
+        callbacks=[timer],
     )
-    return summarise("keras model.fit", timer.seconds, 1, len(train[0]),
-                     history.history["val_accuracy"][-1], keras_version=keras.__version__,
-                     jit_compile=bool(model.jit_compile),
-                     steps_per_execution=model.steps_per_execution)
+    return summarise(
+        "keras model.fit",
+        timer.seconds,
+        1,
+        len(train[0]),
+        history.history["val_accuracy"][-1],
+        keras_version=keras.__version__,
+        jit_compile=bool(model.jit_compile),
+        steps_per_execution=model.steps_per_execution,
+    )
 
 
 def bench_notebook(train, test, max_steps: int | None) -> dict:
@@ -246,14 +272,21 @@ def bench_notebook(train, test, max_steps: int | None) -> dict:
         train_ds = train_ds.take(num_train)
     network = SimpleSequenceNetwork(
         [SimpleLayer(784, 100, relu), SimpleLayer(100, 50, relu), SimpleLayer(50, 10, softmax)],
-        cross_entropy_error, lr=LEARNING_RATE,
+        cross_entropy_error,
+        lr=LEARNING_RATE,
     )
     print("  notebook fit: ", end="", flush=True)
     started = time.perf_counter()
     history = notebook_fit(network, train_ds, test_ds, epochs=1, batch_size=BATCH_SIZE)
     seconds = time.perf_counter() - started
-    return summarise("notebook eager loop", [seconds], 0, num_train,
-                     float(history["test_accuracy"].mean()), train_examples=num_train)
+    return summarise(
+        "notebook eager loop",
+        [seconds],
+        0,
+        num_train,
+        float(history["test_accuracy"].mean()),
+        train_examples=num_train,
+    )
 
 
 # --- Report ---------------------------------------------------------------------------------
@@ -277,24 +310,32 @@ def environment() -> dict:
 
 
 def print_report(env: dict, results: list[dict], ratios: dict) -> None:
-    print(f"\nTensorFlow {env['tensorflow']}, Python {env['python']}, nproc {env['nproc']} "
-          f"(os.cpu_count {env['cpu_count']}), inter-op threads {env['inter_op_threads']}, "
-          f"intra-op threads {env['intra_op_threads']} (0 = TF default)")
+    print(
+        f"\nTensorFlow {env['tensorflow']}, Python {env['python']}, nproc {env['nproc']} "
+        f"(os.cpu_count {env['cpu_count']}), inter-op threads {env['inter_op_threads']}, "
+        f"intra-op threads {env['intra_op_threads']} (0 = TF default)"
+    )
     print(f"{env['date']}, load average before the runs {env['load_average_1min']:.2f}")
     for r in results:
         if "jit_compile" in r:
-            print(f"Keras {r['keras_version']}: jit_compile={r['jit_compile']} (resolved from "
-                  f"'auto'), steps_per_execution={r['steps_per_execution']}")
-    print("Epoch = training over the train set + the test-set pass; examples/s = train "
-          "examples / epoch s.\n")
+            print(
+                f"Keras {r['keras_version']}: jit_compile={r['jit_compile']} (resolved from "
+                f"'auto'), steps_per_execution={r['steps_per_execution']}"
+            )
+    print(
+        "Epoch = training over the train set + the test-set pass; examples/s = train "
+        "examples / epoch s.\n"
+    )
     header = f"{'method':<22}{'examples/s':>12}{'epoch s':>10}{'warm-up s':>11}{'test acc':>10}"
     print(header)
     print("-" * len(header))
     for r in results:
         warmup = r["epoch_seconds"][0] if r["warmup_epochs"] else float("nan")
         warmup_text = "-" if np.isnan(warmup) else f"{warmup:.3f}"
-        print(f"{r['method']:<22}{r['examples_per_second']:>12,.0f}"
-              f"{r['epoch_seconds_mean']:>10.3f}{warmup_text:>11}{r['test_accuracy']:>10.4f}")
+        print(
+            f"{r['method']:<22}{r['examples_per_second']:>12,.0f}"
+            f"{r['epoch_seconds_mean']:>10.3f}{warmup_text:>11}{r['test_accuracy']:>10.4f}"
+        )
     print()
     for other, ratio in ratios.items():
         target = TARGETS[other]
@@ -304,13 +345,24 @@ def print_report(env: dict, results: list[dict], ratios: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="epochs for tfnn and Keras; the first is warm-up (default 3)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="directory with the four MNIST IDX files (default %(default)s)")
-    parser.add_argument("--notebook-steps", type=int, default=None,
-                        help="time only the first N batches of the notebook's epoch "
-                             "(default: the whole epoch)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="epochs for tfnn and Keras; the first is warm-up (default 3)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="directory with the four MNIST IDX files (default %(default)s)",
+    )
+    parser.add_argument(
+        "--notebook-steps",
+        type=int,
+        default=None,
+        help="time only the first N batches of the notebook's epoch (default: the whole epoch)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -344,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "environment": env,
-            "settings": {"sizes": SIZES, "learning_rate": LEARNING_RATE,
-                         "batch_size": BATCH_SIZE, "epochs": args.epochs, "seed": args.seed},
+            "settings": {
+                "sizes": SIZES,
+                "learning_rate": LEARNING_RATE,
+                "batch_size": BATCH_SIZE,
+                "epochs": args.epochs,
+                "seed": args.seed,
+            },
             "results": results,
             "ratios": {f"tfnn_over_{k}": v for k, v in ratios.items()},
             "targets": {f"tfnn_over_{k}": v for k, v in TARGETS.items()},

@@ -34,7 +34,7 @@ class Evaluation:
 @task(cache_policy=NONE)
 def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
     """Loss, accuracy, per-class accuracy and confusion matrix of ``network`` on the test set."""
-    probabilities = network(data.x_test).numpy()
+    probabilities = network.predict(data.x_test).numpy()
     predicted = probabilities.argmax(axis=1)
     confusion = confusion_matrix(data.test_labels, predicted, data.num_classes)
     return Evaluation(

@@ -365,7 +365,7 @@ def log_trained_model(run_id: str, network: Sequential, data: PreparedData) -> s
             network,
             name="model",
             run_id=run_id,
-            signature=infer_signature(example, network(example).numpy()),
+            signature=infer_signature(example, network.predict(example).numpy()),
             input_example=example,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
         )

@@ -206,8 +206,7 @@ def _check_fit_arguments(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 1 <= batch_size <= num_train:
         raise ValueError(
-            f"batch_size must be between 1 and the training set size {num_train}, "
-            f"got {batch_size}"
+            f"batch_size must be between 1 and the training set size {num_train}, got {batch_size}"
         )
     if steps_per_call is not None and steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")

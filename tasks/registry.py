@@ -189,13 +189,24 @@ def challenge(
 
 @task
 def record_decision(decision: Decision) -> None:
-    """Tag the challenger's run and version with the decision; on promotion, then move the
-    ``champion`` alias to the (already READY) challenger in one registry call."""
+    """Tag the challenger's run and version with the decision; on promotion, move the
+    ``champion`` alias to the (already READY) challenger in one registry call.
+
+    The retrain key, which makes a repeat a no-op, is written last: a retrain killed before
+    the alias moved is not mistaken for one already decided, so its winner is not lost.
+    """
     client = MlflowClient()
-    for key, value in decision.tags().items():
-        client.set_tag(decision.challenger_run_id, key, value)
-        client.set_model_version_tag(decision.model_name, decision.challenger_version, key, value)
+    tags = decision.tags()
+    key = tags.pop(KEY_TAG)
+
+    def tag(name: str, value: str) -> None:
+        client.set_tag(decision.challenger_run_id, name, value)
+        client.set_model_version_tag(decision.model_name, decision.challenger_version, name, value)
+
+    for name, value in tags.items():
+        tag(name, value)
     if decision.action == "promoted":
         client.set_registered_model_alias(
             decision.model_name, CHAMPION_ALIAS, decision.challenger_version
         )
+    tag(KEY_TAG, key)

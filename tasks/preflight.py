@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.config import TrainConfig
-from tfnn.data import load_dataset
+from tfnn.data import check_tfds_source, load_dataset
 
 
 class InputError(ValueError):
@@ -36,9 +36,11 @@ def check_data(config: TrainConfig) -> None:
     """Read a directory data source (raising ``DataError``) and check that a batch fits in it.
 
     The run reads the directory again rather than receive arrays through Prefect: that
-    costs well under a second. ``tfds:`` sources are checked when the run loads them.
+    costs well under a second. A ``tfds:`` source is only checked to be prepared or
+    downloadable, since downloading is the run's job.
     """
     if config.data_source.startswith("tfds:"):
+        check_tfds_source(config.data_source.removeprefix("tfds:"))
         return
     examples = len(load_dataset(config.data_source).train_labels)
     if config.batch_size > examples:

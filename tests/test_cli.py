@@ -177,3 +177,19 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     assert (tmp_path / "outputs" / run_id / "checkpoints" / "checkpoint").is_file()
     assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [1, 2]
     assert run.data.tags["prefect.flow_run_id"]
+
+
+def test_offline_tfds_default_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    # The default source with no network and nothing downloaded: refused at once with the way
+    # out, instead of tfds retrying for minutes inside a run. (The probe is replaced so the
+    # test means the same on a machine that is online.)
+    import tfnn.data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(tfnn.data, "tfds_reachable", lambda: False)
+    assert main(["train", "--data-source", "tfds:mnist"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("tfnn: error: tfds:mnist: tensorflow-datasets cannot download")
+    assert "--data-dir DIR" in line
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

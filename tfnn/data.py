@@ -221,6 +221,24 @@ def tfds_reachable(
     return bool(ok)
 
 
+def check_tfds_source(name: str, data_dir: str | Path | None = None):
+    """The tfds builder of ``name``, after checking that it is prepared locally or its download
+    host answers; a DataError with the way out otherwise (cheap: no download)."""
+    import tensorflow_datasets as tfds
+
+    source = f"tfds:{name}"
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DataError(f"{source}: tensorflow-datasets has no dataset {name!r}") from e
+    if not builder.is_prepared() and not tfds_reachable():
+        raise DataError(
+            f"{source}: tensorflow-datasets cannot download {name!r} "
+            f"(storage.googleapis.com unreachable); {DATA_DIR_HINT}"
+        )
+    return builder
+
+
 def load_mnist_tfds(name: str = "mnist", data_dir: str | Path | None = None) -> MnistArrays:
     """Load an MNIST-like tensorflow-datasets dataset (train and test) as uint8 numpy arrays.
 
@@ -230,14 +248,9 @@ def load_mnist_tfds(name: str = "mnist", data_dir: str | Path | None = None) -> 
     import tensorflow_datasets as tfds  # lazy: pulls in TensorFlow, not needed for IDX files
 
     source = f"tfds:{name}"
-    try:
-        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DataError(f"{source}: tensorflow-datasets has no dataset {name!r}") from e
+    builder = check_tfds_source(name, data_dir)
     if not builder.is_prepared():
         cannot = f"{source}: tensorflow-datasets cannot download {name!r}"
-        if not tfds_reachable():
-            raise DataError(f"{cannot} (storage.googleapis.com unreachable); {DATA_DIR_HINT}")
         try:
             builder.download_and_prepare()
         except Exception as e:  # any download failure gets the same way out

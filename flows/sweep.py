@@ -76,7 +76,15 @@ def train_configuration(
     """Run the training flow for one configuration as a child of ``parent_run_id``, wherever
     the task runner puts this task."""
     prepare_worker(tracking_uri)
-    return train_flow(config, experiment, output_dir, parent_run_id=parent_run_id, run_name=name)
+    # Only the sweep's best model is registered, and only when asked (register_as).
+    return train_flow(
+        config,
+        experiment,
+        output_dir,
+        parent_run_id=parent_run_id,
+        run_name=name,
+        registered_model_name=None,
+    )
 
 
 @flow(name="sweep-mnist", log_prints=True)

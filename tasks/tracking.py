@@ -220,7 +220,15 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
         inputs.append(
             DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
         )
-    client.log_inputs(run_id, datasets=inputs)
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as error:
+        # MLflow's store looks a dataset up and then inserts it, so two runs logging a new
+        # dataset at once (a sweep's configurations) race, and the loser's whole request is
+        # refused by the unique constraint. By then the dataset exists: once more links it.
+        if "unique constraint" not in str(error).lower():
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 class EpochLogger:

@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, train_flow
+from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, run_training
 from tasks.config import TrainConfig
 from tasks.grid import SweepSpec
 from tasks.plots import plot_comparison
@@ -73,17 +73,12 @@ def train_configuration(
     parent_run_id: str,
     tracking_uri: str,
 ) -> TrainResult:
-    """Run the training flow for one configuration as a child of ``parent_run_id``, wherever
-    the task runner puts this task."""
+    """Train one configuration as a child of ``parent_run_id``, wherever the task runner
+    puts this task: the training flow's steps as plain calls in this one task run."""
     prepare_worker(tracking_uri)
     # Only the sweep's best model is registered, and only when asked (register_as).
-    return train_flow(
-        config,
-        experiment,
-        output_dir,
-        parent_run_id=parent_run_id,
-        run_name=name,
-        registered_model_name=None,
+    return run_training(
+        config, experiment, output_dir, parent_run_id=parent_run_id, run_name=name, as_tasks=False
     )
 
 

@@ -1,9 +1,10 @@
 """The training flow: load, preprocess, build, train, evaluate, plot, all tracked in MLflow."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow
+from prefect import Task, flow
 
 from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
@@ -51,19 +52,53 @@ def train_flow(
     ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a saved network's weights;
     ``resume_run_id`` continues that run from its newest checkpoint.
     """
+    return run_training(
+        config,
+        experiment,
+        output_dir,
+        parent_run_id=parent_run_id,
+        run_name=run_name,
+        show_progress=show_progress,
+        registered_model_name=registered_model_name,
+        warm_start_from=warm_start_from,
+        resume_run_id=resume_run_id,
+    )
+
+
+def run_training(
+    config: TrainConfig,
+    experiment: str,
+    output_dir: str,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    show_progress: bool = False,
+    registered_model_name: str | None = None,
+    warm_start_from: str | None = None,
+    resume_run_id: str | None = None,
+    as_tasks: bool = True,
+) -> TrainResult:
+    """The training flow's steps, each a Prefect task run, or with ``as_tasks=False`` each a
+    plain call inside whatever task or flow runs this (a sweep's configuration task: one task
+    run instead of a dozen, which is most of a small configuration's orchestration cost).
+    Either way the MLflow run records the same things."""
+
+    def step(task: Task) -> Callable:
+        return task if as_tasks else task.fn
+
     with tracked_run(
         config.as_params(), experiment, parent_run_id, run_name, resume_run_id
     ) as run_id:
         run_dir = Path(output_dir) / run_id
-        data = prepare_data(load_data(config.data_source))
+        data = step(prepare_data)(step(load_data)(config.data_source))
         initial = (
-            download_weights(run_id, warm_start_from, str(run_dir / "warm_start"))
+            step(download_weights)(run_id, warm_start_from, str(run_dir / "warm_start"))
             if warm_start_from
             else None
         )
-        network = build_network(config, data.input_dim, data.num_classes, initial)
-        log_dataset(run_id, data, network.num_parameters)
-        history = train(
+        network = step(build_network)(config, data.input_dim, data.num_classes, initial)
+        step(log_dataset)(run_id, data, network.num_parameters)
+        history = step(train)(
             network,
             data,
             config,
@@ -72,15 +107,14 @@ def train_flow(
             show_progress,
             resume=resume_run_id is not None,
         )
-        evaluation = evaluate(network, data)
-        log_evaluation(
-            run_id, evaluation, plot_run(history, evaluation, data, str(run_dir / "plots"))
-        )
-        model_uri = log_trained_model(run_id, network, data)
+        evaluation = step(evaluate)(network, data)
+        plots = step(plot_run)(history, evaluation, data, str(run_dir / "plots"))
+        step(log_evaluation)(run_id, evaluation, plots)
+        model_uri = step(log_trained_model)(run_id, network, data)
         version = (
-            register_model(registered_model_name, model_uri, run_id)
+            step(register_model)(registered_model_name, model_uri, run_id)
             if registered_model_name
             else None
         )
-        publish_summary(run_id, model_uri, history, evaluation)
+        step(publish_summary)(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version)

@@ -36,7 +36,8 @@ def portable_tracking_uri() -> str:
 
 
 def prepare_worker(tracking_uri: str) -> None:
-    """Point MLflow at the sweep's store and, on a Dask worker, keep TensorFlow to one thread."""
+    """Point MLflow at the sweep's store and, on a Dask worker, keep TensorFlow to one thread
+    per pool."""
     mlflow.set_tracking_uri(tracking_uri)
     try:
         from distributed import get_worker
@@ -44,11 +45,14 @@ def prepare_worker(tracking_uri: str) -> None:
         get_worker()
     except (ImportError, ValueError):
         return  # not on a Dask worker: threads of one process share TensorFlow's pool
-    # Dask already runs one configuration per worker thread; TensorFlow's default of one
-    # thread per core in every worker would oversubscribe the cores.
+    # Dask already runs one configuration per worker thread; TensorFlow's default pools (a
+    # thread per core for each op, and another per core to run ops side by side) in every
+    # worker would oversubscribe the cores. With one of each, two workers on two cores train
+    # as fast as one alone (benchmarks/README.md).
     if tf.config.threading.get_intra_op_parallelism_threads() != 1:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # TensorFlow already ran something in this worker
             get_run_logger().warning("TensorFlow had started on this worker; keeping its threads")
 

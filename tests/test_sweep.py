@@ -238,6 +238,9 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
             assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == int(
                 params["epochs"]
             )
+            # a child records what a training run records, though its steps are not tasks
+            folders = {f.path for f in client.list_artifacts(run.info.run_id)}
+            assert {"weights", "plots", "checkpoints"} <= folders
 
     accuracy_of = {
         run.info.run_id: run.data.metrics["final_test_accuracy"]
@@ -320,9 +323,11 @@ def test_sweep_on_a_two_process_dask_cluster(
         # the configurations ran in both worker processes, each with one TensorFlow thread and
         # pointed at this test's MLflow store
         threads = dask.run(tf.config.threading.get_intra_op_parallelism_threads)
+        inter_op = dask.run(tf.config.threading.get_inter_op_parallelism_threads)
         uris = dask.run(mlflow.get_tracking_uri)
     assert code == 0
     assert list(threads.values()) == [1, 1]
+    assert list(inter_op.values()) == [1, 1]
     assert set(uris.values()) == {mlflow_store + "?timeout=60"}
 
     out = capsys.readouterr().out.splitlines()
@@ -363,6 +368,13 @@ def test_sweep_on_a_two_process_dask_cluster(
         r.state.type.value for r in task_runs if r.name.startswith("train_configuration")
     )
     assert states == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]
+    # one task run per configuration, not one per training step: each task run costs API
+    # calls on the shared Prefect server, and a small configuration is mostly such overhead
+    names = sorted(r.name.rsplit("-", 1)[0] for r in task_runs)
+    assert names == sorted(
+        ["train_configuration"] * 4
+        + ["rank_configurations", "plot_comparison", "log_artifact", "tag_best", "register_model"]
+    )
 
 
 def test_sweep_on_the_default_thread_pool(prefect_harness, mlflow_store, small_mnist_dir, tmp_path):

@@ -344,11 +344,11 @@ loss_ax.plot(
 )
 loss_ax.plot(epochs, relu_history.train_loss, "o-", label="train, epoch mean")
 loss_ax.plot(epochs, relu_history.test_loss, "s-", label="test")
-loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log", xticks=epochs)
 loss_ax.legend()
 accuracy_ax.plot(epochs, relu_history.train_accuracy, "o-", label="train")
 accuracy_ax.plot(epochs, relu_history.test_accuracy, "s-", label="test")
-accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", xticks=epochs)
 accuracy_ax.legend()
 plt.show()
 
@@ -363,15 +363,21 @@ print("tanh test accuracy =", tanh_history.test_accuracy[-1])
 
 # %%
 fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(12, 4))
-for name, history in (("relu", relu_history), ("tanh", tanh_history)):
-    loss_ax.plot(epochs, history.train_loss, "o-", label=f"{name} train")
-    loss_ax.plot(epochs, history.test_loss, "s--", label=f"{name} test")
-    accuracy_ax.plot(epochs, history.test_accuracy, "s-", label=f"{name} test")
-loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="test accuracy")
+for name, history, color in (("relu", relu_history, "C0"), ("tanh", tanh_history, "C1")):
+    loss_ax.plot(epochs, history.train_loss, "o-", color=color, label=f"{name} train")
+    loss_ax.plot(epochs, history.test_loss, "s--", color=color, label=f"{name} test")
+    accuracy_ax.plot(epochs, history.train_accuracy, "o-", color=color, label=f"{name} train")
+    accuracy_ax.plot(epochs, history.test_accuracy, "s--", color=color, label=f"{name} test")
+loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", xticks=epochs)
+accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", xticks=epochs)
 loss_ax.legend()
 accuracy_ax.legend()
 plt.show()
+
+# %% [markdown]
+# Both learn the digits within a few epochs. The original, on all 60,000 training digits, ended
+# at a test accuracy of 0.971 with relu and 0.966 with tanh; with 10,000 digits and five epochs
+# the curves still move from one epoch to the next.
 
 # %% [markdown]
 # ## 9. The original's two mistakes
@@ -401,6 +407,17 @@ for name, softmax in (("batch-wide", batch_wide_softmax), ("per-row", tfnn.softm
         f"cross-entropy {tfnn.cross_entropy_error(p, targets_32).numpy():.5f}"
     )
 print(f"ln 32 = {np.log(32):.5f}")
+
+# %% [markdown]
+# The same on the relu network trained above, for a batch of 32 test digits: the batch-wide
+# softmax adds at least `ln 32` to the loss, however good the network.
+
+# %%
+digits, digit_labels = test[0][:32], test[1][:32]
+logits = relu_network.logits(digits)
+for name, softmax in (("batch-wide", batch_wide_softmax), ("per-row", tfnn.softmax)):
+    loss = tfnn.cross_entropy_error(softmax(logits), digit_labels)
+    print(f"relu network, 32 test digits, {name} softmax: cross-entropy =", loss.numpy())
 
 # %% [markdown]
 # **tanh from `exp`.** The original computed `(e^x - e^-x) / (e^x + e^-x)`. In float32, `e^x`

@@ -177,6 +177,14 @@ def test_tutorial_shows_the_seeds_mistakes_with_numbers(tutorial):
     assert float(per_row[1]) == pytest.approx(1.0, abs=1e-5)
     assert float(per_row[2]) < 1e-5
 
+    # On real logits: log(S / S_i) averaged over rows is at least ln 32 (Jensen), so the
+    # batch-wide loss is the per-row loss plus at least ln 32 (less the 1e-7 guard's effect).
+    trained = "relu network, 32 test digits, {} softmax: cross-entropy"
+    per_row_loss = tutorial.numbers(trained.format("per-row"))[0]
+    batch_wide_loss = tutorial.numbers(trained.format("batch-wide"))[0]
+    assert per_row_loss < 1.0
+    assert batch_wide_loss >= per_row_loss + math.log(32) - 1e-3
+
     x = tutorial.numbers("x")
     np.testing.assert_array_equal(x, [1.0, 10.0, 88.0, 89.0, 100.0, -100.0])
     exp_formula = tutorial.numbers("exp-formula tanh(x)")

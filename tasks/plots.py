@@ -128,7 +128,9 @@ def plot_comparison(histories: dict[str, History], path: str) -> str:
             if history.val_accuracy
             else {"label": name}
         )
-        accuracy.plot(epochs, history.test_accuracy, "s-", color=line.get_color(), **test_style)
+        accuracy.plot(
+            epochs, history.test_accuracy, marker="s", color=line.get_color(), **test_style
+        )
     losses.set(xlabel="step", ylabel="train loss", title="Train loss per step")
     accuracy.set(
         xlabel="epoch",

@@ -112,8 +112,8 @@ BAD_CONFIG = {
         "validation_fraction: Input should be less than 1",
     ),
     "validation fraction of no example": (
-        ["--validation-fraction", "0.001"],
-        "validation_fraction: 0.001 of the 600 training examples",
+        ["--validation-fraction", "1e-17"],
+        "validation_fraction: 1e-17 of the 600 training examples",
     ),
     "early stopping without validation": (
         ["--validation-fraction", "0", "--early-stopping-patience", "2"],

@@ -244,7 +244,9 @@ class EpochLogger:
     the epoch's metrics (``step=epoch``) with a sample of its step losses in one
     batch, and upload the checkpoint. Use it as a context manager: leaving waits for
     the queue, so every completed epoch is on disk and in MLflow, and re-raises the
-    first tracking error (unless training itself already failed).
+    first tracking error (unless training itself already failed). With ``early_stopping``
+    each checkpoint also holds its state, and ``resume`` restores it with the best epoch's
+    weights (from that epoch's checkpoint).
 
     That order makes a crash recoverable by ``resume``: a local checkpoint may hold
     epochs whose metrics never reached MLflow (they are logged then), and an uploaded

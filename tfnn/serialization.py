@@ -87,7 +87,8 @@ def load_network(directory: str | Path) -> Sequential:
 
 class TrainingCheckpoint:
     """Everything needed to continue training after a crash: weights, the completed epoch
-    count and the history so far, written atomically by ``tf.train.CheckpointManager``.
+    count, the history so far and the early-stopping state (``EarlyStopping.state()``), written
+    atomically by ``tf.train.CheckpointManager``.
 
     The shuffling state needs no saving: ``tfnn.training.epoch_order`` derives each
     epoch's order from the seed and the epoch number.

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.config import TrainConfig
-from tfnn.data import check_tfds_source, load_dataset
+from tfnn.data import check_tfds_source, load_dataset, validation_split
 
 
 class InputError(ValueError):
@@ -43,10 +43,19 @@ def check_data(config: TrainConfig) -> None:
         check_tfds_source(config.data_source.removeprefix("tfds:"))
         return
     examples = len(load_dataset(config.data_source).train_labels)
-    if config.batch_size > examples:
+    train_rows, validation_rows = validation_split(examples, config.validation_fraction)
+    if config.validation_fraction > 0 and len(validation_rows) == 0:
         raise InputError(
-            f"batch_size: {config.batch_size} is more than the {examples} training examples "
-            f"in {config.data_source}; use at most {examples}"
+            f"validation_fraction: {config.validation_fraction} of the {examples} training "
+            f"examples in {config.data_source} is no example; use at least {1 / examples:.2g}"
+        )
+    if config.batch_size > len(train_rows):
+        held_out = f" after holding out {len(validation_rows)} for validation" * bool(
+            len(validation_rows)
+        )
+        raise InputError(
+            f"batch_size: {config.batch_size} is more than the {len(train_rows)} training "
+            f"examples in {config.data_source}{held_out}; use at most {len(train_rows)}"
         )
 
 

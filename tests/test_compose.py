@@ -5,8 +5,12 @@ import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,6 +25,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import Settings
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
+from servers import free_port, stop
 
 from flows.schedules import build_deployments
 from tasks.config import TrainConfig
@@ -90,7 +95,12 @@ def test_services_are_wired_as_the_code_expects():
     # and no URI or setting in the file holds a password.
     mlflow = services["mlflow"]["command"]
     backend = urlsplit(option(mlflow, "--backend-store-uri"))
-    assert (backend.scheme, backend.hostname, backend.port) == ("postgresql", "postgres", 5432)
+    # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3; the image has psycopg2.
+    assert (backend.scheme, backend.hostname, backend.port) == (
+        "postgresql+psycopg2",
+        "postgres",
+        5432,
+    )
     assert owners[backend.path.lstrip("/")] == backend.username != superuser
     assert backend.password is None
     auth = configparser.ConfigParser()
@@ -290,6 +300,162 @@ def test_the_entrypoint_refuses_a_placeholder_and_passes_a_real_secret(tmp_path)
     # Exactly the file's text, without its final newline; the file's path is not passed on.
     assert (seen["A"], seen["B"]) == (real, "another-real-one")
     assert "A_FILE" not in seen
+
+
+def postgres_programs() -> Path:
+    """The folder of PostgreSQL's server programs (Debian keeps them off PATH)."""
+    on_path = shutil.which("initdb")
+    found = (
+        [Path(on_path).resolve().parent]
+        if on_path
+        else sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    )
+    assert found, "PostgreSQL's server is not installed: apt-get install postgresql"
+    return found[-1]
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """``command`` as the postgres user when we are root, as the image runs the server."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def psql(port: int, user: str, database: str, password: str, query: str):
+    return subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-tA",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            user,
+            "-d",
+            database,
+            "-c",
+            query,
+        ],
+        env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_each_server_owns_its_database_and_migrates_it_without_the_superuser():
+    """The postgres service as a plain process: the image's initdb settings, then the init
+    script through the entrypoint with the compose file's secrets; MLflow's and Prefect's
+    migrations then run as their own roles, with the passwords the entrypoint loads."""
+    services = compose()["services"]
+    programs = postgres_programs()
+    home = Path(tempfile.mkdtemp(prefix="tfnn-postgres-"))
+    server = None
+    try:
+        secrets = home / "secrets"
+        secrets.mkdir()
+        passwords = {name: f"{name}-{uuid.uuid4().hex}'\"x" for name in secret_sources()}
+        for name, value in passwords.items():
+            (secrets / name).write_text(value + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(home, "postgres")
+            for path in [secrets, *secrets.iterdir()]:
+                shutil.chown(path, "postgres")
+        superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+        # As the image's first start: the superuser's password, TCP logins by password.
+        subprocess.run(
+            as_postgres([
+                str(programs / "initdb"), "-D", str(home / "data"), "-U", superuser,
+                f"--pwfile={secrets / 'postgres_password'}", "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ]),
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+        port = free_port()
+        with open(home / "postgres.log", "wb") as log:
+            server = subprocess.Popen(
+                as_postgres([
+                    str(programs / "postgres"), "-D", str(home / "data"), "-p", str(port),
+                    "-k", str(home), "-c", "listen_addresses=127.0.0.1",
+                ]),
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while subprocess.run(
+            [str(programs / "pg_isready"), "-q", "-h", str(home), "-p", str(port)], check=False
+        ).returncode:
+            assert server.poll() is None, (home / "postgres.log").read_text()
+            assert time.monotonic() < deadline, "PostgreSQL did not start"
+            time.sleep(0.5)
+
+        def environment(service: str, **extra: str) -> dict[str, str]:
+            env = {
+                key: str(value).replace("/run/secrets", str(secrets))
+                for key, value in services[service]["environment"].items()
+            }
+            return {**os.environ, **env, **extra}
+
+        init = subprocess.run(
+            as_postgres([ENTRYPOINT, "sh", str(ROOT / "docker/postgres-init.sh")]),
+            env=environment("postgres", PGHOST=str(home), PGPORT=str(port)),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert init.returncode == 0, init.stderr
+
+        owners = database_owners()
+        role_password = {"mlflow": "mlflow_db_password", "prefect": "prefect_db_password"}
+        for database, owner in owners.items():
+            password = passwords[role_password[owner]]
+            me = psql(port, owner, database, password, "SELECT rolsuper FROM pg_roles "
+                      "WHERE rolname = current_user")  # fmt: skip
+            assert me.stdout.strip() == "f", me.stderr
+            wrong = psql(port, owner, database, password[:-1], "SELECT 1")
+            assert "password authentication failed" in wrong.stderr
+            for other in set(owners) - {database}:
+                refused = psql(port, owner, other, password, "SELECT 1")
+                assert "permission denied for database" in refused.stderr, refused.stderr
+
+        # MLflow's tracking and auth stores, migrated as the mlflow role: PGPASSWORD is the
+        # only place its password is given.
+        uri = option(services["mlflow"]["command"], "--backend-store-uri")
+        uri = uri.replace("@postgres:5432/", f"@127.0.0.1:{port}/")
+        migrate = (
+            "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore; "
+            "from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as Users; "
+            "SqlAlchemyStore(sys.argv[1], sys.argv[2]); Users().init_db(sys.argv[1])"
+        )
+        mlflow = subprocess.run(
+            [ENTRYPOINT, sys.executable, "-c", migrate, uri, str(home / "artifacts")],
+            env=environment("mlflow", MLFLOW_AUTH_CONFIG_PATH=str(ROOT / "docker/mlflow-auth.ini")),
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert mlflow.returncode == 0, mlflow.stderr[-3000:]
+        prefect = subprocess.run(
+            [ENTRYPOINT, str(Path(sys.executable).with_name("prefect")), "server", "database",
+             "upgrade", "-y"],
+            env=environment(
+                "prefect-server",
+                PREFECT_SERVER_DATABASE_HOST="127.0.0.1",
+                PREFECT_SERVER_DATABASE_PORT=str(port),
+                PREFECT_HOME=str(home / "prefect"),
+            ),
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert prefect.returncode == 0, prefect.stderr[-3000:]
+        tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        for database, owner in owners.items():
+            made = psql(port, owner, database, passwords[role_password[owner]], tables)
+            assert int(made.stdout) > 10, made.stderr
+            superuser_tables = psql(
+                port, superuser, database, passwords["postgres_password"],
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+                f"AND tableowner <> '{owner}'",
+            )  # fmt: skip
+            assert superuser_tables.stdout.strip() == "0", superuser_tables.stderr
+    finally:
+        if server is not None:
+            stop(server)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():

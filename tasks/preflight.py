@@ -84,6 +84,12 @@ def check_tracking() -> None:
         with _quiet("mlflow", "urllib3", "alembic"):
             MlflowClient().search_experiments(max_results=1)
     except MlflowException as error:
+        if error.get_http_status_code() in (401, 403):
+            raise InputError(
+                f"MLflow tracking at {mlflow.get_tracking_uri()} refused the login "
+                f"(HTTP {error.get_http_status_code()}); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an MLflow user's name and password"
+            ) from None
         raise InputError(
             f"MLflow tracking at {mlflow.get_tracking_uri()} is unreachable "
             f"({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
@@ -108,6 +114,25 @@ def check_orchestration() -> None:
             f"Prefect API at {url} is unreachable ({one_line(error)}); "
             "start it (prefect server start) or unset PREFECT_API_URL"
         )
+    check_orchestration_login(url)
+
+
+def check_orchestration_login(url: str) -> None:
+    """Make one request that needs the auth string: the health check needs none."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except PrefectHTTPStatusError as refused:
+        status = refused.response.status_code
+        if status not in (401, 403):
+            raise
+        raise InputError(
+            f"Prefect API at {url} refused the request (HTTP {status}); "
+            "set PREFECT_API_AUTH_STRING to the server's auth string"
+        ) from None
 
 
 def resumed_config_fields(run_id: str) -> dict[str, str]:

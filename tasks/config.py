@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tfnn.activations import ACTIVATIONS
 from tfnn.initializers import INITIALIZERS
 from tfnn.losses import LOSSES
+from tfnn.network import MAX_LAYERS, MAX_UNITS
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
 
@@ -36,8 +37,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (100, 50), description="units of each hidden layer, input side first"
+    hidden_sizes: tuple[Annotated[int, Field(ge=1, le=MAX_UNITS)], ...] = Field(
+        (100, 50),
+        max_length=MAX_LAYERS - 1,
+        description="units of each hidden layer, input side first",
     )
     activation: str = Field("relu", description="hidden-layer activation")
     output_activation: str = Field("softmax", description="output-layer activation")
@@ -46,7 +49,8 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(0.1, gt=0, description="SGD learning rate")
     batch_size: int = Field(32, ge=1, description="examples per SGD step")
     epochs: int = Field(5, ge=1, description="passes over the training set")
-    seed: int = Field(42, description="seed for weights and shuffling")
+    # TensorFlow's stateless random ops take the seed as an int64.
+    seed: int = Field(42, ge=-(2**63), lt=2**63, description="seed for weights and shuffling")
     data_source: str = Field(
         default_factory=default_data_source,
         description="'tfds:mnist', 'tfds:fashion_mnist' or a directory of IDX files",

@@ -23,6 +23,17 @@ def default_data_source() -> str:
     return os.environ.get(DATA_DIR_ENV) or "tfds:mnist"
 
 
+def check_utf8(path: str) -> None:
+    """``ValueError`` if ``path`` holds bytes that are not UTF-8 (Python keeps them as
+    surrogates): Prefect parameters and MLflow params are JSON, which cannot carry them."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{path!r} is not valid UTF-8; rename it or use a link with a UTF-8 name"
+        ) from None
+
+
 def _one_of(known: dict[str, Any], kind: str):
     def check(value: str) -> str:
         if value not in known:
@@ -68,6 +79,12 @@ class TrainConfig(BaseModel):
         # "100,50" from a command line or an environment.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("data_source")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        check_utf8(value)
         return value
 
     @field_validator("learning_rate")

@@ -38,7 +38,9 @@ def test_a_model_file_loads_only_with_trust_model(tmp_path):
         env = tfnn_env(
             MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}", PREFECT_HOME=str(home)
         )
-        argv = ["predict", "--model", str(model), "--images", *FORMULA_NAMES, "--output"]
+        # Absolute paths: argparse would take "-1.png" for an option.
+        paths = [str(tmp_path / name) for name in FORMULA_NAMES]
+        argv = ["predict", "--model", str(model), "--images", *paths, "--output"]
         return subprocess.run(
             tfnn_command(*argv, str(home / "out.csv"), *flags),
             cwd=tmp_path,

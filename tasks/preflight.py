@@ -135,11 +135,9 @@ def check_predict_inputs(images: list[str], labels: str | None, output: str) -> 
             count += 1
         else:
             count += len(load_idx_images(path))
-    if labels and len(load_idx_labels(labels)) != count:
-        raise DataError(
-            f"{labels}: {len(load_idx_labels(labels))} labels for {count} images; "
-            "pass matching files"
-        )
+    found = len(load_idx_labels(labels)) if labels else count
+    if found != count:
+        raise DataError(f"{labels}: {found} labels for {count} images; pass matching files")
     target = Path(output)
     if target.is_dir():
         raise InputError(f"--output {output}: is a directory; name a CSV file")

@@ -5,8 +5,8 @@ Ctrl-C kills it before the flow can report anything, and SIGTERM or SIGKILL of t
 leave it running. So, with no ``PREFECT_API_URL`` configured, the command starts the same
 server itself (``start_prefect_server``), in its own session so that a terminal's signals
 reach only the command, dying with the command even on SIGKILL (Linux's parent-death
-signal), and stopped when the command exits. It starts before the heavy imports and is
-waited for only when a flow is about to run.
+signal), and stopped when the command's ``main`` returns. It starts as soon as the arguments
+are parsed, booting while the input is checked, and is waited for only when needed.
 
 SIGINT and SIGTERM unwind the command (``handles_interrupts``): the MLflow run ends KILLED,
 the Prefect flow run Crashed, checkpoints written so far stay, and the command prints one
@@ -15,7 +15,6 @@ line and exits 128 + the signal number.
 Run as ``python -m flows.lifetime SOCKET_FD PIPE_FD PARENT_PID``, this module is that server.
 """
 
-import atexit
 import functools
 import os
 import select
@@ -137,17 +136,24 @@ def start_prefect_server() -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     _server.settings.enter_context(temporary_settings(updates={PREFECT_API_URL: _server.url}))
-    # After Prefect's own exit hooks (they flush logs and events to this server), which run
-    # first: threading's hooks precede atexit's, and atexit's run last-registered first.
-    atexit.register(_stop_prefect_server)
 
 
-def _stop_prefect_server() -> None:
+def stop_prefect_server() -> None:
+    """Send Prefect's pending logs and events to the private server, then stop it and point
+    this process back where it pointed before."""
     global _server, _server_ready
-    if _server is not None:
-        _server.settings.close()
-        _server.stop()
-        _server, _server_ready = None, False
+    if _server is None:
+        return
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=_STOP_SECONDS)
+    _server.settings.close()
+    os.environ.pop("PREFECT_API_URL", None)
+    _server.stop()
+    _server, _server_ready = None, False
 
 
 def wait_for_prefect_server() -> None:
@@ -189,7 +195,8 @@ def _interrupt_signal(error: BaseException) -> int | None:
 
 def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
     """Make the command ``main`` turn SIGINT and SIGTERM into one line on stderr (naming the
-    runs they killed and how to resume them) and the exit code 128 + the signal number."""
+    runs they killed and how to resume them) and the exit code 128 + the signal number, and
+    stop the private Prefect server when it returns."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:
@@ -205,6 +212,7 @@ def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
             print(f"tfnn: interrupted by {name}: {runs}", file=sys.stderr)
             return 128 + signum
         finally:
+            stop_prefect_server()
             signal.signal(signal.SIGTERM, previous)
 
     return guarded

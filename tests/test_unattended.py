@@ -77,8 +77,7 @@ def test_commands_started_together_in_an_empty_directory_share_one_store(small_m
         assert code == 0, err[-3000:]
         assert "Traceback" not in err
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    (experiment,) = client.search_experiments()
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("tfnn-mnist").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FINISHED"] * 4
     assert flow_run_states(home) == ["COMPLETED"] * 4
 

@@ -17,6 +17,7 @@ Run as ``python -m flows.lifetime SOCKET_FD PIPE_FD PARENT_PID``, this module is
 
 import functools
 import os
+import re
 import select
 import signal
 import socket
@@ -110,15 +111,21 @@ class PrefectServer:
         os.close(self._locked)
 
     def _last_log_line(self) -> str:
+        """The server's last error (``SomeError: message``), else its last line."""
         self._log.seek(0)
-        lines = [line for line in self._log.read().decode(errors="replace").splitlines() if line]
-        return lines[-1].strip() if lines else "no output"
+        lines = [line.strip() for line in self._log.read().decode(errors="replace").splitlines()]
+        errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)]
+        return (errors or [line for line in lines if line] or ["no output"])[-1]
 
 
 def _database() -> str:
+    """The Prefect database the server opens (its password hidden)."""
     from prefect.settings import get_current_settings
+    from sqlalchemy.engine import make_url
 
-    return str(get_current_settings().server.database.connection_url)
+    url = get_current_settings().server.database.connection_url
+    url = make_url(url.get_secret_value() if hasattr(url, "get_secret_value") else str(url))
+    return url.database if url.drivername.startswith("sqlite") else url.render_as_string()
 
 
 def start_prefect_server() -> None:

@@ -95,6 +95,31 @@ def test_a_broken_store_is_refused_naming_its_file(tmp_path, monkeypatch):
     assert "move it aside or set MLFLOW_TRACKING_URI" in str(refusal.value)
 
 
+def test_a_broken_prefect_database_is_refused_naming_it(small_mnist_dir, tmp_path):
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    (home / "prefect.db").write_bytes(b"half a migration " * 100)
+    try:
+        result = subprocess.run(
+            tfnn_command("train", "--data-dir", str(small_mnist_dir), *SMALL_RUN),
+            cwd=tmp_path,
+            env=tfnn_env(PREFECT_HOME=str(home)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        kill_all(f"PREFECT_HOME={home}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
+    assert line == result.stderr.splitlines()[-1]
+    assert re.fullmatch(
+        r"tfnn: error: Prefect's temporary server exited with code \d+ \(.*file is not a "
+        rf"database.*\); its database is {home}/prefect\.db",
+        line,
+    )
+
+
 def start_long_run(data_dir: Path, work: Path, home: Path) -> subprocess.Popen:
     """``tfnn train --epochs 1000`` as the leader of its own process group (like a terminal's
     foreground job); returns once its first checkpoint is written."""

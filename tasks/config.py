@@ -6,13 +6,22 @@ from ``TrainConfig``; nothing re-lists its fields by hand.
 
 import math
 import os
+from contextlib import suppress
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tfnn.activations import ACTIVATIONS
 from tfnn.initializers import INITIALIZERS
 from tfnn.losses import LOSSES
+from tfnn.network import MAX_LAYERS, MAX_UNITS
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
 
@@ -20,6 +29,17 @@ DATA_DIR_ENV = "TFNN_DATA_DIR"
 def default_data_source() -> str:
     """``$TFNN_DATA_DIR`` when set (a directory of IDX files), else tensorflow-datasets."""
     return os.environ.get(DATA_DIR_ENV) or "tfds:mnist"
+
+
+def check_utf8(path: str) -> None:
+    """``ValueError`` if ``path`` holds bytes that are not UTF-8 (Python keeps them as
+    surrogates): Prefect parameters and MLflow params are JSON, which cannot carry them."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{path!r} is not valid UTF-8; rename it or use a link with a UTF-8 name"
+        ) from None
 
 
 def _one_of(known: dict[str, Any], kind: str):
@@ -36,8 +56,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (100, 50), description="units of each hidden layer, input side first"
+    hidden_sizes: tuple[Annotated[int, Field(ge=1, le=MAX_UNITS)], ...] = Field(
+        (100, 50),
+        max_length=MAX_LAYERS - 1,
+        description="units of each hidden layer, input side first",
     )
     activation: str = Field("relu", description="hidden-layer activation")
     output_activation: str = Field("softmax", description="output-layer activation")
@@ -46,7 +68,23 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(0.1, gt=0, description="SGD learning rate")
     batch_size: int = Field(32, ge=1, description="examples per SGD step")
     epochs: int = Field(5, ge=1, description="passes over the training set")
-    seed: int = Field(42, description="seed for weights and shuffling")
+    # TensorFlow's stateless random ops take the seed as an int64.
+    seed: int = Field(42, ge=-(2**63), lt=2**63, description="seed for weights and shuffling")
+    validation_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the training split held out for validation, its last examples "
+        "(0: train on all, as the notebook)",
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, description="stop after this many epochs without a lower val_loss (0: off)"
+    )
+    restore_best: bool | None = Field(
+        None,
+        description="keep the weights of the epoch of lowest val_loss "
+        "(default: on when there is a validation split)",
+    )
     data_source: str = Field(
         default_factory=default_data_source,
         description="'tfds:mnist', 'tfds:fashion_mnist' or a directory of IDX files",
@@ -66,12 +104,39 @@ class TrainConfig(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("data_source")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        check_utf8(value)
+        return value
+
     @field_validator("learning_rate")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_restore_best(cls, values: Any) -> Any:
+        # Resolved here, so params and resumed runs always hold True or False.
+        if isinstance(values, dict) and values.get("restore_best") in (None, ""):
+            fraction = values.get("validation_fraction", 0.1)
+            # A bad fraction is left for the field's own validation to name.
+            with suppress(TypeError, ValueError):
+                values = {**values, "restore_best": float(fraction) > 0}
+        return values
+
+    @model_validator(mode="after")
+    def _validation_needed(self) -> "TrainConfig":
+        if self.validation_fraction == 0:
+            for name in ("early_stopping_patience", "restore_best"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name} decides on the validation set: set validation_fraction > 0"
+                    )
+        return self
 
     def layer_sizes(self, input_dim: int, num_classes: int) -> list[int]:
         """``[input_dim, *hidden_sizes, num_classes]``."""
@@ -94,7 +159,10 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field: ``learning_rate: Input should be greater than 0 (got 0)``."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "config"
         message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a rule across fields: its message names them
+            parts.append(message)
+            continue
+        field = ".".join(str(p) for p in item["loc"])
         parts.append(f"{field}: {message} (got {item.get('input')!r})")
     return "invalid configuration: " + "; ".join(parts)

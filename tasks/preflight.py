@@ -12,9 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.config import TrainConfig
+from tasks.config import TrainConfig, check_utf8
 from tasks.locking import exclusive_lock
-from tfnn.data import check_tfds_source, load_dataset
+from tfnn.data import (
+    DataError,
+    check_png,
+    check_tfds_source,
+    load_dataset,
+    load_idx_images,
+    load_idx_labels,
+    validation_split,
+)
 
 
 class InputError(ValueError):
@@ -34,6 +42,13 @@ def _quiet(*loggers: str) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+def _check_utf8(flag: str, path: str) -> None:
+    try:
+        check_utf8(path)
+    except ValueError as error:
+        raise InputError(f"{flag} {error}") from None
+
+
 def check_data(config: TrainConfig) -> None:
     """Read a directory data source (raising ``DataError``) and check that a batch fits in it.
 
@@ -45,15 +60,25 @@ def check_data(config: TrainConfig) -> None:
         check_tfds_source(config.data_source.removeprefix("tfds:"))
         return
     examples = len(load_dataset(config.data_source).train_labels)
-    if config.batch_size > examples:
+    train_rows, validation_rows = validation_split(examples, config.validation_fraction)
+    if config.validation_fraction > 0 and len(validation_rows) == 0:
         raise InputError(
-            f"batch_size: {config.batch_size} is more than the {examples} training examples "
-            f"in {config.data_source}; use at most {examples}"
+            f"validation_fraction: {config.validation_fraction} of the {examples} training "
+            f"examples in {config.data_source} is no example; use at least {1 / examples:.2g}"
+        )
+    if config.batch_size > len(train_rows):
+        held_out = f" after holding out {len(validation_rows)} for validation" * bool(
+            len(validation_rows)
+        )
+        raise InputError(
+            f"batch_size: {config.batch_size} is more than the {len(train_rows)} training "
+            f"examples in {config.data_source}{held_out}; use at most {len(train_rows)}"
         )
 
 
 def check_output_dir(directory: str) -> None:
     """Create ``directory`` if needed and write a scratch file there."""
+    _check_utf8("--output-dir", directory)
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -77,9 +102,16 @@ def check_tracking() -> None:
     A local SQLite store is created (or migrated) by its first user: under an exclusive
     lock beside the file, so that commands starting together in one directory create it
     once and the others wait, instead of all migrating it at once and breaking it. A
-    server gets ``CHECK_TIMEOUT_SECONDS`` to answer, without retries."""
+    server gets ``CHECK_TIMEOUT_SECONDS`` to answer, without retries. Also checks
+    ``$TFNN_TRACKING_RETRY_SECONDS``."""
     import mlflow
 
+    from tasks.tracking import retry_seconds
+
+    try:
+        retry_seconds()
+    except ValueError as error:
+        raise InputError(str(error)) from None
     uri = mlflow.get_tracking_uri()
     if uri in _checked_stores:
         return
@@ -139,6 +171,12 @@ def _ask_tracking_server(uri: str) -> None:
         with _quiet("mlflow", "urllib3"), _environment(quick):
             MlflowClient().search_experiments(max_results=1)
     except MlflowException as error:
+        if error.get_http_status_code() in (401, 403):
+            raise InputError(
+                f"MLflow tracking at {uri} refused the login "
+                f"(HTTP {error.get_http_status_code()}); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an MLflow user's name and password"
+            ) from None
         raise InputError(
             f"MLflow tracking at {uri} is unreachable or did not answer within "
             f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
@@ -185,6 +223,82 @@ def check_orchestration() -> None:
             f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); "
             "start it (prefect server start) or unset PREFECT_API_URL"
         )
+    check_orchestration_login(url)
+
+
+def check_orchestration_login(url: str) -> None:
+    """Make one request that needs the auth string: the health check needs none."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except PrefectHTTPStatusError as refused:
+        status = refused.response.status_code
+        if status not in (401, 403):
+            raise
+        raise InputError(
+            f"Prefect API at {url} refused the request (HTTP {status}); "
+            "set PREFECT_API_AUTH_STRING to the server's auth string"
+        ) from None
+
+
+def check_predict_inputs(images: list[str], labels: str | None, output: str) -> None:
+    """Read the IDX files and the PNG headers ``tfnn predict`` will read (without TensorFlow),
+    check that labels match the images one for one, and that ``output`` can be written."""
+    for flag, paths in (("--images", images), ("--labels", [labels or ""]), ("--output", [output])):
+        for path in paths:
+            _check_utf8(flag, path)
+    count = 0
+    for path in images:
+        if Path(path).suffix.lower() == ".png":
+            check_png(path)
+            count += 1
+        else:
+            count += len(load_idx_images(path))
+    found = len(load_idx_labels(labels)) if labels else count
+    if found != count:
+        raise DataError(f"{labels}: {found} labels for {count} images; pass matching files")
+    target = Path(output)
+    if target.is_dir():
+        raise InputError(f"--output {output}: is a directory; name a CSV file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"--output {output}: cannot write there ({error.strerror}); name a writable file"
+        ) from None
+
+
+def check_model(model_uri: str) -> None:
+    """Check that the registered version, alias, logged model or run that ``model_uri``
+    names exists on the tracking server."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line
+
+    client = MlflowClient()
+    try:
+        with _quiet("mlflow"):
+            if model_uri.startswith("runs:"):
+                client.get_run(RunsArtifactRepository.parse_runs_uri(model_uri)[0])
+            else:
+                found = get_model_name_and_version(client, model_uri)
+                if len(found) == 1:
+                    client.get_logged_model(found[0])
+                else:
+                    client.get_model_version(*found)
+    except MlflowException as error:
+        raise InputError(
+            f"--model {model_uri}: not found on the tracking server ({one_line(error)}); "
+            "name a registered model version or alias, a logged model or a run"
+        ) from None
 
 
 def resumed_config_fields(run_id: str) -> dict[str, str]:
@@ -192,13 +306,23 @@ def resumed_config_fields(run_id: str) -> dict[str, str]:
     return TrainConfig.fields_from_params(_resumed_run(run_id).data.params)
 
 
-def check_resume(run_id: str, config: TrainConfig) -> None:
-    """Check that run ``run_id`` is unfinished and was started with ``config`` and this
-    machine's library versions, as resuming it will."""
+def check_resume(run_id: str, config: TrainConfig, experiment: str | None = None) -> None:
+    """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, and was
+    started with ``config`` and this machine's library versions, as resuming it will."""
+    from mlflow.tracking import MlflowClient
+
     from tasks.tracking import ResumeError, check_resumable, library_versions
 
+    run = _resumed_run(run_id)
+    if experiment is not None:
+        held = MlflowClient().get_experiment(run.info.experiment_id).name
+        if held != experiment:
+            raise InputError(
+                f"--resume {run_id}: the run is in experiment {held!r}, not {experiment!r}; "
+                "leave out --experiment to resume it where it is"
+            )
     try:
-        check_resumable(_resumed_run(run_id), {**config.as_params(), **library_versions()})
+        check_resumable(run, {**config.as_params(), **library_versions()})
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
 

@@ -10,6 +10,7 @@ backoff for up to ``$TFNN_TRACKING_RETRY_SECONDS`` (default 300).
 """
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -40,7 +41,7 @@ from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.network import Sequential
 from tfnn.serialization import TrainingCheckpoint, save_network, weights_digest
-from tfnn.training import History
+from tfnn.training import EarlyStopping, History
 
 # MLflow's own retries back off up to two minutes per attempt (about four minutes on a
 # refused connection), which would outlast any budget of ours: keep two quick ones and
@@ -56,6 +57,8 @@ T = TypeVar("T")
 # epoch's metrics, so tracking cost stays flat however many steps an epoch has.
 STEP_LOSS_POINTS_PER_EPOCH = 100
 ERROR_TAG = "tfnn.error"
+BEST_EPOCH_TAG = "tfnn.best_epoch"
+VALIDATION_RULE = "last validation_fraction of the training split, whatever the seed"
 
 
 def one_line(error: BaseException) -> str:
@@ -77,10 +80,22 @@ def _transient(error: MlflowException) -> bool:
     return status >= 500 or status == 429
 
 
+def retry_seconds() -> float:
+    """``$TFNN_TRACKING_RETRY_SECONDS`` (default 300); ``ValueError`` unless a number >= 0."""
+    text = os.environ.get(RETRY_SECONDS_ENV, str(DEFAULT_RETRY_SECONDS))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{RETRY_SECONDS_ENV}={text!r}: expected a number of seconds >= 0")
+    return seconds
+
+
 def retry_tracking(call: Callable[[], T]) -> T:
     """Run ``call`` (MLflow requests that are safe to repeat), retrying transient failures
     with backoff (0.5 s doubling to 10 s) for up to ``$TFNN_TRACKING_RETRY_SECONDS``."""
-    budget = float(os.environ.get(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS))
+    budget = retry_seconds()
     deadline, delay = time.monotonic() + budget, 0.5
     while True:
         try:
@@ -214,13 +229,16 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
             Param("data_digest", data.digest),
             Param("num_train_examples", str(len(data.x_train))),
             Param("num_test_examples", str(len(data.x_test))),
+            Param("num_validation_examples", str(len(data.x_val))),
+            Param("validation_rule", VALIDATION_RULE),
         ],
     )
     inputs = []
-    for context, (x, y) in (
-        ("training", (data.x_train, data.y_train)),
-        ("testing", (data.x_test, data.y_test)),
-    ):
+    splits = {"training": (data.x_train, data.y_train)}
+    if data.validation:
+        splits["validation"] = data.validation
+    splits["testing"] = (data.x_test, data.y_test)
+    for context, (x, y) in splits.items():
         dataset = mlflow.data.from_numpy(
             x, targets=y, source=_dataset_source(data.source), name=f"{data.source}:{context}"
         )
@@ -246,7 +264,9 @@ class EpochLogger:
     the epoch's metrics (``step=epoch``) with a sample of its step losses in one
     batch, and upload the checkpoint. Use it as a context manager: leaving waits for
     the queue, so every completed epoch is on disk and in MLflow, and re-raises the
-    first tracking error (unless training itself already failed).
+    first tracking error (unless training itself already failed). With ``early_stopping``
+    each checkpoint also holds its state, and ``resume`` restores it with the best epoch's
+    weights (from that epoch's checkpoint).
 
     That order makes a crash recoverable by ``resume``: a local checkpoint may hold
     epochs whose metrics never reached MLflow (they are logged then), and an uploaded
@@ -254,11 +274,17 @@ class EpochLogger:
     """
 
     def __init__(
-        self, run_id: str, network: Sequential, checkpoint_dir: str | Path, steps_per_epoch: int
+        self,
+        run_id: str,
+        network: Sequential,
+        checkpoint_dir: str | Path,
+        steps_per_epoch: int,
+        early_stopping: EarlyStopping | None = None,
     ):
         self.client = RetryingClient()
         self.run_id = run_id
         self.network = network
+        self.early_stopping = early_stopping
         self.history = History()
         self.logged_epochs = 0
         self.steps_per_epoch = steps_per_epoch
@@ -286,7 +312,10 @@ class EpochLogger:
                 self._result(done)
         weights = [w.numpy() for w in network.all_weights]
         history = History(**{name: list(values) for name, values in vars(self.history).items()})
-        self._pending.append(self._worker.submit(self._log_epoch, epoch, metrics, weights, history))
+        stopping = self.early_stopping.state() if self.early_stopping else None
+        self._pending.append(
+            self._worker.submit(self._log_epoch, epoch, metrics, weights, history, stopping)
+        )
 
     def resume(self) -> int:
         """Load the run's newest checkpoint into the network and ``history`` (from the
@@ -299,6 +328,8 @@ class EpochLogger:
         epoch, self.history = self.checkpoint.restore_latest()
         for variable, restored in zip(self.network.all_weights, self._snapshot.all_weights):
             variable.assign(restored)
+        if self.early_stopping and epoch:
+            self._resume_early_stopping()
         logged = self.client.get_metric_history(self.run_id, "train_loss")
         self.logged_epochs = max((metric.step for metric in logged), default=0)
         for missing in range(self.logged_epochs + 1, epoch + 1):
@@ -307,6 +338,21 @@ class EpochLogger:
         if epoch:  # the crash may have come before this checkpoint's upload
             self._upload(epoch, self.checkpoint.manager.latest_checkpoint)
         return epoch
+
+    def _resume_early_stopping(self) -> None:
+        state = self.checkpoint.early_stopping_state()
+        best, weights = int(state["best_epoch"]), None
+        if self.early_stopping.restore_best and best:
+            weights = self.checkpoint.weights_of(best)
+            if weights is None:
+                self._download_checkpoint(best)
+                weights = self.checkpoint.weights_of(best)
+            if weights is None:
+                raise ResumeError(
+                    f"run {self.run_id}: the checkpoint of its best epoch {best} is neither in "
+                    f"{self.checkpoint.directory} nor in its artifacts; it cannot restore it"
+                )
+        self.early_stopping.load_state(state, weights)
 
     def _result(self, done: Future) -> None:
         try:
@@ -318,11 +364,16 @@ class EpochLogger:
             ) from error
 
     def _log_epoch(
-        self, epoch: int, metrics: dict[str, float], weights: list[np.ndarray], history: History
+        self,
+        epoch: int,
+        metrics: dict[str, float],
+        weights: list[np.ndarray],
+        history: History,
+        stopping: dict[str, float] | None,
     ) -> None:
         for variable, value in zip(self._snapshot.all_weights, weights):
             variable.assign(value)
-        prefix = self.checkpoint.save(epoch, history)
+        prefix = self.checkpoint.save(epoch, history, stopping)
         # After a tracking failure, epochs still queued are only checkpointed: the failure
         # is reported once, without waiting out the retries again, and resume logs the rest.
         if self._tracking_failed:
@@ -352,8 +403,12 @@ class EpochLogger:
         for path in [*sorted(prefix.parent.glob(prefix.name + ".*")), prefix.parent / "checkpoint"]:
             self.client.log_artifact(self.run_id, str(path), f"checkpoints/epoch-{epoch:03d}")
 
-    def _download_checkpoint(self) -> None:
+    def _download_checkpoint(self, epoch: int | None = None) -> None:
+        """Copy the newest complete uploaded checkpoint (or that of ``epoch``) into the
+        checkpoint directory; an older epoch's leaves the directory's state file alone."""
         folders = [f.path for f in self.client.list_artifacts(self.run_id, "checkpoints")]
+        if epoch is not None:
+            folders = [folder for folder in folders if folder.endswith(f"epoch-{epoch:03d}")]
         for folder in sorted(folders, reverse=True):
             if any(
                 Path(f.path).name == "checkpoint"
@@ -361,19 +416,26 @@ class EpochLogger:
             ):
                 with tempfile.TemporaryDirectory() as tmp:
                     local = self.client.download_artifacts(self.run_id, folder, tmp)
-                    shutil.copytree(local, self.checkpoint.directory, dirs_exist_ok=True)
+                    ignore = shutil.ignore_patterns("checkpoint") if epoch else None
+                    shutil.copytree(
+                        local, self.checkpoint.directory, dirs_exist_ok=True, ignore=ignore
+                    )
                 return
 
 
 @task(cache_policy=NONE)
-def log_trained_model(run_id: str, network: Sequential, data: PreparedData) -> str:
+def log_trained_model(
+    run_id: str, network: Sequential, data: PreparedData, best_epoch: int | None = None
+) -> str:
     """Log the final weights (architecture JSON + npz) and an MLflow tensorflow model with a
-    signature and an input example, and tag the run with ``weights_digest``; returns the
-    model's URI."""
+    signature and an input example, and tag the run with ``weights_digest`` and the epoch of
+    lowest ``val_loss`` (``tfnn.best_epoch``); returns the model's URI."""
     client = RetryingClient()
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifacts(run_id, str(save_network(network, tmp)), "weights")
     client.set_tag(run_id, WEIGHTS_TAG, weights_digest(network))
+    if best_epoch is not None:
+        client.set_tag(run_id, BEST_EPOCH_TAG, str(best_epoch))
     example = data.x_test[:5]
     info = retry_tracking(
         lambda: mlflow.tensorflow.log_model(

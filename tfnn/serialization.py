@@ -18,6 +18,7 @@ from tfnn.training import History
 
 ARCHITECTURE_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.npz"
+MAX_ARCHITECTURE_BYTES = 1 << 20  # a spec is a few hundred bytes
 
 
 class ModelFileError(ValueError):
@@ -54,17 +55,38 @@ def load_network(directory: str | Path) -> Sequential:
     directory = Path(directory)
     spec_path, weights_path = directory / ARCHITECTURE_FILE, directory / WEIGHTS_FILE
     try:
-        spec = json.loads(spec_path.read_text())
-        network = Sequential.from_spec(spec)
+        with open(spec_path, "rb") as file:
+            text = file.read(MAX_ARCHITECTURE_BYTES + 1)
     except FileNotFoundError:
         raise ModelFileError(
             f"{spec_path}: no such file; save the network with save_network"
         ) from None
+    except OSError as error:
+        raise ModelFileError(f"{spec_path}: cannot read ({error.strerror or error})") from None
+    if len(text) > MAX_ARCHITECTURE_BYTES:
+        raise ModelFileError(
+            f"{spec_path}: larger than {MAX_ARCHITECTURE_BYTES} bytes; not an architecture"
+        )
+    try:
+        network = Sequential.from_spec(json.loads(text))  # checks sizes before building
+    except RecursionError:
+        raise ModelFileError(f"{spec_path}: invalid architecture: nested too deeply") from None
     except (ValueError, KeyError, TypeError) as error:
         raise ModelFileError(f"{spec_path}: invalid architecture: {error}") from None
     try:
+        with zipfile.ZipFile(weights_path) as archive:
+            # As the archive declares them: the zip reader never inflates past these sizes.
+            declared = sum(member.file_size for member in archive.infolist())
+        # float64 arrays are accepted (and cast): 8 bytes a parameter, plus .npy headers.
+        if declared > 8 * network.num_parameters + (1 << 20):
+            raise ModelFileError(
+                f"{weights_path}: {declared} bytes of arrays, far more than the "
+                f"{network.num_parameters} parameters of {spec_path.name} need"
+            )
         with np.load(weights_path, allow_pickle=False) as saved:
-            arrays = {key: saved[key] for key in saved.files}
+            arrays = {key: saved[key] for key in _weight_keys(network) if key in saved.files}
+    except ModelFileError:
+        raise
     except FileNotFoundError:
         raise ModelFileError(
             f"{weights_path}: no such file; save the network with save_network"
@@ -87,7 +109,8 @@ def load_network(directory: str | Path) -> Sequential:
 
 class TrainingCheckpoint:
     """Everything needed to continue training after a crash: weights, the completed epoch
-    count and the history so far, written atomically by ``tf.train.CheckpointManager``.
+    count, the history so far and the early-stopping state (``EarlyStopping.state()``), written
+    atomically by ``tf.train.CheckpointManager``.
 
     The shuffling state needs no saving: ``tfnn.training.epoch_order`` derives each
     epoch's order from the seed and the epoch number.
@@ -98,14 +121,26 @@ class TrainingCheckpoint:
         self.directory = Path(directory)
         self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
         self.history_json = tf.Variable("{}", dtype=tf.string, name="history")
+        # ``EarlyStopping.state()``: a resumed run stops where an uninterrupted one does.
+        self.early_stopping = {
+            "best_epoch": tf.Variable(0, dtype=tf.int64, name="best_epoch"),
+            "best_val_loss": tf.Variable(np.inf, dtype=tf.float64, name="best_val_loss"),
+            "epochs_waited": tf.Variable(0, dtype=tf.int64, name="epochs_waited"),
+        }
         checkpoint = tf.train.Checkpoint(
-            network=network, epoch=self.epoch, history=self.history_json
+            network=network,
+            epoch=self.epoch,
+            history=self.history_json,
+            early_stopping=self.early_stopping,
         )
         self.manager = tf.train.CheckpointManager(checkpoint, str(self.directory), max_to_keep)
 
-    def save(self, epoch: int, history: History) -> str:
-        """Record that ``epoch`` epochs are complete; returns the checkpoint's path prefix."""
+    def save(self, epoch: int, history: History, early_stopping: dict | None = None) -> str:
+        """Record that ``epoch`` epochs are complete, with the ``EarlyStopping.state()`` if
+        any; returns the checkpoint's path prefix."""
         self.epoch.assign(epoch)
+        for name, value in (early_stopping or {}).items():
+            self.early_stopping[name].assign(value)
         self.history_json.assign(json.dumps(history.__dict__))
         return self.manager.save(checkpoint_number=epoch)
 
@@ -117,3 +152,20 @@ class TrainingCheckpoint:
             return 0, History()
         self.manager.checkpoint.restore(latest).assert_consumed()
         return int(self.epoch.numpy()), History(**json.loads(self.history_json.numpy().decode()))
+
+    def early_stopping_state(self) -> dict[str, float]:
+        """The ``EarlyStopping.state()`` of the checkpoint last saved or restored."""
+        return {name: variable.numpy().item() for name, variable in self.early_stopping.items()}
+
+    def weights_of(self, epoch: int) -> list[np.ndarray] | None:
+        """The weights saved after ``epoch``, None when that checkpoint is not kept; the
+        network is left as it was."""
+        path = self.directory / f"ckpt-{epoch}"
+        if not path.with_suffix(".index").exists():
+            return None
+        current = [w.numpy() for w in self.network.all_weights]
+        tf.train.Checkpoint(network=self.network).restore(str(path)).expect_partial()
+        weights = [w.numpy() for w in self.network.all_weights]
+        for variable, value in zip(self.network.all_weights, current):
+            variable.assign(value)
+        return weights

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from flows import lifetime
+
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_EXPERIMENT = "tfnn-mnist"
 DASK_ADDRESS_ENV = "TFNN_DASK_ADDRESS"
@@ -264,6 +266,7 @@ def _check_inputs(args: argparse.Namespace, config) -> None:
     preflight.check_data(config)
     preflight.check_output_dir(args.output_dir)
     preflight.check_tracking()
+    lifetime.wait_for_prefect_server()
     preflight.check_orchestration()
     if getattr(args, "resume", None):
         preflight.check_resume(args.resume, config, args.experiment)
@@ -393,12 +396,15 @@ _COMMANDS = {
 _CHECKED = {"train", "compare", "retrain", "schedule"}
 
 
+@lifetime.handles_interrupts
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     # The ephemeral server's telemetry heartbeat races the flow for its SQLite database
     # and logs "database is locked" tracebacks; a user's own setting still wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if args.command != "evaluate":  # it starts while the rest imports and checks the input
+        lifetime.start_prefect_server()
     if args.command == "sweep":
         return _sweep(args)
     from tasks import preflight
@@ -428,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.experiment = args.experiment or DEFAULT_EXPERIMENT
         if args.command == "predict":
             _check_predict(args)
+        lifetime.wait_for_prefect_server()
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
         return EXIT_USAGE
@@ -453,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from tasks.config import TrainConfig
     from tasks.grid import SweepError, SweepSpec, load_sweep_file
+    from tasks.preflight import InputError
 
     try:
         spec = load_sweep_file(args.grid) if args.grid else SweepSpec()
@@ -475,7 +483,8 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"configuration {unranked[0]}: validation_fraction 0 leaves nothing to rank "
                 "on (never the test set); use a fraction > 0"
             )
-    except SweepError as error:
+        lifetime.wait_for_prefect_server()
+    except (SweepError, InputError) as error:
         print(f"tfnn: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -6,12 +6,14 @@ data is refused without them.
 """
 
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.config import TrainConfig, check_utf8
+from tasks.locking import exclusive_lock
 from tfnn.data import (
     DataError,
     check_png,
@@ -88,52 +90,137 @@ def check_output_dir(directory: str) -> None:
         ) from None
 
 
-def check_tracking() -> None:
-    """Check ``$TFNN_TRACKING_RETRY_SECONDS`` and ask the MLflow tracking store for one
-    experiment."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+# A check waits this long for a service to answer; the run itself keeps the services' own
+# bounded timeouts (MLFLOW_HTTP_REQUEST_TIMEOUT, PREFECT_API_REQUEST_TIMEOUT).
+CHECK_TIMEOUT_SECONDS = 5
+_checked_stores: set[str] = set()
 
-    from tasks.tracking import one_line, retry_seconds  # also caps MLflow's own HTTP retries
+
+def check_tracking() -> None:
+    """Open the MLflow tracking store and ask it for one experiment.
+
+    A local SQLite store is created (or migrated) by its first user: under an exclusive
+    lock beside the file, so that commands starting together in one directory create it
+    once and the others wait, instead of all migrating it at once and breaking it. A
+    server gets ``CHECK_TIMEOUT_SECONDS`` to answer, without retries. Also checks
+    ``$TFNN_TRACKING_RETRY_SECONDS``."""
+    import mlflow
+
+    from tasks.tracking import retry_seconds
 
     try:
         retry_seconds()
     except ValueError as error:
         raise InputError(str(error)) from None
+    uri = mlflow.get_tracking_uri()
+    if uri in _checked_stores:
+        return
+    database = _sqlite_file(uri)
+    if database is None:
+        _ask_tracking_server(uri)
+    else:
+        try:
+            with exclusive_lock(f"{database}.lock"):
+                _open_store(database)
+        except OSError as error:  # the lock file: _open_store reports its own errors
+            raise InputError(
+                f"{database}: the MLflow store needs a writable directory ({error.strerror}); "
+                "run from a writable directory or set MLFLOW_TRACKING_URI"
+            ) from None
+    _checked_stores.add(uri)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` tracking URI (None for other stores)."""
+    from sqlalchemy.engine import make_url
+
+    if not uri.startswith("sqlite:"):
+        return None
+    database = make_url(uri).database
+    return Path(database).absolute() if database and database != ":memory:" else None
+
+
+def _open_store(database: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line
 
     try:
-        with _quiet("mlflow", "urllib3", "alembic"):
+        with _quiet("mlflow", "alembic"):
+            client = MlflowClient()
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)  # the registry's own store
+    except Exception as error:  # alembic, SQLAlchemy and MLflow errors alike
+        raise InputError(
+            f"MLflow store {database} cannot be opened ({one_line(error)}); move it aside or "
+            "set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _ask_tracking_server(uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line  # also caps MLflow's own HTTP retries
+
+    quick = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    try:
+        with _quiet("mlflow", "urllib3"), _environment(quick):
             MlflowClient().search_experiments(max_results=1)
     except MlflowException as error:
         if error.get_http_status_code() in (401, 403):
             raise InputError(
-                f"MLflow tracking at {mlflow.get_tracking_uri()} refused the login "
+                f"MLflow tracking at {uri} refused the login "
                 f"(HTTP {error.get_http_status_code()}); set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD to an MLflow user's name and password"
             ) from None
         raise InputError(
-            f"MLflow tracking at {mlflow.get_tracking_uri()} is unreachable "
-            f"({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
+            f"MLflow tracking at {uri} is unreachable or did not answer within "
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
         ) from None
 
 
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    # MLflow reads its HTTP settings from the environment at every request.
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def check_orchestration() -> None:
-    """Ask the Prefect API for its health, when ``PREFECT_API_URL`` names one (else each
-    run starts its own temporary server)."""
+    """Ask the Prefect API for its health (``CHECK_TIMEOUT_SECONDS``, no retries), when
+    ``PREFECT_API_URL`` names one."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import (
+        PREFECT_API_REQUEST_TIMEOUT,
+        PREFECT_API_URL,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
 
     from tasks.tracking import one_line
 
     url = PREFECT_API_URL.value()
     if not url:
         return
-    with get_client(sync_client=True) as client:
+    quick = {PREFECT_API_REQUEST_TIMEOUT: CHECK_TIMEOUT_SECONDS, PREFECT_CLIENT_MAX_RETRIES: 0}
+    with temporary_settings(updates=quick), get_client(sync_client=True) as client:
         error = client.api_healthcheck()
     if error is not None:
         raise InputError(
-            f"Prefect API at {url} is unreachable ({one_line(error)}); "
+            f"Prefect API at {url} is unreachable or did not answer within "
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); "
             "start it (prefect server start) or unset PREFECT_API_URL"
         )
     check_orchestration_login(url)
@@ -247,6 +334,7 @@ def _resumed_run(run_id: str):
 
     from tasks.tracking import one_line
 
+    check_tracking()  # the run's store may not exist yet, or be unreachable
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as error:

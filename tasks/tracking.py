@@ -35,6 +35,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import runtime, task
 from prefect.cache_policies import NONE
+from prefect.exceptions import TerminationSignal
 
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
@@ -169,8 +170,9 @@ def tracked_run(
     refusing if it finished or its params differ.
 
     The run ends FINISHED only if the body completes; on any exception it ends
-    FAILED (KILLED on Ctrl-C) with the reason in the ``tfnn.error`` tag, and the
-    exception propagates so that Prefect marks the flow run Failed too.
+    FAILED (KILLED on Ctrl-C or SIGTERM, noted on the exception) with the reason in the
+    ``tfnn.error`` tag, and the exception propagates so that Prefect marks the flow run
+    Failed (Crashed) too.
     """
     client = MlflowClient()
     params = {**params, **library_versions()}
@@ -190,12 +192,17 @@ def tracked_run(
         client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
         yield run_id
     except BaseException as error:
-        interrupted = isinstance(error, KeyboardInterrupt)
+        # Ctrl-C, or SIGTERM (Prefect turns it into TerminationSignal during a flow run).
+        interrupted = isinstance(error, (KeyboardInterrupt, TerminationSignal))
         # The tracking server may be why the run failed: then the run stays RUNNING there,
         # to be resumed, and the original error is the one worth reporting.
         with suppress(MlflowException):
             client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
             client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+            if interrupted:  # the command's last line names the runs it killed
+                error.add_note(
+                    f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}"
+                )
         raise
     RetryingClient().set_terminated(run_id, "FINISHED")
 

@@ -106,13 +106,15 @@ def resumed_config_fields(run_id: str) -> dict[str, str]:
     return TrainConfig.fields_from_params(_resumed_run(run_id).data.params)
 
 
-def check_resume(run_id: str, config: TrainConfig) -> None:
-    """Check that run ``run_id`` is unfinished and was started with ``config`` and this
-    machine's library versions, as resuming it will."""
+def check_resume(run_id: str, config: TrainConfig, takeover: bool = False) -> None:
+    """Check that run ``run_id`` is unfinished, was started with ``config`` and this
+    machine's library versions, and is not held by a live process (unless ``takeover``),
+    as resuming it will."""
     from tasks.tracking import ResumeError, check_resumable, library_versions
 
+    params = {**config.as_params(), **library_versions()}
     try:
-        check_resumable(_resumed_run(run_id), {**config.as_params(), **library_versions()})
+        check_resumable(_resumed_run(run_id), params, takeover)
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
 

@@ -14,7 +14,10 @@ COPY tasks ./tasks
 COPY flows ./flows
 RUN pip install ".[server]"
 COPY prefect.yaml ./
+COPY docker/entrypoint.sh docker/mlflow-auth.ini ./docker/
 
 RUN useradd --create-home --uid 1000 tfnn && mkdir -p /app/outputs /mlartifacts \
     && chown tfnn /app/outputs /mlartifacts
 USER tfnn
+# Loads the secrets a service lists in TFNN_SECRETS (refusing placeholders), then runs it.
+ENTRYPOINT ["/app/docker/entrypoint.sh"]

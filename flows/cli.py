@@ -26,11 +26,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
         # Values stay strings here: TrainConfig parses and validates them, naming the field.
+        switch = {"nargs": "?", "const": "true"} if field.annotation == bool | None else {}
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             metavar=name.split("_")[-1].upper(),
-            help=f"{field.description} (default: {default})",
+            help=f"{field.description}" + ("" if default is None else f" (default: {default})"),
+            **switch,
         )
     group.add_argument(
         "--data-dir",
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=_non_negative,
         default=0.0,
-        help="test accuracy the challenger must gain over the champion (default: 0, a tie keeps)",
+        help="validation accuracy the challenger must gain over the champion "
+        "(default: 0, a tie keeps)",
     )
     retrain.add_argument(
         "--warm-start", action="store_true", help="start from the champion's weights"
@@ -393,6 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 activations = tuple(a.strip() for a in args.activations.split(","))
             for name in activations:
                 TrainConfig(**{**config.model_dump(), "activation": name})
+            if args.command in ("retrain", "schedule") and config.validation_fraction == 0:
+                raise preflight.InputError(
+                    "validation_fraction: 0 leaves the retrain nothing to decide on (it never "
+                    "decides on the test set); use a fraction > 0"
+                )
             _check_inputs(args, config)
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
@@ -437,6 +445,12 @@ def _sweep(args: argparse.Namespace) -> int:
             {name: value for name, value in base.items() if value is not None}, grid, args.samples
         )
         configurations = spec.configurations()
+        unranked = [name for name, c in configurations.items() if c.validation_fraction == 0]
+        if unranked:
+            raise SweepError(
+                f"configuration {unranked[0]}: validation_fraction 0 leaves nothing to rank "
+                "on (never the test set); use a fraction > 0"
+            )
     except SweepError as error:
         print(f"tfnn: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -461,9 +475,14 @@ def _sweep(args: argparse.Namespace) -> int:
             raise
         print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
+    print(f"{'rank':>4}  {'val_acc':>8}  {'test_acc':>8}  configuration")
     for row in result.ranking:
-        score = f"{row['final_test_accuracy']:.4f}" if row["rank"] else "FAILED"
-        print(f"{row['rank'] or '-':>4}  {score:>8}  {row['configuration']}  {row['error']}")
+        score = (
+            f"{row['final_val_accuracy']:>8.4f}  {row['final_test_accuracy']:>8.4f}"
+            if row["rank"]
+            else f"{'FAILED':>8}  {'':>8}"
+        )
+        print(f"{row['rank'] or '-':>4}  {score}  {row['configuration']}  {row['error']}")
     print(
         f"mlflow parent run id: {result.parent_run_id}  best run id: {result.ranking[0]['run_id']}"
     )

@@ -27,9 +27,12 @@ def retrain_flow(
     output_dir: str = DEFAULT_OUTPUT_DIR,
 ) -> Decision:
     """Train a challenger (fresh, or from the champion's weights with ``warm_start``), score
-    it and the champion on the same test set, and promote it only if its accuracy is higher
-    by at least ``margin``. With nothing new since the last decision it trains nothing."""
-    data = prepare_data(load_data(config.data_source))
+    it and the champion on the same validation examples of the current data, and promote it
+    only if its validation accuracy is higher by at least ``margin``. With nothing new since
+    the last decision it trains nothing."""
+    if config.validation_fraction == 0:
+        raise ValueError("a retrain decides on validation: set validation_fraction > 0")
+    data = prepare_data(load_data(config.data_source), config.validation_fraction)
     champion = find_champion(model_name)
     key = retrain_key(config, data.digest, warm_start, margin)
     skip_reason = already_decided(model_name, key, champion)

@@ -93,6 +93,8 @@ def sweep_flow(
     ranking, a comparison plot and the best configuration's tags."""
     # Validated before anything trains: a bad grid fails here, naming the configuration.
     configurations = spec.configurations()
+    if any(config.validation_fraction == 0 for config in configurations.values()):
+        raise ValueError("a sweep ranks on validation: every validation_fraction must be > 0")
     output_dir = str(Path(output_dir).resolve())
     tracking_uri = portable_tracking_uri()
     with tracked_run(

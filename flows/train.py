@@ -102,7 +102,7 @@ def run_training(
         config.as_params(), experiment, parent_run_id, run_name, resume_run_id, takeover
     ) as run_id:
         run_dir = Path(output_dir) / run_id
-        data = step(prepare_data)(step(load_data)(config.data_source))
+        data = step(prepare_data)(step(load_data)(config.data_source), config.validation_fraction)
         initial = (
             step(download_weights)(run_id, warm_start_from, str(run_dir / "warm_start"))
             if warm_start_from
@@ -123,7 +123,7 @@ def run_training(
         evaluation = step(evaluate)(network, data)
         plots = step(plot_run)(history, evaluation, data, str(run_dir / "plots"))
         step(log_evaluation)(run_id, evaluation, plots)
-        model_uri = step(log_trained_model)(run_id, network, data)
+        model_uri = step(log_trained_model)(run_id, network, data, history.best_epoch)
         version = (
             step(register_model)(registered_model_name, model_uri, run_id)
             if registered_model_name and warning is None

@@ -6,9 +6,17 @@ from ``TrainConfig``; nothing re-lists its fields by hand.
 
 import math
 import os
+from contextlib import suppress
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tfnn.activations import ACTIVATIONS
 from tfnn.initializers import INITIALIZERS
@@ -47,6 +55,21 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="examples per SGD step")
     epochs: int = Field(5, ge=1, description="passes over the training set")
     seed: int = Field(42, description="seed for weights and shuffling")
+    validation_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the training split held out for validation, its last examples "
+        "(0: train on all, as the notebook)",
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, description="stop after this many epochs without a lower val_loss (0: off)"
+    )
+    restore_best: bool | None = Field(
+        None,
+        description="keep the weights of the epoch of lowest val_loss "
+        "(default: on when there is a validation split)",
+    )
     data_source: str = Field(
         default_factory=default_data_source,
         description="'tfds:mnist', 'tfds:fashion_mnist' or a directory of IDX files",
@@ -73,6 +96,27 @@ class TrainConfig(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_restore_best(cls, values: Any) -> Any:
+        # Resolved here, so params and resumed runs always hold True or False.
+        if isinstance(values, dict) and values.get("restore_best") in (None, ""):
+            fraction = values.get("validation_fraction", 0.1)
+            # A bad fraction is left for the field's own validation to name.
+            with suppress(TypeError, ValueError):
+                values = {**values, "restore_best": float(fraction) > 0}
+        return values
+
+    @model_validator(mode="after")
+    def _validation_needed(self) -> "TrainConfig":
+        if self.validation_fraction == 0:
+            for name in ("early_stopping_patience", "restore_best"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name} decides on the validation set: set validation_fraction > 0"
+                    )
+        return self
+
     def layer_sizes(self, input_dim: int, num_classes: int) -> list[int]:
         """``[input_dim, *hidden_sizes, num_classes]``."""
         return [input_dim, *self.hidden_sizes, num_classes]
@@ -94,7 +138,10 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field: ``learning_rate: Input should be greater than 0 (got 0)``."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "config"
         message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a rule across fields: its message names them
+            parts.append(message)
+            continue
+        field = ".".join(str(p) for p in item["loc"])
         parts.append(f"{field}: {message} (got {item.get('input')!r})")
     return "invalid configuration: " + "; ".join(parts)

@@ -1,17 +1,18 @@
 """Tasks that load and preprocess MNIST."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tfnn.data import DataError, MnistArrays, load_dataset, preprocess
+from tfnn.data import DataError, MnistArrays, load_dataset, preprocess, validation_split
 
 
 @dataclass(frozen=True, eq=False)
 class PreparedData:
-    """Model-ready splits: ``x`` float32 ``(n, 784)`` in [0, 1], ``y`` one-hot ``(n, 10)``."""
+    """Model-ready splits: ``x`` float32 ``(n, 784)`` in [0, 1], ``y`` one-hot ``(n, 10)``.
+    The validation split (empty without one) is the last examples of the training split."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -21,6 +22,13 @@ class PreparedData:
     test_images: np.ndarray
     source: str
     digest: str
+    x_val: np.ndarray = field(default_factory=lambda: np.zeros((0, 784), np.float32))
+    y_val: np.ndarray = field(default_factory=lambda: np.zeros((0, 10), np.float32))
+
+    @property
+    def validation(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(x_val, y_val)``, or None when no examples are held out."""
+        return (self.x_val, self.y_val) if len(self.x_val) else None
 
     @property
     def input_dim(self) -> int:
@@ -49,17 +57,22 @@ def load_data(source: str) -> MnistArrays:
 
 
 @task(cache_policy=NONE)
-def prepare_data(arrays: MnistArrays) -> PreparedData:
-    """Flatten and scale the images and one-hot the labels, as the notebook does."""
-    x_train, y_train = preprocess(arrays.train_images, arrays.train_labels)
+def prepare_data(arrays: MnistArrays, validation_fraction: float = 0.0) -> PreparedData:
+    """Flatten and scale the images and one-hot the labels, as the notebook does, holding out
+    the last ``validation_fraction`` of the training split (``tfnn.data.validation_split``)."""
+    x, y = preprocess(arrays.train_images, arrays.train_labels)
     x_test, y_test = preprocess(arrays.test_images, arrays.test_labels)
+    # The held-out rows are the last ones: slices, not copies.
+    kept = len(validation_split(len(x), validation_fraction)[0])
     return PreparedData(
-        x_train,
-        y_train,
+        x[:kept],
+        y[:kept],
         x_test,
         y_test,
         test_labels=arrays.test_labels,
         test_images=arrays.test_images,
         source=arrays.source,
         digest=arrays.digest(),
+        x_val=x[kept:],
+        y_val=y[kept:],
     )

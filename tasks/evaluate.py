@@ -14,7 +14,8 @@ from tfnn.network import Sequential
 @dataclass(frozen=True, eq=False)
 class Evaluation:
     """Test-set results: probabilities ``(n, classes)``, predicted labels ``(n,)``,
-    the confusion matrix (row = true class) and the accuracy of each class."""
+    the confusion matrix (row = true class) and the accuracy of each class; and the
+    validation loss and accuracy of the same weights (None without a validation split)."""
 
     test_loss: float
     test_accuracy: float
@@ -22,10 +23,15 @@ class Evaluation:
     predicted_labels: np.ndarray
     confusion: np.ndarray
     class_accuracy: np.ndarray
+    val_loss: float | None = None
+    val_accuracy: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """Final metrics by MLflow name, per-class accuracy as ``test_accuracy_class_<k>``."""
-        metrics = {"final_test_loss": self.test_loss, "final_test_accuracy": self.test_accuracy}
+        metrics = {}
+        if self.val_loss is not None:
+            metrics = {"final_val_loss": self.val_loss, "final_val_accuracy": self.val_accuracy}
+        metrics |= {"final_test_loss": self.test_loss, "final_test_accuracy": self.test_accuracy}
         for k, value in enumerate(self.class_accuracy):
             metrics[f"test_accuracy_class_{k}"] = float(value)
         return metrics
@@ -33,7 +39,8 @@ class Evaluation:
 
 @task(cache_policy=NONE)
 def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
-    """Loss, accuracy, per-class accuracy and confusion matrix of ``network`` on the test set."""
+    """Loss, accuracy, per-class accuracy and confusion matrix of ``network`` on the test set,
+    measured once, on the weights that are logged; loss and accuracy on the validation set."""
     probabilities = network.predict(data.x_test).numpy()
     predicted = probabilities.argmax(axis=1)
     confusion = confusion_matrix(data.test_labels, predicted, data.num_classes)
@@ -44,4 +51,6 @@ def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
         predicted_labels=predicted,
         confusion=confusion,
         class_accuracy=per_class_accuracy(confusion),
+        val_loss=float(network.loss(data.x_val, data.y_val)) if data.validation else None,
+        val_accuracy=float(network.accuracy(data.x_val, data.y_val)) if data.validation else None,
     )

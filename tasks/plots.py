@@ -35,10 +35,18 @@ def plot_step_loss(history: History, path: Path) -> str:
 
 
 def plot_accuracy(history: History, path: Path) -> str:
-    """Train and test accuracy after each epoch."""
+    """Train, validation and test accuracy after each epoch, the best validation epoch marked."""
     epochs = np.arange(1, history.epochs + 1)
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(epochs, history.train_accuracy, "o-", label="train")
+    if history.val_accuracy:
+        axes.plot(epochs, history.val_accuracy, "^-", label="validation")
+        axes.axvline(
+            history.best_epoch,
+            color="grey",
+            linestyle=":",
+            label=f"best epoch {history.best_epoch}",
+        )
     axes.plot(epochs, history.test_accuracy, "s-", label="test")
     axes.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch", xticks=epochs)
     axes.legend()
@@ -106,13 +114,29 @@ def plot_run(
 
 @task(cache_policy=NONE)
 def plot_comparison(histories: dict[str, History], path: str) -> str:
-    """Step loss and test accuracy of several runs, labelled by name, on one figure."""
+    """Step loss and accuracy per epoch of several runs, labelled by name, on one figure:
+    validation accuracy solid and test accuracy dashed in the run's colour (test solid
+    when a run has no validation split)."""
     figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, history in histories.items():
-        losses.plot(history.step_loss, linewidth=0.6, label=name)
-        accuracy.plot(np.arange(1, history.epochs + 1), history.test_accuracy, "o-", label=name)
+        (line,) = losses.plot(history.step_loss, linewidth=0.6, label=name)
+        epochs = np.arange(1, history.epochs + 1)
+        if history.val_accuracy:
+            accuracy.plot(epochs, history.val_accuracy, "o-", color=line.get_color(), label=name)
+        test_style = (
+            {"linestyle": "--", "label": f"{name} (test)"}
+            if history.val_accuracy
+            else {"label": name}
+        )
+        accuracy.plot(
+            epochs, history.test_accuracy, marker="s", color=line.get_color(), **test_style
+        )
     losses.set(xlabel="step", ylabel="train loss", title="Train loss per step")
-    accuracy.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
+    accuracy.set(
+        xlabel="epoch",
+        ylabel="accuracy",
+        title="Validation (solid) and test (dashed) accuracy per epoch",
+    )
     losses.legend()
     accuracy.legend()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

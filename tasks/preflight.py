@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.config import TrainConfig
-from tfnn.data import check_tfds_source, load_dataset
+from tfnn.data import check_tfds_source, load_dataset, validation_split
 
 
 class InputError(ValueError):
@@ -43,10 +43,19 @@ def check_data(config: TrainConfig) -> None:
         check_tfds_source(config.data_source.removeprefix("tfds:"))
         return
     examples = len(load_dataset(config.data_source).train_labels)
-    if config.batch_size > examples:
+    train_rows, validation_rows = validation_split(examples, config.validation_fraction)
+    if config.validation_fraction > 0 and len(validation_rows) == 0:
         raise InputError(
-            f"batch_size: {config.batch_size} is more than the {examples} training examples "
-            f"in {config.data_source}; use at most {examples}"
+            f"validation_fraction: {config.validation_fraction} of the {examples} training "
+            f"examples in {config.data_source} is no example; use at least {1 / examples:.2g}"
+        )
+    if config.batch_size > len(train_rows):
+        held_out = f" after holding out {len(validation_rows)} for validation" * bool(
+            len(validation_rows)
+        )
+        raise InputError(
+            f"batch_size: {config.batch_size} is more than the {len(train_rows)} training "
+            f"examples in {config.data_source}{held_out}; use at most {len(train_rows)}"
         )
 
 
@@ -75,6 +84,12 @@ def check_tracking() -> None:
         with _quiet("mlflow", "urllib3", "alembic"):
             MlflowClient().search_experiments(max_results=1)
     except MlflowException as error:
+        if error.get_http_status_code() in (401, 403):
+            raise InputError(
+                f"MLflow tracking at {mlflow.get_tracking_uri()} refused the login "
+                f"(HTTP {error.get_http_status_code()}); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to an MLflow user's name and password"
+            ) from None
         raise InputError(
             f"MLflow tracking at {mlflow.get_tracking_uri()} is unreachable "
             f"({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
@@ -99,6 +114,25 @@ def check_orchestration() -> None:
             f"Prefect API at {url} is unreachable ({one_line(error)}); "
             "start it (prefect server start) or unset PREFECT_API_URL"
         )
+    check_orchestration_login(url)
+
+
+def check_orchestration_login(url: str) -> None:
+    """Make one request that needs the auth string: the health check needs none."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except PrefectHTTPStatusError as refused:
+        status = refused.response.status_code
+        if status not in (401, 403):
+            raise
+        raise InputError(
+            f"Prefect API at {url} refused the request (HTTP {status}); "
+            "set PREFECT_API_AUTH_STRING to the server's auth string"
+        ) from None
 
 
 def resumed_config_fields(run_id: str) -> dict[str, str]:

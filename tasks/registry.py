@@ -50,8 +50,11 @@ class Decision:
     key: str
     champion_version: str | None = None
     challenger_version: str | None = None
-    champion_accuracy: float | None = None
-    challenger_accuracy: float | None = None
+    # Decided on the validation accuracy; the test accuracy is recorded for information.
+    champion_val_accuracy: float | None = None
+    challenger_val_accuracy: float | None = None
+    champion_test_accuracy: float | None = None
+    challenger_test_accuracy: float | None = None
     challenger_run_id: str | None = None
 
     def tags(self) -> dict[str, str]:
@@ -59,8 +62,10 @@ class Decision:
         values = {
             "tfnn.decision": self.action,
             "tfnn.decision_reason": self.reason,
-            "tfnn.champion_accuracy": self.champion_accuracy,
-            "tfnn.challenger_accuracy": self.challenger_accuracy,
+            "tfnn.champion_val_accuracy": self.champion_val_accuracy,
+            "tfnn.challenger_val_accuracy": self.challenger_val_accuracy,
+            "tfnn.champion_test_accuracy": self.champion_test_accuracy,
+            "tfnn.challenger_test_accuracy": self.challenger_test_accuracy,
             COMPARED_WITH_TAG: self.champion_version or "none",
             KEY_TAG: self.key,
         }
@@ -84,7 +89,8 @@ def decide(
         return True, "no champion yet: the first model becomes champion"
     gain = challenger_accuracy - champion_accuracy
     comparison = (
-        f"challenger accuracy {challenger_accuracy:.4f} vs champion {champion_accuracy:.4f} "
+        f"challenger validation accuracy {challenger_accuracy:.4f} vs champion "
+        f"{champion_accuracy:.4f} "
         f"(gain {gain:+.4f}, margin {margin:.4f})"
     )
     if gain > 0 and gain >= margin:
@@ -166,14 +172,25 @@ def challenge(
     key: str,
 ) -> Decision:
     """Score champion and challenger, loaded from the registry as they would be served, on
-    the same test set, and decide whether the challenger becomes champion."""
+    the same validation examples of the current data (those the challenger was not trained
+    on), and decide on them whether the challenger becomes champion; their test accuracy is
+    only recorded."""
+    if data.validation is None:
+        raise ValueError("a retrain decides on validation: set validation_fraction > 0")
+    splits = {
+        "val": (data.x_val, data.y_val.argmax(axis=1)),
+        "test": (data.x_test, data.test_labels),
+    }
     accuracy = {}
     for version in filter(None, (champion and champion.version, challenger_version)):
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        predicted = np.asarray(model.predict(data.x_test)).argmax(axis=1)
-        accuracy[version] = float(np.mean(predicted == data.test_labels))
-    champion_accuracy = accuracy[champion.version] if champion else None
-    promote, reason = decide(champion_accuracy, accuracy[challenger_version], margin)
+        for split, (x, labels) in splits.items():
+            predicted = np.asarray(model.predict(x)).argmax(axis=1)
+            accuracy[version, split] = float(np.mean(predicted == labels))
+    champion_accuracy = {
+        split: accuracy[champion.version, split] if champion else None for split in splits
+    }
+    promote, reason = decide(champion_accuracy["val"], accuracy[challenger_version, "val"], margin)
     return Decision(
         model_name=name,
         action="promoted" if promote else "kept",
@@ -181,8 +198,10 @@ def challenge(
         key=key,
         champion_version=champion.version if champion else None,
         challenger_version=challenger_version,
-        champion_accuracy=champion_accuracy,
-        challenger_accuracy=accuracy[challenger_version],
+        champion_val_accuracy=champion_accuracy["val"],
+        challenger_val_accuracy=accuracy[challenger_version, "val"],
+        champion_test_accuracy=champion_accuracy["test"],
+        challenger_test_accuracy=accuracy[challenger_version, "test"],
         challenger_run_id=challenger_run_id,
     )
 

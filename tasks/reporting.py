@@ -46,11 +46,13 @@ def publish_decision(decision: Decision) -> None:
         markdown=(
             f"# Retrain of `{decision.model_name}`: {decision.action}\n\n"
             f"{decision.reason}\n\n"
-            "| | version | test accuracy |\n|---|---|---|\n"
+            "| | version | validation accuracy (decides) | test accuracy |\n|---|---|---|---|\n"
             f"| champion before | {decision.champion_version or '-'} | "
-            f"{score(decision.champion_accuracy)} |\n"
+            f"{score(decision.champion_val_accuracy)} | "
+            f"{score(decision.champion_test_accuracy)} |\n"
             f"| challenger | {decision.challenger_version or '-'} | "
-            f"{score(decision.challenger_accuracy)} |\n\n"
+            f"{score(decision.challenger_val_accuracy)} | "
+            f"{score(decision.challenger_test_accuracy)} |\n\n"
             f"Challenger MLflow run id: `{decision.challenger_run_id or '-'}`\n"
         ),
     )

@@ -20,6 +20,8 @@ from tasks.tracking import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."
 SQLITE_LOCK_TIMEOUT_S = 60
+# Every sweep decision is on validation: the test accuracy is only reported.
+RANKED_BY = "final_val_accuracy"
 
 
 def portable_tracking_uri() -> str:
@@ -75,9 +77,11 @@ def rank_configurations(
     outcomes: dict[str, Any],
     varied: list[str],
 ) -> list[dict[str, Any]]:
-    """Rank by final test accuracy, failed configurations last with their reason, and log the
-    table to the parent run (``ranking.json``) and to Prefect. ``outcomes`` maps each name to
-    its ``TrainResult`` or to the exception it failed with. Returns the rows, best first."""
+    """Rank by the validation accuracy of each configuration's selected weights (its best
+    epoch's with ``restore_best``), failed configurations last with their reason, and log the
+    table to the parent run (``ranking.json``) and to Prefect. The test accuracy is shown
+    beside it, never used to rank. ``outcomes`` maps each name to its ``TrainResult`` or to the
+    exception it failed with. Returns the rows, best first."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -85,7 +89,7 @@ def rank_configurations(
     failed = [name for name, outcome in outcomes.items() if isinstance(outcome, BaseException)]
     finished = sorted(
         (name for name in outcomes if name not in failed),
-        key=lambda name: -outcomes[name].metrics["final_test_accuracy"],
+        key=lambda name: -outcomes[name].metrics[RANKED_BY],
     )
     rows = []
     for rank, name in enumerate(finished + failed, 1):
@@ -98,6 +102,8 @@ def rank_configurations(
                 "configuration": name,
                 **{field: params[field] for field in varied},
                 "status": "FINISHED" if ok else "FAILED",
+                RANKED_BY: outcome.metrics[RANKED_BY] if ok else None,
+                "best_epoch": outcome.history.best_epoch if ok else None,
                 "final_test_accuracy": outcome.metrics["final_test_accuracy"] if ok else None,
                 "final_test_loss": outcome.metrics["final_test_loss"] if ok else None,
                 "run_id": outcome.run_id if ok else (child.info.run_id if child else None),
@@ -109,27 +115,35 @@ def rank_configurations(
         parent_run_id, {key: [row[key] for row in rows] for key in rows[0]}, "ranking.json"
     )
     create_table_artifact(
-        key="sweep-ranking", table=rows, description="Configurations by final test accuracy"
+        key="sweep-ranking",
+        table=rows,
+        description="Configurations by validation accuracy (test accuracy shown, not ranked on)",
     )
     return rows
 
 
 @task(cache_policy=NONE)
 def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, model_uri: str) -> None:
-    """Tag the parent run with the best configuration's fields, run, model and accuracy
-    (``tfnn.best.*``) and log its accuracy as the metric ``best_final_test_accuracy``."""
+    """Tag the parent run with the best configuration's fields, run, model and validation and
+    test accuracy (``tfnn.best.*``) and log them as the metrics ``best_final_val_accuracy``
+    and ``best_final_test_accuracy``."""
     client = MlflowClient()
     tags = {
         **config.as_params(),
         "configuration": best["configuration"],
         "run_id": best["run_id"],
         "model_uri": model_uri,
+        RANKED_BY: str(best[RANKED_BY]),
+        "best_epoch": str(best["best_epoch"]),
         "final_test_accuracy": str(best["final_test_accuracy"]),
     }
     now = int(time.time() * 1000)
     client.log_batch(
         parent_run_id,
-        metrics=[Metric("best_final_test_accuracy", best["final_test_accuracy"], now, 0)],
+        metrics=[
+            Metric(f"best_{RANKED_BY}", best[RANKED_BY], now, 0),
+            Metric("best_final_test_accuracy", best["final_test_accuracy"], now, 0),
+        ],
         tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()],
     )
 

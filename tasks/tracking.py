@@ -44,7 +44,7 @@ from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.network import Sequential
 from tfnn.serialization import TrainingCheckpoint, save_network, weights_digest
-from tfnn.training import History, learning_failure
+from tfnn.training import EarlyStopping, History, learning_failure
 
 # MLflow's own retries back off up to two minutes per attempt (about four minutes on a
 # refused connection), which would outlast any budget of ours: keep two quick ones and
@@ -60,6 +60,8 @@ T = TypeVar("T")
 # epoch's metrics, so tracking cost stays flat however many steps an epoch has.
 STEP_LOSS_POINTS_PER_EPOCH = 100
 ERROR_TAG = "tfnn.error"
+BEST_EPOCH_TAG = "tfnn.best_epoch"
+VALIDATION_RULE = "last validation_fraction of the training split, whatever the seed"
 WARNING_TAG = "tfnn.warning"
 KEEP_CHECKPOINTS_ENV = "TFNN_KEEP_CHECKPOINTS"
 DEFAULT_KEEP_CHECKPOINTS = 3
@@ -338,13 +340,16 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
             Param("data_digest", data.digest),
             Param("num_train_examples", str(len(data.x_train))),
             Param("num_test_examples", str(len(data.x_test))),
+            Param("num_validation_examples", str(len(data.x_val))),
+            Param("validation_rule", VALIDATION_RULE),
         ],
     )
     inputs = []
-    for context, (x, y) in (
-        ("training", (data.x_train, data.y_train)),
-        ("testing", (data.x_test, data.y_test)),
-    ):
+    splits = {"training": (data.x_train, data.y_train)}
+    if data.validation:
+        splits["validation"] = data.validation
+    splits["testing"] = (data.x_test, data.y_test)
+    for context, (x, y) in splits.items():
         dataset = mlflow.data.from_numpy(
             x, targets=y, source=_dataset_source(data.source), name=f"{data.source}:{context}"
         )
@@ -383,6 +388,8 @@ class EpochLogger:
     slow tracking server slows training rather than filling memory. Use it as a context
     manager: leaving waits for the queue, so every completed epoch is on disk and in MLflow,
     and re-raises the first tracking error (unless training itself already failed).
+    With ``early_stopping`` each checkpoint also holds its state, and ``resume`` restores it
+    with the best epoch's weights (from the best checkpoint).
 
     That order makes a crash recoverable by ``resume``: a local checkpoint may hold
     epochs whose metrics never reached MLflow (they are logged then), and an uploaded
@@ -390,11 +397,17 @@ class EpochLogger:
     """
 
     def __init__(
-        self, run_id: str, network: Sequential, checkpoint_dir: str | Path, steps_per_epoch: int
+        self,
+        run_id: str,
+        network: Sequential,
+        checkpoint_dir: str | Path,
+        steps_per_epoch: int,
+        early_stopping: EarlyStopping | None = None,
     ):
         self.client = RetryingClient()
         self.run_id = run_id
         self.network = network
+        self.early_stopping = early_stopping
         self.history = History()
         self.logged_epochs = 0
         self.steps_per_epoch = steps_per_epoch
@@ -426,7 +439,8 @@ class EpochLogger:
             self._result(done)
         weights = [w.numpy() for w in network.all_weights]
         record = self.history.epoch_record(epoch, self.steps_per_epoch)
-        future = self._worker.submit(self._log_epoch, epoch, metrics, weights, record)
+        stopping = self.early_stopping.state() if self.early_stopping else None
+        future = self._worker.submit(self._log_epoch, epoch, metrics, weights, record, stopping)
         future.add_done_callback(lambda _: self._free_slots.release())
         self._pending.append(future)
         self.peak_pending = max(self.peak_pending, len(self._pending))
@@ -441,6 +455,8 @@ class EpochLogger:
         epoch, self.history = self.checkpoint.restore_latest()
         for variable, restored in zip(self.network.all_weights, self._snapshot.all_weights):
             variable.assign(restored)
+        if self.early_stopping and epoch:
+            self._resume_early_stopping()
         logged = self.client.get_metric_history(self.run_id, "train_loss")
         self.logged_epochs = max((metric.step for metric in logged), default=0)
         for missing in range(self.logged_epochs + 1, epoch + 1):
@@ -455,6 +471,19 @@ class EpochLogger:
                 self._upload(self.checkpoint.best_epoch, best, "best")
         return epoch
 
+    def _resume_early_stopping(self) -> None:
+        state = self.checkpoint.early_stopping_state()
+        best, weights = int(state["best_epoch"]), None
+        if self.early_stopping.restore_best and best:
+            # Kept as the best checkpoint, locally or (adopted from) in the artifacts.
+            weights = self.checkpoint.weights_of(best)
+            if weights is None:
+                raise ResumeError(
+                    f"run {self.run_id}: the checkpoint of its best epoch {best} is neither in "
+                    f"{self.checkpoint.directory} nor in its artifacts; it cannot restore it"
+                )
+        self.early_stopping.load_state(state, weights)
+
     def _result(self, done: Future) -> None:
         try:
             done.result()
@@ -465,11 +494,16 @@ class EpochLogger:
             ) from error
 
     def _log_epoch(
-        self, epoch: int, metrics: dict[str, float], weights: list[np.ndarray], record: dict
+        self,
+        epoch: int,
+        metrics: dict[str, float],
+        weights: list[np.ndarray],
+        record: dict,
+        stopping: dict[str, float] | None,
     ) -> None:
         for variable, value in zip(self._snapshot.all_weights, weights):
             variable.assign(value)
-        prefix = self.checkpoint.save(epoch, record)
+        prefix = self.checkpoint.save(epoch, record, stopping)
         # After a tracking failure, epochs still queued are only checkpointed: the failure
         # is reported once, without waiting out the retries again, and resume logs the rest.
         if self._tracking_failed:
@@ -578,14 +612,18 @@ def flag_if_not_learning(run_id: str, history: History, data: PreparedData) -> s
 
 
 @task(cache_policy=NONE)
-def log_trained_model(run_id: str, network: Sequential, data: PreparedData) -> str:
+def log_trained_model(
+    run_id: str, network: Sequential, data: PreparedData, best_epoch: int | None = None
+) -> str:
     """Log the final weights (architecture JSON + npz) and an MLflow tensorflow model with a
-    signature and an input example, and tag the run with ``weights_digest``; returns the
-    model's URI."""
+    signature and an input example, and tag the run with ``weights_digest`` and the epoch of
+    lowest ``val_loss`` (``tfnn.best_epoch``); returns the model's URI."""
     client = RetryingClient()
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifacts(run_id, str(save_network(network, tmp)), "weights")
     client.set_tag(run_id, WEIGHTS_TAG, weights_digest(network))
+    if best_epoch is not None:
+        client.set_tag(run_id, BEST_EPOCH_TAG, str(best_epoch))
     example = data.x_test[:5]
     info = retry_tracking(
         lambda: mlflow.tensorflow.log_model(

@@ -13,7 +13,7 @@ from tasks.data import PreparedData
 from tasks.tracking import EpochLogger
 from tfnn.network import Sequential
 from tfnn.optimizers import SGD
-from tfnn.training import History, StepCallback, fit
+from tfnn.training import EarlyStopping, History, StepCallback, fit
 
 
 @task(cache_policy=NONE)
@@ -28,13 +28,22 @@ def train(
 ) -> History:
     """Train ``network`` in place with SGD; after every epoch log metrics and a checkpoint.
 
+    With a validation split, training stops early after ``early_stopping_patience`` epochs
+    without a lower ``val_loss`` (if > 0) and, with ``restore_best``, ends with the weights
+    of the epoch of lowest ``val_loss``.
+
     Checkpoints go to ``checkpoint_dir`` (kept there if the run fails) and to the run's
     ``checkpoints/`` artifacts. With ``resume``, training continues after the newest
     checkpoint (see ``EpochLogger.resume``), exactly as an uninterrupted run would.
     """
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
+    early_stopping = (
+        EarlyStopping(config.early_stopping_patience, config.restore_best)
+        if data.validation
+        else None
+    )
     with (
-        EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch) as logger,
+        EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping) as logger,
         _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance,
     ):
         completed_epochs = logger.resume() if resume else 0
@@ -44,6 +53,8 @@ def train(
             (data.x_train, data.y_train),
             (data.x_test, data.y_test),
             epochs=config.epochs,
+            validation=data.validation,
+            early_stopping=early_stopping,
             batch_size=config.batch_size,
             seed=config.seed,
             callbacks=[logger],

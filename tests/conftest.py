@@ -19,24 +19,40 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("TFNN_DATA_DIR", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfnn.data import load_dataset, preprocess, write_idx_images, write_idx_labels
+from tfnn.data import (
+    load_dataset,
+    preprocess,
+    validation_split,
+    write_idx_images,
+    write_idx_labels,
+)
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
 from tfnn.serialization import weights_digest
-from tfnn.training import fit
+from tfnn.training import EarlyStopping, fit
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "epoch_seconds",
+)
 
 
 def train_uninterrupted(config) -> tuple:
     """Train ``config`` with tfnn alone (no flow, tracking or checkpoints), the reference for
     runs that were interrupted: ``(History, weights_digest)``."""
     arrays = load_dataset(config.data_source)
-    train = preprocess(arrays.train_images, arrays.train_labels)
+    x, y = preprocess(arrays.train_images, arrays.train_labels)
+    kept = len(validation_split(len(x), config.validation_fraction)[0])
+    train, validation = (x[:kept], y[:kept]), (x[kept:], y[kept:])
     test = preprocess(arrays.test_images, arrays.test_labels)
     network = build_mlp(
         config.layer_sizes(784, 10),
@@ -54,6 +70,10 @@ def train_uninterrupted(config) -> tuple:
         epochs=config.epochs,
         batch_size=config.batch_size,
         seed=config.seed,
+        validation=validation if kept < len(x) else None,
+        early_stopping=EarlyStopping(config.early_stopping_patience, config.restore_best)
+        if kept < len(x)
+        else None,
     )
     return history, weights_digest(network)
 

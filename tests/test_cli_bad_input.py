@@ -100,8 +100,28 @@ BAD_CONFIG = {
         "batch_size: Input should be greater than or equal to 1",
     ),
     "batch size above the dataset": (
-        ["--batch-size", "601"],
+        ["--batch-size", "601", "--validation-fraction", "0"],
         "batch_size: 601 is more than the 600 training examples",
+    ),
+    "batch size above the training split": (
+        ["--batch-size", "541"],
+        "batch_size: 541 is more than the 540 training examples in",
+    ),
+    "validation fraction 1": (
+        ["--validation-fraction", "1"],
+        "validation_fraction: Input should be less than 1",
+    ),
+    "validation fraction of no example": (
+        ["--validation-fraction", "1e-17"],
+        "validation_fraction: 1e-17 of the 600 training examples",
+    ),
+    "early stopping without validation": (
+        ["--validation-fraction", "0", "--early-stopping-patience", "2"],
+        "early_stopping_patience decides on the validation set: set validation_fraction > 0",
+    ),
+    "retrain without validation": (
+        ["--validation-fraction", "0"],
+        "validation_fraction: 0 leaves the retrain nothing to decide on",
     ),
     "hidden size 0": (
         ["--hidden-sizes", "0"],
@@ -194,7 +214,10 @@ def _command(
         BROKEN_DATA[case][0](broken)
         return ["train", "--data-dir", str(broken)], {}, BROKEN_DATA[case][1]
     if case in BAD_CONFIG:
-        return [*valid, *BAD_CONFIG[case][0]], {}, BAD_CONFIG[case][1]
+        argv = [*valid, *BAD_CONFIG[case][0]]
+        if case.startswith("retrain"):
+            argv[0] = "retrain"
+        return argv, {}, BAD_CONFIG[case][1]
     if case in BAD_ENVIRONMENT:
         (directory / "a-file").write_text("not a directory")
         port = closed_port()

@@ -76,6 +76,9 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
     labels = arrays.test_labels
     config = TrainConfig(hidden_sizes=(16,), epochs=1, data_source=str(small_mnist_dir))
+    # Decisions are on the validation split: the last 10% of the 600 training digits.
+    x_train, y_train = preprocess(arrays.train_images, arrays.train_labels)
+    x_val, val_labels = x_train[540:], arrays.train_labels[540:]
 
     def champion():
         version = client.get_model_version_by_alias(NAME, "champion")
@@ -85,14 +88,18 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     first = retrain_flow(config)
     assert (first.action, first.challenger_version) == ("promoted", "1")
     assert champion() == ("1", first.challenger_run_id)
-    v1_accuracy = accuracy_of(first.challenger_run_id, x_test, labels)
-    assert first.challenger_accuracy == pytest.approx(v1_accuracy, abs=1e-9)
+    v1_accuracy = accuracy_of(first.challenger_run_id, x_val, val_labels)
+    v1_test_accuracy = accuracy_of(first.challenger_run_id, x_test, labels)
+    assert first.challenger_val_accuracy == pytest.approx(v1_accuracy, abs=1e-9)
+    assert first.challenger_test_accuracy == pytest.approx(v1_test_accuracy, abs=1e-9)
     run = client.get_run(first.challenger_run_id)
-    assert run.data.metrics["final_test_accuracy"] == pytest.approx(v1_accuracy, abs=1e-6)
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(v1_test_accuracy, abs=1e-6)
+    assert run.data.metrics["final_val_accuracy"] == pytest.approx(v1_accuracy, abs=1e-6)
     for tags in (run.data.tags, client.get_model_version(NAME, "1").tags):
         assert tags["tfnn.decision"] == "promoted"
         assert tags["tfnn.decision_reason"] == first.reason
-        assert float(tags["tfnn.challenger_accuracy"]) == pytest.approx(v1_accuracy)
+        assert float(tags["tfnn.challenger_val_accuracy"]) == pytest.approx(v1_accuracy)
+        assert float(tags["tfnn.challenger_test_accuracy"]) == pytest.approx(v1_test_accuracy)
     assert "promoted" in latest_artifact_markdown()
     # Loading the alias gives the champion's own predictions.
     served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(x_test)
@@ -109,9 +116,9 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     # 3. A warm-started challenger that cannot clear a margin of 1: kept, alias unmoved.
     kept = retrain_flow(config, warm_start=True, margin=1.0)
     assert (kept.action, kept.challenger_version, champion()[0]) == ("kept", "2", "1")
-    v2_accuracy = accuracy_of(kept.challenger_run_id, x_test, labels)
-    assert kept.champion_accuracy == pytest.approx(v1_accuracy)
-    assert kept.challenger_accuracy == pytest.approx(v2_accuracy)
+    v2_accuracy = accuracy_of(kept.challenger_run_id, x_val, val_labels)
+    assert kept.champion_val_accuracy == pytest.approx(v1_accuracy)
+    assert kept.challenger_val_accuracy == pytest.approx(v2_accuracy)
     v2_tags = client.get_model_version(NAME, "2").tags
     assert v2_tags["tfnn.decision"] == "kept" and v2_tags["tfnn.compared_with_version"] == "1"
     # Warm start means: the champion's weights trained one more epoch, exactly as tfnn.fit
@@ -120,7 +127,7 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     fit(
         expected,
         SGD(config.learning_rate),
-        preprocess(arrays.train_images, arrays.train_labels),
+        (x_train[:540], y_train[:540]),
         (x_test, preprocess(arrays.test_images, labels)[1]),
         epochs=1,
         batch_size=config.batch_size,
@@ -145,10 +152,10 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
 
     # 5. Two more epochs from the champion on learnable digits win: the alias moves.
     better = retrain_flow(config.model_copy(update={"epochs": 2}), warm_start=True)
-    v3_accuracy = accuracy_of(better.challenger_run_id, x_test, labels)
+    v3_accuracy = accuracy_of(better.challenger_run_id, x_val, val_labels)
     assert v3_accuracy > v1_accuracy
     assert (better.action, better.challenger_version, champion()[0]) == ("promoted", "3", "3")
-    assert better.challenger_accuracy == pytest.approx(v3_accuracy)
+    assert better.challenger_val_accuracy == pytest.approx(v3_accuracy)
     assert client.get_model_version(NAME, "3").tags["tfnn.compared_with_version"] == "1"
 
 

@@ -1,71 +1,150 @@
-"""The compose topology without Docker: a real ``mlflow server`` (SQLite, proxied artifacts,
-the compose file's allowed hosts) and a real ``prefect server`` on free loopback ports; the
-``tfnn`` commands and ``prefect deploy`` run against them as separate processes, and the
-results are read back through the servers' own clients."""
+"""The compose topology without Docker: a real ``mlflow server`` (its basic-auth app, SQLite,
+proxied artifacts) and a real ``prefect server`` (with an auth string) on free loopback ports,
+started with the compose file's commands and environments through the image's entrypoint,
+their secrets read from files. The ``tfnn`` commands log in with the variables a user sets,
+``prefect deploy`` and the worker through the entrypoint; the results are read back through
+the servers' own clients, and clients without credentials are refused."""
 
 import asyncio
+import configparser
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import PrefectHTTPStatusError
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
 from tfnn.data import load_mnist_idx, preprocess
 from tfnn.serialization import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
+# The image's entrypoint: loads a service's secrets from files, then runs its command.
+ENTRYPOINT = str(ROOT / "docker/entrypoint.sh")
+# A client's secrets; the worker's entrypoint reads them from files instead.
+SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
 NAME = "tfnn-mnist"
 SMALL = ["--hidden-sizes", "16", "--epochs", "1", "--no-progress"]
 
 
-def compose_allowed_hosts() -> str:
-    command = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["mlflow"]
-    command = command["command"]
-    return command[command.index("--allowed-hosts") + 1]
+def compose_service(name: str) -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][name]
+
+
+def replace_options(command: list[str], **values: str) -> list[str]:
+    """``command`` with the value after each ``--flag`` replaced (``flag_name="v"``)."""
+    command = list(command)
+    for flag, value in values.items():
+        command[command.index("--" + flag.replace("_", "-")) + 1] = value
+    return command
+
+
+def service_env(name: str, secrets: Path, **overrides: str) -> dict[str, str]:
+    """A compose service's environment as a plain process gets it: the secret files it names
+    under ``/run/secrets`` are read from ``secrets``, and ``overrides`` go on top."""
+    env = {
+        key: str(value).replace("/run/secrets", str(secrets))
+        for key, value in compose_service(name)["environment"].items()
+    }
+    return {**env, **overrides}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Both servers, and the environment that points a process at them."""
+    """Both servers, with authentication on; the environment that points a process at them
+    and logs it in; and the secrets, to check that no command line holds one."""
     home = tmp_path_factory.mktemp("stack")
     mlflow_port, prefect_port = free_port(), free_port()
+    secrets = home / "secrets"
+    secrets.mkdir()
+    values = {}
+    for name in (
+        "mlflow_db_password",
+        "mlflow_admin_password",
+        "mlflow_secret_key",
+        "prefect_db_password",
+        "prefect_auth_string",
+    ):
+        values[name] = f"{name}-{uuid.uuid4().hex}"
+        (secrets / name).write_text(values[name] + "\n")
+    # The compose file's MLflow auth settings, with the users' table in the SQLite store.
+    store = f"sqlite:///{home / 'mlflow.db'}"
+    auth = configparser.ConfigParser()
+    auth.read(ROOT / "docker/mlflow-auth.ini")
+    auth["mlflow"]["database_uri"] = store
+    with open(home / "mlflow-auth.ini", "w") as out:
+        auth.write(out)
     servers = []
     try:
-        # The compose services' commands, on loopback, with SQLite instead of PostgreSQL.
-        mlflow = (
-            f"server --workers 1 --backend-store-uri sqlite:///{home / 'mlflow.db'} "
-            f"--serve-artifacts --artifacts-destination {home / 'artifacts'} "
-            f"--host 127.0.0.1 --port {mlflow_port} --allowed-hosts {compose_allowed_hosts()}"
+        # The compose services' commands and environments, started through the image's
+        # entrypoint on loopback, with SQLite instead of PostgreSQL.
+        mlflow = replace_options(
+            compose_service("mlflow")["command"],
+            backend_store_uri=store,
+            artifacts_destination=str(home / "artifacts"),
+            host="127.0.0.1",
+            port=str(mlflow_port),
         )
-        servers.append(start([str(VENV_BIN / "mlflow"), *mlflow.split()], home / "mlflow.log"))
-        prefect = f"server start --no-ui --host 127.0.0.1 --port {prefect_port}"
         servers.append(
             start(
-                [str(VENV_BIN / "prefect"), *prefect.split()],
-                home / "prefect.log",
-                PREFECT_HOME=str(home / "prefect-server"),
-                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                [ENTRYPOINT, *mlflow, "--workers", "1"],
+                home / "mlflow.log",
+                **service_env(
+                    "mlflow", secrets, MLFLOW_AUTH_CONFIG_PATH=str(home / "mlflow-auth.ini")
+                ),
             )
+        )
+        prefect = replace_options(
+            compose_service("prefect-server")["command"], host="127.0.0.1", port=str(prefect_port)
+        )
+        prefect_env = {
+            key: value
+            for key, value in service_env(
+                "prefect-server",
+                secrets,
+                PREFECT_HOME=str(home / "prefect-server"),
+                PREFECT_SERVER_DATABASE_DRIVER="sqlite+aiosqlite",
+                PREFECT_SERVER_DATABASE_NAME=str(home / "prefect.db"),
+            ).items()
+            if key not in ("PREFECT_SERVER_DATABASE_HOST", "PREFECT_SERVER_DATABASE_PORT")
+        }
+        servers.append(
+            start([ENTRYPOINT, *prefect, "--no-ui"], home / "prefect.log", **prefect_env)
         )
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", servers[0], home / "mlflow.log")
         wait_for(f"http://127.0.0.1:{prefect_port}/api/health", servers[1], home / "prefect.log")
+        worker = compose_service("worker")["environment"]
         env = {
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+            # What a user exports to reach the stack: the worker's login.
+            "MLFLOW_TRACKING_USERNAME": worker["MLFLOW_TRACKING_USERNAME"],
+            "MLFLOW_TRACKING_PASSWORD": values["mlflow_admin_password"],
+            "PREFECT_API_AUTH_STRING": values["prefect_auth_string"],
             "PREFECT_HOME": str(home / "prefect-client"),
             "PYTHONPATH": str(ROOT),
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
         }
+        # The worker's route: its secrets from files, loaded by the entrypoint.
+        worker_env = {
+            **{k: v for k, v in env.items() if k not in SECRET_VARIABLES},
+            **{
+                k: v
+                for k, v in service_env("worker", secrets).items()
+                if k == "TFNN_SECRETS" or k.endswith("_FILE")
+            },
+        }
         (home / "work").mkdir()
-        yield home, env
+        yield home, env, worker_env, values
     finally:
         for server in servers:
             stop(server)
@@ -86,7 +165,8 @@ def tfnn(*args: str) -> list[str]:
 
 def prefect_call(env, read):
     async def call():
-        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
+        login = env.get("PREFECT_API_AUTH_STRING")
+        async with PrefectClient(api=env["PREFECT_API_URL"], auth_string=login) as client:
             return await read(client)
 
     return asyncio.run(call())
@@ -99,8 +179,21 @@ def deployments(env) -> dict:
     return prefect_call(env, read)
 
 
-def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
-    home, env = stack
+def refusal(command: list[str], env: dict[str, str], cwd: Path, drop: str) -> str:
+    """Run ``command`` without the variable ``drop``; it must be refused in one line."""
+    full = {k: v for k, v in {**os.environ, **env}.items() if k != drop}
+    result = subprocess.run(command, env=full, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("tfnn: error: ")]
+    assert "Traceback" not in result.stderr
+    return line
+
+
+def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
+    home, env, worker_env, secrets = stack
+    # This process reads the results back as the stack's user.
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
     data = ["--data-dir", str(small_mnist_dir)]
     # The long-running `tfnn schedule` registers its deployments while `tfnn train` runs;
     # then it is stopped. `prefect deploy` (the worker's route) runs beside `tfnn retrain`.
@@ -116,12 +209,12 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
     finally:
         stop(serving)
     prefect = str(VENV_BIN / "prefect")
-    run([prefect, "work-pool", "create", "tfnn", "--type", "process"], env, ROOT)
+    run([ENTRYPOINT, prefect, "work-pool", "create", "tfnn", "--type", "process"], worker_env, ROOT)
     deploy_env = {"TFNN_DATA_DIR": str(small_mnist_dir), "TFNN_RETRAIN_CRON": "30 5 * * 1"}
     with open(home / "deploy.log", "wb") as out:
         deploy = subprocess.Popen(
-            [prefect, "--no-prompt", "deploy", "--all"],
-            env={**os.environ, **env, **deploy_env, "TFNN_TRAIN_CRON": "0 5 * * *"},
+            [ENTRYPOINT, prefect, "--no-prompt", "deploy", "--all"],
+            env={**os.environ, **worker_env, **deploy_env, "TFNN_TRAIN_CRON": "0 5 * * *"},
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -133,7 +226,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
             deploy.wait(timeout=300)
     assert deploy.returncode == 0, (home / "deploy.log").read_text()[-3000:]
     # The compose worker's last command, polling once: it joins the pool on the server.
-    run([prefect, "worker", "start", "--pool", "tfnn", "--run-once"], env, ROOT)
+    run([ENTRYPOINT, prefect, "worker", "start", "--pool", "tfnn", "--run-once"], worker_env, ROOT)
     workers = prefect_call(env, lambda c: c.read_workers_for_work_pool("tfnn"))
     assert len(workers) == 1
 
@@ -188,3 +281,37 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir):
     [retrain_run] = [r for r in flow_runs if r.parameters.get("warm_start")]
     assert retrain_run.parameters["margin"] == 0.005
     assert {r.data.tags["prefect.flow_run_id"] for r in runs} < {str(r.id) for r in flow_runs}
+
+    # Without credentials nothing moves: not the champion, not a deployment; the command
+    # refuses in one line before any run starts.
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(MlflowException) as refused:
+        client.set_registered_model_alias(NAME, "champion", "1")
+    assert refused.value.get_http_status_code() == 401
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-" + env["MLFLOW_TRACKING_PASSWORD"])
+    with pytest.raises(MlflowException) as refused:
+        client.set_registered_model_alias(NAME, "champion", "1")
+    assert refused.value.get_http_status_code() == 401
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    anonymous = {k: v for k, v in env.items() if k != "PREFECT_API_AUTH_STRING"}
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        prefect_call(anonymous, lambda c: c.delete_deployment(deployed["scheduled-train"].id))
+    assert refused.value.response.status_code == 401
+    assert set(deployments(env)) == {"scheduled-train", "scheduled-retrain"}
+    for drop, named in (
+        ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        ("PREFECT_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"),
+    ):
+        line = refusal(tfnn("train", *data, *SMALL), env, home / "work", drop)
+        assert "(HTTP 401)" in line and named in line, line
+    assert len(client.search_runs([client.get_experiment_by_name(NAME).experiment_id])) == 2
+
+    # No secret is on any process's command line, nor in the servers' logs.
+    command_lines = [
+        path.read_bytes() for path in Path("/proc").glob("[0-9]*/cmdline") if path.exists()
+    ]
+    for secret in secrets.values():
+        assert not any(secret.encode() in line for line in command_lines), secret
+        for log in ("mlflow.log", "prefect.log"):
+            assert secret not in (home / log).read_text(errors="replace"), (log, secret)

@@ -242,8 +242,9 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
             folders = {f.path for f in client.list_artifacts(run.info.run_id)}
             assert {"weights", "plots", "checkpoints"} <= folders
 
+    # Ranked on validation; the test accuracy is only shown.
     accuracy_of = {
-        run.info.run_id: run.data.metrics["final_test_accuracy"]
+        run.info.run_id: run.data.metrics["final_val_accuracy"]
         for run in children
         if run.info.status == "FINISHED"
     }
@@ -257,12 +258,10 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
     assert list(ranking["rank"][:count]) == list(range(1, count + 1))
     assert set(ranking["run_id"][:count]) == set(accuracy_of)
     assert list(ranking["run_id"][count:]) == failed
-    assert list(ranking["final_test_accuracy"][:count]) == sorted(
-        accuracy_of.values(), reverse=True
-    )
+    assert list(ranking["final_val_accuracy"][:count]) == sorted(accuracy_of.values(), reverse=True)
     for row in ranking.itertuples():
         if row.status == "FINISHED":
-            assert row.final_test_accuracy == accuracy_of[row.run_id]
+            assert row.final_val_accuracy == accuracy_of[row.run_id]
         else:
             assert row.error == by_name[row.configuration].data.tags["tfnn.error"]
 

@@ -86,6 +86,8 @@ def run(prefect_harness, small_mnist_dir, tmp_path_factory):
         batch_size=BATCH_SIZE,
         epochs=EPOCHS,
         seed=SEED,
+        # The notebook's run: no validation split, so the bare library's fit is the reference.
+        validation_fraction=0,
         data_source=str(small_mnist_dir),
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -367,6 +369,7 @@ def test_run_diverging_later_keeps_the_last_good_checkpoint(
         learning_rate=1.0,
         batch_size=600,
         epochs=12,
+        validation_fraction=0,  # full batches of all 600 digits
         data_source=str(small_mnist_dir),
     )
     state, mlflow_run, checkpoints = failed_run(config)
@@ -406,7 +409,7 @@ def test_run_diverging_later_keeps_the_last_good_checkpoint(
 
 def test_defaults_reach_94_percent_on_real_mnist(prefect_harness, mlflow_store, real_mnist_dir):
     # The notebook's run: 784-100-50-10 relu, He initialisation, SGD lr 0.1, batch 32, 5 epochs.
-    config = TrainConfig(data_source=str(real_mnist_dir))
+    config = TrainConfig(data_source=str(real_mnist_dir), validation_fraction=0)
     result = train_flow(config)
     client = MlflowClient()
     run = client.get_run(result.run_id)

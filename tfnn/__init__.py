@@ -10,11 +10,12 @@ from tfnn.losses import (
 )
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD
-from tfnn.training import History, NonFiniteLossError, Trainer, fit
+from tfnn.training import EarlyStopping, History, NonFiniteLossError, Trainer, fit
 
 __all__ = [
     "SGD",
     "Dense",
+    "EarlyStopping",
     "History",
     "NonFiniteLossError",
     "Sequential",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import re
 import socket
 import struct
@@ -309,6 +310,17 @@ def preprocess(
             f"preprocess: labels span {labels.min()}-{labels.max()}, expected 0-{num_classes - 1}"
         )
     return flatten_and_scale(images), np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def validation_split(num_examples: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, validation_rows)``: the last ``fraction`` of ``num_examples`` rows held out,
+    as Keras' ``validation_split`` does (``floor(n * (1 - fraction))`` rows are kept for
+    training). A pure function of the size and the fraction, never of a seed, so every run on
+    the same data holds out the same examples."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    kept = math.floor(num_examples * (1 - fraction))
+    return np.arange(kept), np.arange(kept, num_examples)
 
 
 def flatten_and_scale(images: np.ndarray) -> np.ndarray:

@@ -95,11 +95,13 @@ class TrainingCheckpoint:
     """Everything needed to continue training after a crash, in a folder whose size does not
     grow with the epoch count but by one line per epoch.
 
-    The weights and the completed epoch count go to ``ckpt-N`` files, written atomically by
+    The weights, the completed epoch count and the early-stopping state
+    (``EarlyStopping.state()``) go to ``ckpt-N`` files, written atomically by
     ``tf.train.CheckpointManager``: the newest ``keep`` stay, and the best epoch's stays in
-    ``best/`` (best: lowest ``val_loss`` when the records hold it, else lowest
-    ``train_loss``). The history goes to ``history.jsonl``, one line per epoch appended
-    before that epoch's checkpoint, and is read back up to the checkpoint's epoch.
+    ``best/`` (best: the first of lowest ``val_loss`` when the records hold it, as early
+    stopping's, else of lowest ``train_loss``). The history goes to ``history.jsonl``, one
+    line per epoch appended before that epoch's checkpoint, and is read back up to the
+    checkpoint's epoch.
 
     The shuffling state needs no saving: ``tfnn.training.epoch_order`` derives each
     epoch's order from the seed and the epoch number.
@@ -110,21 +112,32 @@ class TrainingCheckpoint:
         self.directory = Path(directory)
         self.history_path = self.directory / HISTORY_FILE
         self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-        self.checkpoint = tf.train.Checkpoint(network=network, epoch=self.epoch)
+        # ``EarlyStopping.state()``: a resumed run stops where an uninterrupted one does.
+        self.early_stopping = {
+            "best_epoch": tf.Variable(0, dtype=tf.int64, name="best_epoch"),
+            "best_val_loss": tf.Variable(np.inf, dtype=tf.float64, name="best_val_loss"),
+            "epochs_waited": tf.Variable(0, dtype=tf.int64, name="epochs_waited"),
+        }
+        self.checkpoint = tf.train.Checkpoint(
+            network=network, epoch=self.epoch, early_stopping=self.early_stopping
+        )
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), keep)
         self.best_manager = tf.train.CheckpointManager(
             self.checkpoint, str(self.directory / BEST_FOLDER), max_to_keep=1
         )
         self.best_epoch, self._best_loss = 0, math.inf
 
-    def save(self, epoch: int, record: dict[str, Any]) -> str:
+    def save(self, epoch: int, record: dict[str, Any], early_stopping: dict | None = None) -> str:
         """Record that ``epoch`` epochs are complete, appending ``record`` (the epoch's
-        ``History.epoch_record``) to the history; returns the checkpoint's path prefix.
-        ``best_epoch`` tells whether this epoch became the best."""
+        ``History.epoch_record``) to the history, with the ``EarlyStopping.state()`` if any;
+        returns the checkpoint's path prefix. ``best_epoch`` tells whether this epoch
+        became the best."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.history_path, "a") as history:
             history.write(_history_line(record))
         self.epoch.assign(epoch)
+        for name, value in (early_stopping or {}).items():
+            self.early_stopping[name].assign(value)
         prefix = self.manager.save(checkpoint_number=epoch)
         if _selection_loss(record) < self._best_loss:
             self.best_epoch, self._best_loss = epoch, _selection_loss(record)
@@ -184,6 +197,26 @@ class TrainingCheckpoint:
         losses = [_selection_loss(record) for record in records]
         self._best_loss = min(losses, default=math.inf)
         self.best_epoch = losses.index(self._best_loss) + 1 if losses else 0
+
+    def early_stopping_state(self) -> dict[str, float]:
+        """The ``EarlyStopping.state()`` of the checkpoint last saved or restored."""
+        return {name: variable.numpy().item() for name, variable in self.early_stopping.items()}
+
+    def weights_of(self, epoch: int) -> list[np.ndarray] | None:
+        """The weights saved after ``epoch`` (among the newest or as the best), None when
+        that checkpoint is not kept; the network is left as it was."""
+        for folder in (self.directory, self.directory / BEST_FOLDER):
+            path = folder / f"ckpt-{epoch}"
+            if path.with_suffix(".index").exists():
+                break
+        else:
+            return None
+        current = [w.numpy() for w in self.network.all_weights]
+        tf.train.Checkpoint(network=self.network).restore(str(path)).expect_partial()
+        weights = [w.numpy() for w in self.network.all_weights]
+        for variable, value in zip(self.network.all_weights, current):
+            variable.assign(value)
+        return weights
 
 
 def _selection_loss(record: dict[str, Any]) -> float:

@@ -49,21 +49,32 @@ class History:
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    # Empty when training had no validation set.
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
         return len(self.train_loss)
 
+    @property
+    def best_epoch(self) -> int | None:
+        """The first epoch (from 1) of lowest validation loss; None without validation."""
+        return int(np.argmin(self.val_loss)) + 1 if self.val_loss else None
+
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """The per-epoch values of epoch ``epoch`` (counted from 1) by name."""
         i = epoch - 1
-        return {
+        metrics = {
             "train_loss": self.train_loss[i],
             "train_accuracy": self.train_accuracy[i],
             "test_loss": self.test_loss[i],
             "test_accuracy": self.test_accuracy[i],
             "epoch_seconds": self.epoch_seconds[i],
         }
+        if self.val_loss:
+            metrics |= {"val_loss": self.val_loss[i], "val_accuracy": self.val_accuracy[i]}
+        return metrics
 
     def epoch_record(self, epoch: int, steps_per_epoch: int) -> dict[str, Any]:
         """Epoch ``epoch``'s entry of every per-epoch list by name (lists that are empty, such
@@ -88,6 +99,52 @@ class History:
                 elif name != "epoch":
                     getattr(history, name).append(value)
         return history
+
+
+class EarlyStopping:
+    """Watches the validation loss after each epoch: remembers the best epoch (the first of
+    lowest loss) and, with ``restore_best``, a copy of its weights; ``stopped`` once
+    ``patience`` epochs (0: never) passed without a new best.
+
+    ``best_epoch``, ``best_val_loss`` and ``epochs_waited`` are the whole state a resumed
+    run needs, with the best epoch's weights (``best_weights``) when it restores them.
+    """
+
+    def __init__(self, patience: int = 0, restore_best: bool = True):
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, got {patience}")
+        self.patience, self.restore_best = patience, restore_best
+        self.best_epoch, self.best_val_loss, self.epochs_waited = 0, math.inf, 0
+        self.best_weights: list[np.ndarray] | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.patience > 0 and self.epochs_waited >= self.patience
+
+    def update(self, epoch: int, val_loss: float, network: Sequential) -> None:
+        """Record epoch ``epoch``'s validation loss for ``network``'s current weights."""
+        if val_loss < self.best_val_loss:
+            self.best_epoch, self.best_val_loss, self.epochs_waited = epoch, val_loss, 0
+            if self.restore_best:
+                # A copy, not a reference: training goes on changing the variables.
+                self.best_weights = [w.numpy() for w in network.all_weights]
+        else:
+            self.epochs_waited += 1
+
+    def state(self) -> dict[str, float]:
+        """The state to checkpoint (weights aside)."""
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "epochs_waited": self.epochs_waited,
+        }
+
+    def load_state(self, state: dict[str, float], best_weights: list[np.ndarray] | None) -> None:
+        """Continue from a checkpointed ``state()`` and the best epoch's weights."""
+        self.best_epoch = int(state["best_epoch"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.epochs_waited = int(state["epochs_waited"])
+        self.best_weights = best_weights
 
 
 class Trainer:
@@ -157,6 +214,8 @@ def fit(
     test: tuple[np.ndarray, np.ndarray],
     *,
     epochs: int,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    early_stopping: EarlyStopping | None = None,
     batch_size: int,
     seed: int = 0,
     callbacks: Sequence[EpochCallback] = (),
@@ -171,7 +230,10 @@ def fit(
     ``train`` and ``test`` are ``(x, y)`` pairs: ``x`` float32 ``(n, input_dim)``, ``y``
     float32 ``(n, outputs)``. Each epoch visits the training rows in a fresh order
     fixed by ``(seed, epoch)``, in batches of ``batch_size`` (the last may be smaller).
-    After each epoch the test set is evaluated and every callback is called.
+    After each epoch the validation set (if given) and the test set are evaluated and
+    every callback is called. Decisions use validation only: ``early_stopping`` (which
+    needs ``validation``) ends training once it is ``stopped`` and, with its
+    ``restore_best``, leaves the best validation epoch's weights in ``network``.
     ``step_callback`` is called after every ``steps_per_call`` steps (default: once
     per epoch). To resume, pass the completed epoch count as ``initial_epoch`` and the
     history so far. Raises ``NonFiniteLossError`` naming the epoch and step where
@@ -181,12 +243,20 @@ def fit(
     x_test, y_test = (tf.convert_to_tensor(a, tf.float32) for a in test)
     num_examples = int(x_train.shape[0])
     _check_fit_arguments(num_examples, int(x_test.shape[0]), epochs, batch_size, steps_per_call)
+    if validation is not None:
+        x_val, y_val = (tf.convert_to_tensor(a, tf.float32) for a in validation)
+        if int(x_val.shape[0]) == 0:
+            raise ValueError("the validation set must not be empty")
+    elif early_stopping is not None:
+        raise ValueError("early stopping needs a validation set")
     trainer = trainer or Trainer(network, optimizer)
     history = history or History()
     steps_per_epoch = math.ceil(num_examples / batch_size)
     chunk = steps_per_call or steps_per_epoch
 
     for epoch in range(initial_epoch + 1, epochs + 1):
+        if early_stopping is not None and early_stopping.stopped:
+            break  # a run resumed after the epoch it stopped at
         started = time.perf_counter()
         order = epoch_order(num_examples, seed, epoch)
         epoch_losses, correct = [], 0
@@ -208,6 +278,10 @@ def fit(
             correct += int(chunk_correct)
             if step_callback is not None:
                 step_callback(epoch, first, losses)
+        if validation is not None:
+            val_loss, val_accuracy = trainer.evaluate(x_val, y_val)
+            history.val_loss.append(float(val_loss))
+            history.val_accuracy.append(float(val_accuracy))
         test_loss, test_accuracy = trainer.evaluate(x_test, y_test)
         losses = np.concatenate(epoch_losses)
         history.step_loss.extend(losses.tolist())
@@ -217,8 +291,13 @@ def fit(
         history.test_accuracy.append(float(test_accuracy))
         history.epoch_seconds.append(time.perf_counter() - started)
         metrics = history.epoch_metrics(epoch)
+        if early_stopping is not None:
+            early_stopping.update(epoch, metrics["val_loss"], network)
         for callback in callbacks:
             callback(epoch, metrics, network)
+    if early_stopping is not None and early_stopping.best_weights is not None:
+        for variable, value in zip(network.all_weights, early_stopping.best_weights):
+            variable.assign(value)
     return history
 
 
@@ -248,7 +327,7 @@ def learning_failure(history: History, chance_accuracy: float, margin: float = 0
     first, last = history.train_loss[0], history.train_loss[-1]
     if history.epochs > 1 and not last < first:
         return f"train loss {last:.4g} did not fall below epoch 1's {first:.4g}"
-    name = "val_accuracy" if getattr(history, "val_accuracy", None) else "train_accuracy"
+    name = "val_accuracy" if history.val_accuracy else "train_accuracy"
     accuracy = getattr(history, name)[-1]
     if accuracy <= chance_accuracy + margin:
         return f"{name} {accuracy:.4f} is at chance (commonest class: {chance_accuracy:.4f})"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+DEFAULT_EXPERIMENT = "tfnn-mnist"
 DASK_ADDRESS_ENV = "TFNN_DASK_ADDRESS"
 
 
@@ -102,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for command in (train, compare, retrain, schedule):
         _add_config_flags(command)
-        command.add_argument("--experiment", default="tfnn-mnist", help="MLflow experiment name")
+        command.add_argument(
+            "--experiment",
+            help=f"MLflow experiment name (default: {DEFAULT_EXPERIMENT}; resumed: the run's)",
+        )
         command.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
         command.add_argument("--model-name", default="tfnn-mnist", help="registered model name")
@@ -114,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--labels", help="IDX label file: print the accuracy")
     predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
+    predict.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow a --model that is not a models:/ or runs:/ URI of the tracking server "
+        "(a local path, file:, s3:...): loading a model runs its code",
+    )
     _add_sweep_command(commands)
     _add_evaluate_command(commands)
     return parser
@@ -173,6 +183,12 @@ def _add_sweep_command(commands) -> None:
     sweep.add_argument(
         "--samples", type=_positive_int, help="train N configurations drawn from the grid"
     )
+    sweep.add_argument(
+        "--max-configurations",
+        type=_positive_int,
+        metavar="N",
+        help="train up to N configurations (default: the file's max_configurations, else 1000)",
+    )
     where = sweep.add_mutually_exclusive_group()
     where.add_argument(
         "--dask-address",
@@ -197,7 +213,7 @@ def _add_sweep_command(commands) -> None:
         help="register the best model under NAME (default: tfnn-mnist)",
     )
     _add_config_flags(sweep)
-    sweep.add_argument("--experiment", default="tfnn-mnist", help="MLflow experiment name")
+    sweep.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     sweep.add_argument("--output-dir", default="outputs", help="local checkpoints and plots")
 
 
@@ -256,9 +272,32 @@ def _check_inputs(args: argparse.Namespace, config) -> None:
     preflight.check_tracking()
     preflight.check_orchestration()
     if getattr(args, "resume", None):
-        preflight.check_resume(args.resume, config, args.takeover)
+        preflight.check_resume(args.resume, config, args.experiment, args.takeover)
     elif getattr(args, "takeover", False):
         raise preflight.InputError("--takeover: only with --resume RUN_ID")
+
+
+def _check_predict(args: argparse.Namespace) -> None:
+    """Refuse unreadable images or labels, an unwritable output, an untrusted model URI and
+    a model the tracking server does not have before the flow starts."""
+    from tasks import preflight
+
+    preflight.check_predict_inputs(args.images, args.labels, args.output)
+    from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
+
+    if args.model:
+        try:
+            check_model_uri(args.model, args.trust_model)
+        except UntrustedModelError as error:
+            raise preflight.InputError(str(error)) from None
+    preflight.check_tracking()
+    preflight.check_orchestration()
+    if not args.model:
+        from flows.predict import DEFAULT_MODEL_URI
+
+        args.model = DEFAULT_MODEL_URI
+    if is_tracked_model_uri(args.model):
+        preflight.check_model(args.model)
 
 
 def _one_line(error: BaseException) -> str:
@@ -276,8 +315,12 @@ class _NoTracebacks(logging.Filter):
 
 
 def _quiet_tracebacks() -> None:
-    for handler in logging.getLogger("prefect").handlers:
-        handler.addFilter(_NoTracebacks())
+    import prefect  # noqa: F401 - sets up its logging: its console handler is on the root logger
+
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):  # placeholders have none
+            handler.addFilter(_NoTracebacks())
 
 
 def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
@@ -353,7 +396,7 @@ def _predict(args: argparse.Namespace, config, activations: tuple[str, ...]) -> 
     from flows.predict import DEFAULT_MODEL_URI, predict_flow
 
     model_uri = args.model or DEFAULT_MODEL_URI
-    predictions = predict_flow(args.images, args.output, model_uri, args.labels)
+    predictions = predict_flow(args.images, args.output, model_uri, args.labels, args.trust_model)
     lines = [f"{len(predictions.predicted_labels)} predictions by {model_uri} in {args.output}"]
     if predictions.accuracy is not None:
         lines.append(f"accuracy={predictions.accuracy:.4f}")
@@ -402,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "decides on the test set); use a fraction > 0"
                 )
             _check_inputs(args, config)
+            # Only now: a resumed run stays in its own experiment unless another was named.
+            args.experiment = args.experiment or DEFAULT_EXPERIMENT
+        if args.command == "predict":
+            _check_predict(args)
     except ValidationError as error:
         print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
         return EXIT_USAGE
@@ -442,7 +489,10 @@ def _sweep(args: argparse.Namespace) -> int:
                 raise SweepError(f"--vary {field}: give at least one value")
             grid[field] = values
         spec = spec.with_overrides(
-            {name: value for name, value in base.items() if value is not None}, grid, args.samples
+            {name: value for name, value in base.items() if value is not None},
+            grid,
+            args.samples,
+            args.max_configurations,
         )
         configurations = spec.configurations()
         unranked = [name for name, c in configurations.items() if c.validation_fraction == 0]

@@ -15,9 +15,12 @@ def predict_flow(
     output: str = "predictions.csv",
     model_uri: str = DEFAULT_MODEL_URI,
     labels: str | None = None,
+    trust_model: bool = False,
 ) -> Predictions:
-    """Predict the digits in PNG or IDX ``images`` with ``model_uri``; write them to ``output``."""
+    """Predict the digits in PNG or IDX ``images`` with ``model_uri``; write them to ``output``.
+    A model outside the tracking server loads only with ``trust_model``: loading runs its code.
+    """
     digits = load_digits(images, labels)
-    predictions = predict(model_uri, digits)
+    predictions = predict(model_uri, digits, trust_model)
     write_predictions(output, digits, predictions)
     return predictions

@@ -21,6 +21,7 @@ from pydantic import (
 from tfnn.activations import ACTIVATIONS
 from tfnn.initializers import INITIALIZERS
 from tfnn.losses import LOSSES
+from tfnn.network import MAX_LAYERS, MAX_UNITS
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
 
@@ -28,6 +29,17 @@ DATA_DIR_ENV = "TFNN_DATA_DIR"
 def default_data_source() -> str:
     """``$TFNN_DATA_DIR`` when set (a directory of IDX files), else tensorflow-datasets."""
     return os.environ.get(DATA_DIR_ENV) or "tfds:mnist"
+
+
+def check_utf8(path: str) -> None:
+    """``ValueError`` if ``path`` holds bytes that are not UTF-8 (Python keeps them as
+    surrogates): Prefect parameters and MLflow params are JSON, which cannot carry them."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{path!r} is not valid UTF-8; rename it or use a link with a UTF-8 name"
+        ) from None
 
 
 def _one_of(known: dict[str, Any], kind: str):
@@ -44,8 +56,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (100, 50), description="units of each hidden layer, input side first"
+    hidden_sizes: tuple[Annotated[int, Field(ge=1, le=MAX_UNITS)], ...] = Field(
+        (100, 50),
+        max_length=MAX_LAYERS - 1,
+        description="units of each hidden layer, input side first",
     )
     activation: str = Field("relu", description="hidden-layer activation")
     output_activation: str = Field("softmax", description="output-layer activation")
@@ -54,7 +68,8 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(0.1, gt=0, description="SGD learning rate")
     batch_size: int = Field(32, ge=1, description="examples per SGD step")
     epochs: int = Field(5, ge=1, description="passes over the training set")
-    seed: int = Field(42, description="seed for weights and shuffling")
+    # TensorFlow's stateless random ops take the seed as an int64.
+    seed: int = Field(42, ge=-(2**63), lt=2**63, description="seed for weights and shuffling")
     validation_fraction: float = Field(
         0.1,
         ge=0,
@@ -87,6 +102,12 @@ class TrainConfig(BaseModel):
         # "100,50" from a command line or an environment.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("data_source")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        check_utf8(value)
         return value
 
     @field_validator("learning_rate")

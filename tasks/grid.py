@@ -2,7 +2,9 @@
 
 The file holds a ``base`` mapping of ``TrainConfig`` fields, a ``grid`` mapping each varied
 field to a list of values, and optionally ``samples: N`` with a ``seed`` to train N
-configurations drawn at random from the grid instead of all of them::
+configurations drawn at random from the grid instead of all of them (drawn by index, so a
+grid of any size is never expanded). More than ``max_configurations`` (default 1000)
+configurations to train are refused unless that field is raised::
 
     base: {epochs: 3, hidden_sizes: [100, 50]}
     grid:
@@ -12,9 +14,10 @@ configurations drawn at random from the grid instead of all of them::
     seed: 0
 """
 
-import itertools
 import json
+import math
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.config import TrainConfig, describe_validation_error
+
+# A sweep trains every configuration it lists: thousands by mistake (three fields of 20
+# values) would run for days, so a larger sweep must be asked for.
+DEFAULT_MAX_CONFIGURATIONS = 1000
+# A sweep file is a few lines; anything far larger is not one.
+MAX_SWEEP_FILE_BYTES = 1 << 20
 
 
 class SweepError(ValueError):
@@ -37,10 +46,48 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="field -> values")
     samples: int | None = Field(None, ge=1, description="train this many random grid points")
     seed: int = Field(0, description="seed of the random sample")
+    max_configurations: int = Field(
+        DEFAULT_MAX_CONFIGURATIONS, ge=1, description="refuse to train more configurations"
+    )
 
     def varied(self) -> list[str]:
         """The grid fields with more than one value: they name each configuration."""
         return [field for field, values in self.grid.items() if len(values) > 1]
+
+    def size(self) -> int:
+        """How many grid points there are: the product of the value counts."""
+        return math.prod(len(values) for values in self.grid.values())
+
+    def points(self) -> list[dict[str, Any]]:
+        """The grid points to train (all, or the random sample), as ``field -> value``, in
+        the grid's order (the last field varies fastest), without expanding the grid."""
+        size = self.size()
+        if self.samples is None:
+            chosen = range(size)
+        elif self.samples > size:
+            raise SweepError(f"samples: {self.samples} is more than the {size} grid points")
+        elif size > sys.maxsize:
+            raise SweepError(
+                f"grid: {size} points are more than can be sampled from; list fewer values"
+            )
+        else:
+            chosen = sorted(random.Random(self.seed).sample(range(size), self.samples))
+        if len(chosen) > self.max_configurations:
+            raise SweepError(
+                f"the sweep would train {len(chosen)} configurations, more than "
+                f"max_configurations ({self.max_configurations}); train a random sample "
+                "(samples: N or --samples N) or raise the limit (max_configurations: N or "
+                "--max-configurations N)"
+            )
+        return [self._point(index) for index in chosen]
+
+    def _point(self, index: int) -> dict[str, Any]:
+        # Grid point number ``index`` in itertools.product order: its mixed-radix digits.
+        point = {}
+        for field, values in reversed(self.grid.items()):
+            index, digit = divmod(index, len(values))
+            point[field] = values[digit]
+        return {field: point[field] for field in self.grid}
 
     def configurations(self) -> dict[str, TrainConfig]:
         """Every grid point (or the random sample) by name, each validated as a ``TrainConfig``.
@@ -58,34 +105,31 @@ class SweepSpec(BaseModel):
         for field, values in self.grid.items():
             if not values:
                 raise SweepError(f"grid.{field}: no values; list at least one")
-        points = list(itertools.product(*self.grid.values()))
-        if self.samples is not None:
-            if self.samples > len(points):
-                raise SweepError(
-                    f"samples: {self.samples} is more than the {len(points)} grid points"
-                )
-            chosen = random.Random(self.seed).sample(range(len(points)), self.samples)
-            points = [points[i] for i in sorted(chosen)]
+        varied = self.varied()
         configurations: dict[str, TrainConfig] = {}
-        for point in points:
-            values = dict(zip(self.grid, point))
-            name = " ".join(f"{field}={_show(values[field])}" for field in self.varied())
-            name = name or "base"
+        seen: set[TrainConfig] = set()
+        for values in self.points():
+            name = " ".join(f"{field}={_show(values[field])}" for field in varied) or "base"
             try:
                 config = _portable(TrainConfig(**{**self.base, **values}))
             except ValidationError as error:
                 raise SweepError(
                     f"configuration {name!r}: {describe_validation_error(error)}"
                 ) from None
-            if config in configurations.values():
+            if config in seen:
                 raise SweepError(
                     f"configuration {name!r} repeats another: a grid value is listed twice"
                 )
+            seen.add(config)
             configurations[name] = config
         return configurations
 
     def with_overrides(
-        self, base: dict[str, Any], grid: dict[str, list[Any]], samples: int | None
+        self,
+        base: dict[str, Any],
+        grid: dict[str, list[Any]],
+        samples: int | None,
+        max_configurations: int | None = None,
     ) -> "SweepSpec":
         """This spec with command-line values replacing the file's, field by field."""
         return SweepSpec(
@@ -93,6 +137,7 @@ class SweepSpec(BaseModel):
             grid={**self.grid, **grid},
             samples=self.samples if samples is None else samples,
             seed=self.seed,
+            max_configurations=max_configurations or self.max_configurations,
         )
 
 
@@ -112,9 +157,19 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     """Read a sweep from a ``.json`` file, or a YAML file (any other suffix)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as file:
+            raw = file.read(MAX_SWEEP_FILE_BYTES + 1)
     except OSError as error:
         raise SweepError(f"{path}: cannot read the sweep file ({error.strerror})") from None
+    if len(raw) > MAX_SWEEP_FILE_BYTES:
+        raise SweepError(
+            f"{path}: larger than {MAX_SWEEP_FILE_BYTES} bytes; a sweep file lists a few "
+            "fields and their values"
+        )
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as error:
+        raise SweepError(f"{path}: not UTF-8 text ({error.reason})") from None
     try:
         content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

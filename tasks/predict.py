@@ -1,7 +1,13 @@
-"""Tasks for batch prediction: read digits from files, predict with any MLflow model URI,
-write a CSV of labels and probabilities."""
+"""Tasks for batch prediction: read digits from files, predict with an MLflow model, write a
+CSV of labels and probabilities.
+
+Loading a pyfunc model unpickles it, which runs whatever code the model's files hold, so
+only models of the configured tracking server (``models:/`` and ``runs:/`` URIs) load unless
+the caller trusts the model explicitly.
+"""
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +23,33 @@ from tfnn.data import (
     load_idx_labels,
     load_png_images,
 )
+
+# models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID (MLflow 3 logged models) and
+# runs:/RUN_ID/PATH, all resolved by the configured tracking server; "models://PROFILE@..."
+# would name another registry.
+_TRACKED_MODEL_URI = re.compile(r"(models|runs):/[^/]")
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class UntrustedModelError(ValueError):
+    """A model URI outside the tracking server, not explicitly trusted."""
+
+
+def is_tracked_model_uri(model_uri: str) -> bool:
+    """True for a ``models:/`` or ``runs:/`` URI, which the tracking server resolves."""
+    return bool(_TRACKED_MODEL_URI.match(model_uri))
+
+
+def check_model_uri(model_uri: str, trust_model: bool = False) -> None:
+    """Raise ``UntrustedModelError`` unless ``model_uri`` is a ``models:/`` or ``runs:/`` URI of
+    the tracking server or ``trust_model`` is set: loading a model runs its code."""
+    if not trust_model and not is_tracked_model_uri(model_uri):
+        raise UntrustedModelError(
+            f"--model {model_uri}: not a models:/ or runs:/ URI of the tracking server; "
+            "loading a model file runs its code (pyfunc models are unpickled), so pass "
+            "--trust-model only if you trust whoever wrote it"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,8 +93,9 @@ def load_digits(paths: list[str], labels_path: str | None = None) -> Digits:
 
 
 @task(cache_policy=NONE)
-def predict(model_uri: str, digits: Digits) -> Predictions:
-    """Predict ``digits`` with the MLflow model at ``model_uri`` (any URI pyfunc can load)."""
+def predict(model_uri: str, digits: Digits, trust_model: bool = False) -> Predictions:
+    """Predict ``digits`` with the MLflow model at ``model_uri`` (see ``check_model_uri``)."""
+    check_model_uri(model_uri, trust_model)
     model = mlflow.pyfunc.load_model(model_uri)
     probabilities = np.asarray(model.predict(flatten_and_scale(digits.images)), np.float32)
     predicted = probabilities.argmax(axis=1)
@@ -81,7 +115,12 @@ def write_predictions(path: str, digits: Digits, predictions: Predictions) -> st
         for i, row in enumerate(predictions.probabilities):
             label = [int(digits.labels[i])] if labelled else []
             writer.writerow(
-                [digits.names[i], int(predictions.predicted_labels[i]), *label]
+                [spreadsheet_safe(digits.names[i]), int(predictions.predicted_labels[i]), *label]
                 + [f"{p:.6f}" for p in row]
             )
     return path
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` with a leading ``'`` if a spreadsheet would read it as a formula."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell

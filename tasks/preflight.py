@@ -11,8 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.config import TrainConfig
-from tfnn.data import check_tfds_source, load_dataset, validation_split
+from tasks.config import TrainConfig, check_utf8
+from tfnn.data import (
+    DataError,
+    check_png,
+    check_tfds_source,
+    load_dataset,
+    load_idx_images,
+    load_idx_labels,
+    validation_split,
+)
 
 
 class InputError(ValueError):
@@ -30,6 +38,13 @@ def _quiet(*loggers: str) -> Iterator[None]:
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _check_utf8(flag: str, path: str) -> None:
+    try:
+        check_utf8(path)
+    except ValueError as error:
+        raise InputError(f"{flag} {error}") from None
 
 
 def check_data(config: TrainConfig) -> None:
@@ -61,6 +76,7 @@ def check_data(config: TrainConfig) -> None:
 
 def check_output_dir(directory: str) -> None:
     """Create ``directory`` if needed and write a scratch file there."""
+    _check_utf8("--output-dir", directory)
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -73,12 +89,18 @@ def check_output_dir(directory: str) -> None:
 
 
 def check_tracking() -> None:
-    """Ask the MLflow tracking store for one experiment."""
+    """Check ``$TFNN_TRACKING_RETRY_SECONDS`` and ask the MLflow tracking store for one
+    experiment."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line  # also caps MLflow's own HTTP retries
+    from tasks.tracking import one_line, retry_seconds  # also caps MLflow's own HTTP retries
+
+    try:
+        retry_seconds()
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
     try:
         with _quiet("mlflow", "urllib3", "alembic"):
@@ -135,20 +157,88 @@ def check_orchestration_login(url: str) -> None:
         ) from None
 
 
+def check_predict_inputs(images: list[str], labels: str | None, output: str) -> None:
+    """Read the IDX files and the PNG headers ``tfnn predict`` will read (without TensorFlow),
+    check that labels match the images one for one, and that ``output`` can be written."""
+    for flag, paths in (("--images", images), ("--labels", [labels or ""]), ("--output", [output])):
+        for path in paths:
+            _check_utf8(flag, path)
+    count = 0
+    for path in images:
+        if Path(path).suffix.lower() == ".png":
+            check_png(path)
+            count += 1
+        else:
+            count += len(load_idx_images(path))
+    found = len(load_idx_labels(labels)) if labels else count
+    if found != count:
+        raise DataError(f"{labels}: {found} labels for {count} images; pass matching files")
+    target = Path(output)
+    if target.is_dir():
+        raise InputError(f"--output {output}: is a directory; name a CSV file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"--output {output}: cannot write there ({error.strerror}); name a writable file"
+        ) from None
+
+
+def check_model(model_uri: str) -> None:
+    """Check that the registered version, alias, logged model or run that ``model_uri``
+    names exists on the tracking server."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import one_line
+
+    client = MlflowClient()
+    try:
+        with _quiet("mlflow"):
+            if model_uri.startswith("runs:"):
+                client.get_run(RunsArtifactRepository.parse_runs_uri(model_uri)[0])
+            else:
+                found = get_model_name_and_version(client, model_uri)
+                if len(found) == 1:
+                    client.get_logged_model(found[0])
+                else:
+                    client.get_model_version(*found)
+    except MlflowException as error:
+        raise InputError(
+            f"--model {model_uri}: not found on the tracking server ({one_line(error)}); "
+            "name a registered model version or alias, a logged model or a run"
+        ) from None
+
+
 def resumed_config_fields(run_id: str) -> dict[str, str]:
     """The configuration recorded by MLflow run ``run_id`` (strings, for ``TrainConfig``)."""
     return TrainConfig.fields_from_params(_resumed_run(run_id).data.params)
 
 
-def check_resume(run_id: str, config: TrainConfig, takeover: bool = False) -> None:
-    """Check that run ``run_id`` is unfinished, was started with ``config`` and this
-    machine's library versions, and is not held by a live process (unless ``takeover``),
-    as resuming it will."""
+def check_resume(
+    run_id: str, config: TrainConfig, experiment: str | None = None, takeover: bool = False
+) -> None:
+    """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, was
+    started with ``config`` and this machine's library versions, and is not held by a live
+    process (unless ``takeover``), as resuming it will."""
+    from mlflow.tracking import MlflowClient
+
     from tasks.tracking import ResumeError, check_resumable, library_versions
 
-    params = {**config.as_params(), **library_versions()}
+    run = _resumed_run(run_id)
+    if experiment is not None:
+        held = MlflowClient().get_experiment(run.info.experiment_id).name
+        if held != experiment:
+            raise InputError(
+                f"--resume {run_id}: the run is in experiment {held!r}, not {experiment!r}; "
+                "leave out --experiment to resume it where it is"
+            )
     try:
-        check_resumable(_resumed_run(run_id), params, takeover)
+        check_resumable(run, {**config.as_params(), **library_versions()}, takeover)
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
 

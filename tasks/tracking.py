@@ -11,6 +11,7 @@ backoff for up to ``$TFNN_TRACKING_RETRY_SECONDS`` (default 300).
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -96,10 +97,22 @@ def _transient(error: MlflowException) -> bool:
     return status >= 500 or status == 429
 
 
+def retry_seconds() -> float:
+    """``$TFNN_TRACKING_RETRY_SECONDS`` (default 300); ``ValueError`` unless a number >= 0."""
+    text = os.environ.get(RETRY_SECONDS_ENV, str(DEFAULT_RETRY_SECONDS))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{RETRY_SECONDS_ENV}={text!r}: expected a number of seconds >= 0")
+    return seconds
+
+
 def retry_tracking(call: Callable[[], T]) -> T:
     """Run ``call`` (MLflow requests that are safe to repeat), retrying transient failures
     with backoff (0.5 s doubling to 10 s) for up to ``$TFNN_TRACKING_RETRY_SECONDS``."""
-    budget = float(os.environ.get(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS))
+    budget = retry_seconds()
     deadline, delay = time.monotonic() + budget, 0.5
     while True:
         try:

@@ -159,3 +159,25 @@ def real_mnist_dir() -> Path:
     if not REAL_MNIST.is_dir():
         pytest.skip("../shared/data/mnist is absent (it is beside the project in CI)")
     return REAL_MNIST
+
+
+def crafted_model(directory: Path, marker: Path) -> Path:
+    """A local MLflow pyfunc model whose loading writes ``marker`` (as a hostile model could
+    run anything) and that then predicts class 3 for every image."""
+    import mlflow
+
+    code = directory.parent / "crafted_loader.py"
+    code.write_text(
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        f"Path({str(marker)!r}).write_text('loaded')\n"
+        "class _Model:\n"
+        "    def predict(self, x, params=None):\n"
+        "        return np.eye(10, dtype=np.float32)[np.full(len(x), 3)]\n"
+        "def _load_pyfunc(path):\n"
+        "    return _Model()\n"
+    )
+    mlflow.pyfunc.save_model(
+        str(directory), loader_module="crafted_loader", code_paths=[str(code)], pip_requirements=[]
+    )
+    return directory

@@ -7,13 +7,15 @@ import json
 import re
 import shutil
 import socket
+import struct
 import subprocess
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tfnn_command, tfnn_env
+from conftest import crafted_model, tfnn_command, tfnn_env
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +43,23 @@ def closed_port() -> int:
 
 def truncate(path: Path) -> None:
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
+
+
+def gzip_bomb(path: Path) -> None:
+    """The labels the header announces, then 64 MiB of zeros: 64 kB compressed."""
+    labels = gzip.decompress(path.read_bytes())
+    with gzip.open(path, "wb") as file:
+        file.write(labels)
+        for _ in range(64):
+            file.write(bytes(1 << 20))
+
+
+def huge_png_header(path: Path, width: int, height: int) -> None:
+    """A PNG signature and a valid IHDR chunk declaring ``width`` x ``height`` 8-bit gray."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    )
 
 
 # What to break in a copy of the small data set (600 train, 200 test digits), and a
@@ -81,6 +100,25 @@ BROKEN_DATA = {
     "not gzip but named .gz": (
         lambda d: (d / TRAIN_LABELS).write_bytes(b"<html>404 Not Found</html>"),
         "nor gzip data, despite the .gz name",
+    ),
+    "gzip bomb": (
+        lambda d: gzip_bomb(d / TRAIN_LABELS),
+        f"{TRAIN_LABELS}: more than 1048575 bytes after the 600 items",
+    ),
+    "header dimensions overflow": (
+        lambda d: (d / TEST_IMAGES).write_bytes(
+            gzip.compress(struct.pack(">4I", 0x803, 2**32 - 1, 2**32 - 1, 2**32 - 1))
+        ),
+        f"{TEST_IMAGES}: the header declares 4294967295x4294967295x4294967295 = ",
+    ),
+    "symlink loop": (
+        lambda d: (shutil.rmtree(d), d.symlink_to(d)),
+        "data: cannot resolve the path (Symlink loop",
+    ),
+    # The directory is renamed: a path whose bytes are not UTF-8 (Python: surrogates).
+    "directory name not UTF-8": (
+        lambda d: d.rename(d.with_name("d\udcff")),
+        "is not valid UTF-8; rename it",
     ),
 }
 # Flags on top of a valid command, and the message fragment.
@@ -129,6 +167,10 @@ BAD_CONFIG = {
     ),
     "unknown activation": (["--activation", "swish"], "activation: unknown activation 'swish'"),
     "unknown initialiser": (["--initializer", "zeros"], "initializer: unknown initializer 'zeros'"),
+    "seed beyond int64": (
+        ["--seed", "99999999999999999999"],
+        "seed: Input should be less than 9223372036854775808",
+    ),
 }
 # Environment variables or flags that point at something unusable, and the fragment.
 BAD_ENVIRONMENT = {
@@ -143,6 +185,10 @@ BAD_ENVIRONMENT = {
     "unreachable Prefect": (
         lambda d, port: ({"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, []),
         "Prefect API at http://127.0.0.1:{port}/api is unreachable",
+    ),
+    "tracking retry budget not a number": (
+        lambda d, port: ({"TFNN_TRACKING_RETRY_SECONDS": "abc"}, []),
+        "TFNN_TRACKING_RETRY_SECONDS='abc': expected a number of seconds >= 0",
     ),
 }
 
@@ -167,6 +213,19 @@ def _truncate_weights(directory: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:1000])
 
 
+def _billion_units(directory: Path) -> None:
+    spec = json.loads((directory / ARCHITECTURE_FILE).read_text())
+    spec["layers"][0]["units"] = spec["layers"][1]["input_dim"] = 10**9
+    (directory / ARCHITECTURE_FILE).write_text(json.dumps(spec))
+
+
+def _weights_bomb(directory: Path) -> None:
+    with np.load(directory / WEIGHTS_FILE) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    # 64 MB of zeros that compress to 64 kB, beside the 12,730 parameters.
+    np.savez_compressed(directory / WEIGHTS_FILE, padding=np.zeros(8 << 20), **arrays)
+
+
 # What to break in a saved 784-16-10 network, and the fragment.
 BROKEN_MODEL = {
     "weights of the wrong shapes": (
@@ -178,6 +237,18 @@ BROKEN_MODEL = {
         _unknown_activation,
         "architecture.json: invalid architecture: unknown activation 'swish'",
     ),
+    "architecture nested 100,000 deep": (
+        lambda d: (d / ARCHITECTURE_FILE).write_text("[" * 100_000 + "]" * 100_000),
+        "architecture.json: invalid architecture: nested too deeply",
+    ),
+    "architecture of 10^9 units": (
+        _billion_units,
+        "layer 0: units must be a whole number from 1 to 65536, got 1000000000",
+    ),
+    "weights file inflating far past the architecture": (
+        _weights_bomb,
+        "bytes of arrays, far more than the 12730 parameters of architecture.json need",
+    ),
 }
 # A failed run recorded with the valid command's configuration; flags to resume it.
 BAD_RESUME = {
@@ -186,8 +257,63 @@ BAD_RESUME = {
         "--resume {run_id} --learning-rate 0.2",
         "--resume run {run_id} was started with learning_rate=0.1 (now 0.2)",
     ),
+    "resume in another experiment": (
+        "--resume {run_id} --experiment other",
+        "--resume {run_id}: the run is in experiment 'tfnn-mnist', not 'other'",
+    ),
 }
-CASES = [*BROKEN_DATA, *BAD_CONFIG, *BAD_ENVIRONMENT, *BROKEN_MODEL, *BAD_RESUME]
+# tfnn predict: flags after ``predict`` (relative to the case's directory, which holds the
+# test images, a crafted model and an existing directory), and the fragment.
+BAD_PREDICT = {
+    "predict a file that is not a PNG": (
+        "--images not.png --labels one-label",
+        "not.png: not a PNG image",
+    ),
+    "predict a PNG declaring 10^10 pixels": (
+        "--images huge.png",
+        "huge.png: 100000x100000 pixels, more than the 16777216 allowed",
+    ),
+    "predict a missing image": ("--images missing.png", "missing.png: cannot read"),
+    "predict with labels of another count": (
+        f"--images test-images --labels {TRAIN_LABELS}",
+        f"{TRAIN_LABELS}: 600 labels for 200 images",
+    ),
+    "predict into a directory": ("--images test-images --output a-dir", "is a directory"),
+    "predict with a model file": (
+        "--images test-images --model crafted-model",
+        "--model crafted-model: not a models:/ or runs:/ URI of the tracking server; "
+        "loading a model file runs its code (pyfunc models are unpickled), so pass "
+        "--trust-model",
+    ),
+    "predict with a file: model URI": (
+        "--images test-images --model file:crafted-model",
+        "--model file:crafted-model: not a models:/ or runs:/ URI",
+    ),
+    "predict with a model the registry lacks": (
+        "--images test-images --model models:/tfnn-mnist/7",
+        "--model models:/tfnn-mnist/7: not found on the tracking server",
+    ),
+    "predict with the champion and none registered": (
+        "--images test-images",
+        "--model models:/tfnn-mnist@champion: not found on the tracking server",
+    ),
+}
+BAD_SWEEP = {
+    "sweep of 1600 configurations": (
+        ["--vary", "seed", *map(str, range(40)), "--vary", "epochs", *map(str, range(1, 41))],
+        "the sweep would train 1600 configurations, more than max_configurations (1000); "
+        "train a random sample",
+    ),
+}
+CASES = [
+    *BROKEN_DATA,
+    *BAD_CONFIG,
+    *BAD_ENVIRONMENT,
+    *BROKEN_MODEL,
+    *BAD_RESUME,
+    *BAD_PREDICT,
+    *BAD_SWEEP,
+]
 
 
 def _failed_run(store: str, config: TrainConfig) -> str:
@@ -211,8 +337,22 @@ def _command(
         return [*valid, *flags.split()], {}, fragment
     if case in BROKEN_DATA:
         broken = Path(shutil.copytree(data, directory / "data"))
-        BROKEN_DATA[case][0](broken)
+        renamed = BROKEN_DATA[case][0](broken)
+        broken = renamed if isinstance(renamed, Path) else broken
         return ["train", "--data-dir", str(broken)], {}, BROKEN_DATA[case][1]
+    if case in BAD_PREDICT:
+        (directory / "not.png").write_bytes(b"\x89PNG but not really")
+        huge_png_header(directory / "huge.png", 100_000, 100_000)
+        (directory / "a-dir").mkdir()
+        shutil.copy(data / TEST_IMAGES, directory / "test-images")
+        shutil.copy(data / TRAIN_LABELS, directory / TRAIN_LABELS)
+        write_idx_labels(directory / "one-label", np.zeros(1, np.uint8))
+        crafted_model(directory / "crafted-model", directory / "marker")
+        flags, fragment = BAD_PREDICT[case]
+        return ["predict", *flags.split()], {}, fragment
+    if case in BAD_SWEEP:
+        flags, fragment = BAD_SWEEP[case]
+        return ["sweep", "--data-dir", str(data), *flags], {}, fragment
     if case in BAD_CONFIG:
         argv = [*valid, *BAD_CONFIG[case][0]]
         if case.startswith("retrain"):
@@ -253,6 +393,7 @@ def outcomes(small_mnist_dir, tmp_path_factory) -> dict[str, tuple]:
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_refused_in_one_line(outcomes, case):
     result, fragment, database = outcomes[case]
+    assert not (database.parent / "marker").exists()  # the crafted model never loaded
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     ours = [line for line in result.stderr.splitlines() if not TF_STARTUP.match(line)]

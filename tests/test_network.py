@@ -1,6 +1,8 @@
 """Dense, Sequential and build_mlp against NumPy forward passes and float64 NumPy gradients."""
 
 import json
+import re
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import tensorflow as tf
 
 from tfnn.layers import Dense
 from tfnn.losses import cross_entropy_error
-from tfnn.network import Sequential, build_mlp
+from tfnn.network import Sequential, build_mlp, check_spec
 
 
 def numpy_softmax(a: np.ndarray) -> np.ndarray:
@@ -274,6 +276,31 @@ def test_from_spec_rejects_another_format():
     spec = build_mlp([2, 2]).spec() | {"format": "keras"}
     with pytest.raises(ValueError, match="architecture format"):
         Sequential.from_spec(spec)
+
+
+def _layers(*sizes):
+    return [{"input_dim": a, "units": b, "activation": "relu"} for a, b in pairwise(sizes)]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # (784 + 1) * 65536 + (65536 + 1) * 65536 = 51,445,760 + 4,295,032,832: 17 GB of float32.
+        ({"layers": _layers(784, 65536, 65536)}, "4346478592 parameters, more than the 100000000"),
+        ({"layers": _layers(784, 10**9)}, "units must be a whole number from 1 to 65536"),
+        ({"layers": _layers(784, 0)}, "units must be a whole number from 1 to 65536, got 0"),
+        ({"layers": _layers(784, 2.5)}, "got 2.5"),
+        ({"layers": _layers(*[4] * 66)}, "layers must be a list of 1 to 64 layers, got 65"),
+        ({"layers": "many"}, "layers must be a list of 1 to 64 layers, got str"),
+        ({"layers": [[4, 2, "relu"]]}, "layer 0: expected input_dim, units and an activation"),
+        ({"loss": None}, "loss must be a string"),
+    ],
+)
+def test_from_spec_checks_sizes_before_building(change, problem):
+    spec = build_mlp([2, 2]).spec() | change
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Sequential.from_spec(spec)
+    assert check_spec(build_mlp([784, 100, 10]).spec()) == 785 * 100 + 101 * 10
 
 
 def test_bad_networks_are_rejected():

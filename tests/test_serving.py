@@ -123,7 +123,7 @@ def test_predict_command_refuses_mismatched_labels(champion, small_mnist_dir, tm
     labels = small_mnist_dir / "train-labels-idx1-ubyte.gz"  # 600 labels for 200 images
     output = tmp_path / "never.csv"
     argv = ["predict", "--images", str(images), "--labels", str(labels), "--output", str(output)]
-    assert main(argv) == 1
+    assert main(argv) == 2  # refused before the flow starts
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("tfnn: error:") and "600 labels for 200 images" in error
     assert not output.exists()

@@ -7,7 +7,14 @@ import pytest
 
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
-from tfnn.training import History, NonFiniteLossError, epoch_order, fit, learning_failure
+from tfnn.training import (
+    EarlyStopping,
+    History,
+    NonFiniteLossError,
+    epoch_order,
+    fit,
+    learning_failure,
+)
 
 
 def numpy_loss_and_logits(weights: list[np.ndarray], x: np.ndarray, target: np.ndarray):
@@ -339,3 +346,42 @@ def test_learning_failure_flags_a_rising_loss_or_chance_accuracy(
         assert reason is None
     else:
         assert reason.startswith(flagged)
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_early_stopping_stops_by_its_rule_and_keeps_the_best_epochs_weights(restore_best):
+    # 40 random training points with random labels: nothing to learn, so val_loss soon rises.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 50)]
+    network = build_mlp([6, 32, 3], seed=0)
+    snapshots = []
+    history = fit(
+        network,
+        SGD(0.5),
+        (x[:40], y[:40]),
+        (x[40:], y[40:]),
+        epochs=50,
+        batch_size=4,
+        validation=(x[40:], y[40:]),
+        early_stopping=EarlyStopping(patience=2, restore_best=restore_best),
+        callbacks=[
+            lambda epoch, metrics, net: snapshots.append([w.numpy() for w in net.all_weights])
+        ],
+    )
+    # By hand: the first epoch of lowest val_loss, and the stop two epochs without a new one.
+    losses = history.val_loss
+    best = 1 + min(range(len(losses)), key=lambda i: (losses[i], i))
+    assert history.best_epoch == best
+    assert len(losses) == best + 2 < 50
+    assert all(loss >= losses[best - 1] for loss in losses[best:])
+    kept = snapshots[best - 1] if restore_best else snapshots[-1]
+    for got, want in zip(network.all_weights, kept):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_early_stopping_needs_a_validation_set():
+    network = build_mlp([2, 2], seed=0)
+    data = (np.zeros((4, 2), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]])
+    with pytest.raises(ValueError, match="needs a validation set"):
+        fit(network, SGD(0.1), data, data, epochs=1, batch_size=2, early_stopping=EarlyStopping(1))

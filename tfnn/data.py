@@ -17,6 +17,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,7 +36,16 @@ DATA_DIR_HINT = (
     "(--data-dir DIR or the TFNN_DATA_DIR environment variable)"
 )
 
+# Decompression is bounded by what the header declares, and the declaration by this limit
+# (the largest MNIST-like file, EMNIST's 700k digits, is 550 MB), so a small gzip bomb or a
+# header claiming 2**96 bytes is refused instead of filling memory.
+MAX_IDX_BYTES = 1 << 30
+_CHUNK_BYTES = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
+# A digit photo is far smaller; past these, decoding alone could take gigabytes.
+MAX_PNG_BYTES = 32 << 20
+MAX_PNG_PIXELS = 4096 * 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _KIND = {IMAGES_MAGIC: "IDX unsigned-byte images", LABELS_MAGIC: "IDX unsigned-byte labels"}
 
 
@@ -74,19 +84,38 @@ class MnistArrays:
 def _read_idx(path: str | Path, magic: int, ndim: int) -> np.ndarray:
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            # Trust the content, not the name: a mirror may serve an uncompressed file as .gz.
+            compressed = file.read(2) == _GZIP_MAGIC
+            file.seek(0)
+            stream = gzip.GzipFile(fileobj=file, mode="rb") if compressed else file
+            try:
+                return _read_idx_stream(path, stream, magic, ndim, compressed)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                raise DataError(f"{path}: corrupt gzip data ({e}); download the file again") from e
     except OSError as e:
-        raise DataError(f"{path}: cannot read file ({e.strerror})") from e
-    # Trust the content, not the name: a mirror may serve an uncompressed file as .gz.
-    compressed = raw[:2] == _GZIP_MAGIC
-    if compressed:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt gzip data ({e}); download the file again") from e
+        raise DataError(f"{path}: cannot read file ({e.strerror or e})") from e
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytearray:
+    # Bounded chunks, growing with what arrives: a gzip stream decompresses only what is
+    # asked for, and a short file that declares a large size costs only its own bytes.
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(min(_CHUNK_BYTES, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _read_idx_stream(
+    path: Path, stream: BinaryIO, magic: int, ndim: int, compressed: bool
+) -> np.ndarray:
     header_size = 4 + 4 * ndim
+    header = _read_exactly(stream, header_size)
     # Magic first: a short file of the other IDX kind should say "wrong kind", not "too short".
-    found = struct.unpack_from(">I", raw)[0] if len(raw) >= 4 else None
+    found = struct.unpack_from(">I", header)[0] if len(header) >= 4 else None
     if found is not None and found != magic:
         note = (
             " (nor gzip data, despite the .gz name)"
@@ -97,24 +126,33 @@ def _read_idx(path: str | Path, magic: int, ndim: int) -> np.ndarray:
             f"{path}: wrong magic number 0x{found:08X}, expected 0x{magic:08X} "
             f"({_KIND[magic]}){note}"
         )
-    if len(raw) < header_size:
+    if len(header) < header_size:
         raise DataError(
-            f"{path}: {len(raw)} bytes is too short for an IDX header ({header_size} bytes); "
-            "the file is empty or not IDX"
+            f"{path}: {len(header)} bytes is too short for an IDX header ({header_size} "
+            "bytes); the file is empty or not IDX"
         )
-    shape = struct.unpack_from(f">{ndim}I", raw, 4)
-    expected = header_size + int(np.prod(shape))
-    if len(raw) < expected:
+    shape = struct.unpack_from(f">{ndim}I", header, 4)
+    size = math.prod(shape)  # Python integers: no overflow, however large the header says
+    if size > MAX_IDX_BYTES:
         raise DataError(
-            f"{path}: truncated, header says {shape[0]} items ({expected} bytes) "
-            f"but the file has {len(raw)} bytes; download it again"
+            f"{path}: the header declares {'x'.join(map(str, shape))} = {size} bytes, more "
+            f"than the {MAX_IDX_BYTES} bytes allowed per IDX file; the header is wrong or "
+            "the file is not MNIST-sized"
         )
-    if len(raw) > expected:
+    data = _read_exactly(stream, size)
+    if len(data) < size:
         raise DataError(
-            f"{path}: {len(raw) - expected} bytes after the {shape[0]} items the header "
-            "announces; the header or the file is wrong"
+            f"{path}: truncated, header says {shape[0]} items ({header_size + size} bytes) "
+            f"but the file has {header_size + len(data)} bytes; download it again"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+    extra = len(stream.read(_CHUNK_BYTES))
+    if extra:
+        amount = f"{extra} bytes" if extra < _CHUNK_BYTES else f"more than {extra - 1} bytes"
+        raise DataError(
+            f"{path}: {amount} after the {shape[0]} items the header announces; "
+            "the header or the file is wrong"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def load_idx_images(path: str | Path) -> np.ndarray:
@@ -122,7 +160,7 @@ def load_idx_images(path: str | Path) -> np.ndarray:
 
     Gzip or raw is decided by the content's first bytes, not the name, so a raw file
     named `.gz` is read as raw; content that is neither valid gzip nor IDX raises
-    DataError. The result is a read-only view of the file's bytes.
+    DataError. At most the bytes the header declares (up to `MAX_IDX_BYTES`) are read.
     """
     return _read_idx(path, IMAGES_MAGIC, 3)
 
@@ -187,7 +225,10 @@ def load_mnist_idx(directory: str | Path) -> MnistArrays:
 
     Counts come from the headers (any n > 0); images must be 28x28, labels 0-9.
     """
-    directory = Path(directory).expanduser().resolve()
+    try:
+        directory = Path(directory).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop, before Python 3.13
+        raise DataError(f"{directory}: cannot resolve the path ({e}); {DATA_DIR_HINT}") from None
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         raise DataError(f"{directory}: {what}; {DATA_DIR_HINT}")
@@ -329,6 +370,35 @@ def flatten_and_scale(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
 
 
+def check_png(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of a PNG file from its header, without decoding it (nor
+    importing TensorFlow); DataError if it is not a PNG or exceeds `MAX_PNG_BYTES` or
+    `MAX_PNG_PIXELS` (a small PNG can declare a huge image)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            header = file.read(33)  # the signature and the IHDR chunk
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+    if size > MAX_PNG_BYTES:
+        raise DataError(f"{path}: {size} bytes, more than the {MAX_PNG_BYTES} allowed for a PNG")
+    if (
+        len(header) < 33
+        or header[:8] != _PNG_SIGNATURE
+        or header[12:16] != b"IHDR"
+        or zlib.crc32(header[12:29]) != struct.unpack(">I", header[29:33])[0]
+    ):
+        raise DataError(f"{path}: not a PNG image")
+    width, height = struct.unpack(">II", header[16:24])
+    if width * height > MAX_PNG_PIXELS:
+        raise DataError(
+            f"{path}: {width}x{height} pixels, more than the {MAX_PNG_PIXELS} allowed; "
+            "scale the image down"
+        )
+    return height, width
+
+
 def load_png_images(paths: list[str | Path]) -> np.ndarray:
     """PNG files as (n, 28, 28) uint8 grayscale: colour is converted to gray and other sizes
     are resized by area averaging. MNIST digits are light on dark; dark-on-light images are
@@ -337,6 +407,7 @@ def load_png_images(paths: list[str | Path]) -> np.ndarray:
 
     images = []
     for path in paths:
+        check_png(path)
         try:
             image = tf.io.decode_png(Path(path).read_bytes(), channels=1)
         except OSError as error:

@@ -10,6 +10,11 @@ from tfnn.layers import Dense
 from tfnn.losses import get_loss, softmax_cross_entropy_from_logits
 
 SPEC_FORMAT = "tfnn.sequential/1"
+# What ``from_spec`` builds at most: a spec comes from a file, and an absurd one (units=1e9
+# is terabytes) must be refused before anything is allocated. MNIST networks are far inside.
+MAX_LAYERS = 64
+MAX_UNITS = 1 << 16
+MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
 
 
 class Sequential(tf.Module):
@@ -106,11 +111,9 @@ class Sequential(tf.Module):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Sequential":
-        """A network of the described shape with fresh weights."""
-        if spec.get("format") != SPEC_FORMAT:
-            raise ValueError(
-                f"architecture format must be {SPEC_FORMAT!r}, got {spec.get('format')!r}"
-            )
+        """A network of the described shape with fresh weights; ``ValueError`` if ``spec``
+        is malformed or exceeds ``MAX_LAYERS``, ``MAX_UNITS`` or ``MAX_PARAMETERS``."""
+        check_spec(spec)
         layers = [
             Dense(layer["input_dim"], layer["units"], layer["activation"], name=f"dense_{i}")
             for i, layer in enumerate(spec["layers"])
@@ -120,6 +123,36 @@ class Sequential(tf.Module):
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], loss={self.loss_name!r})"
+
+
+def check_spec(spec: Any) -> int:
+    """Check a ``Sequential.spec()``-shaped value against the format and the size limits
+    without building anything; returns its parameter count, or raises ``ValueError``."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected a JSON object, got {type(spec).__name__}")
+    if spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"architecture format must be {SPEC_FORMAT!r}, got {spec.get('format')!r}")
+    if not isinstance(spec.get("loss"), str):
+        raise ValueError(f"loss must be a string, got {spec.get('loss')!r}")
+    layers = spec.get("layers")
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+        count = len(layers) if isinstance(layers, list) else type(layers).__name__
+        raise ValueError(f"layers must be a list of 1 to {MAX_LAYERS} layers, got {count}")
+    parameters = 0
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict) or not isinstance(layer.get("activation"), str):
+            raise ValueError(f"layer {i}: expected input_dim, units and an activation name")
+        for field in ("input_dim", "units"):
+            value = layer.get(field)
+            if type(value) is not int or not 1 <= value <= MAX_UNITS:
+                raise ValueError(
+                    f"layer {i}: {field} must be a whole number from 1 to {MAX_UNITS}, "
+                    f"got {value!r}"
+                )
+        parameters += (layer["input_dim"] + 1) * layer["units"]
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(f"{parameters} parameters, more than the {MAX_PARAMETERS} allowed")
+    return parameters
 
 
 def build_mlp(

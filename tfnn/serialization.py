@@ -20,6 +20,7 @@ from tfnn.training import History
 
 ARCHITECTURE_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.npz"
+MAX_ARCHITECTURE_BYTES = 1 << 20  # a spec is a few hundred bytes
 HISTORY_FILE = "history.jsonl"
 BEST_FOLDER = "best"
 # One epoch's line holds its step losses: 60k steps take under 1 MiB.
@@ -60,17 +61,38 @@ def load_network(directory: str | Path) -> Sequential:
     directory = Path(directory)
     spec_path, weights_path = directory / ARCHITECTURE_FILE, directory / WEIGHTS_FILE
     try:
-        spec = json.loads(spec_path.read_text())
-        network = Sequential.from_spec(spec)
+        with open(spec_path, "rb") as file:
+            text = file.read(MAX_ARCHITECTURE_BYTES + 1)
     except FileNotFoundError:
         raise ModelFileError(
             f"{spec_path}: no such file; save the network with save_network"
         ) from None
+    except OSError as error:
+        raise ModelFileError(f"{spec_path}: cannot read ({error.strerror or error})") from None
+    if len(text) > MAX_ARCHITECTURE_BYTES:
+        raise ModelFileError(
+            f"{spec_path}: larger than {MAX_ARCHITECTURE_BYTES} bytes; not an architecture"
+        )
+    try:
+        network = Sequential.from_spec(json.loads(text))  # checks sizes before building
+    except RecursionError:
+        raise ModelFileError(f"{spec_path}: invalid architecture: nested too deeply") from None
     except (ValueError, KeyError, TypeError) as error:
         raise ModelFileError(f"{spec_path}: invalid architecture: {error}") from None
     try:
+        with zipfile.ZipFile(weights_path) as archive:
+            # As the archive declares them: the zip reader never inflates past these sizes.
+            declared = sum(member.file_size for member in archive.infolist())
+        # float64 arrays are accepted (and cast): 8 bytes a parameter, plus .npy headers.
+        if declared > 8 * network.num_parameters + (1 << 20):
+            raise ModelFileError(
+                f"{weights_path}: {declared} bytes of arrays, far more than the "
+                f"{network.num_parameters} parameters of {spec_path.name} need"
+            )
         with np.load(weights_path, allow_pickle=False) as saved:
-            arrays = {key: saved[key] for key in saved.files}
+            arrays = {key: saved[key] for key in _weight_keys(network) if key in saved.files}
+    except ModelFileError:
+        raise
     except FileNotFoundError:
         raise ModelFileError(
             f"{weights_path}: no such file; save the network with save_network"

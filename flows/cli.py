@@ -1,8 +1,8 @@
 """The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig``.
 
-Exit codes: 0 success, 1 the run failed, 2 input refused before any run started (flags,
-data, model files, unreachable services). Errors are one line on stderr; ``--traceback``
-shows the full stack.
+Exit codes: 0 success, 1 the run failed or learned nothing, 2 input refused before any run
+started (flags, data, model files, unreachable services). Errors are one line on stderr;
+``--traceback`` shows the full stack.
 """
 
 import argparse
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_ID",
         help="continue this MLflow run from its newest checkpoint (configuration: the run's)",
+    )
+    train.add_argument(
+        "--takeover",
+        action="store_true",
+        help="with --resume: take the run over even if its lease says another process still "
+        "trains it (use only when that process is dead)",
     )
     train.add_argument(
         "--no-register", action="store_true", help="do not register the model in the registry"
@@ -269,7 +275,9 @@ def _check_inputs(args: argparse.Namespace, config) -> None:
     lifetime.wait_for_prefect_server()
     preflight.check_orchestration()
     if getattr(args, "resume", None):
-        preflight.check_resume(args.resume, config, args.experiment)
+        preflight.check_resume(args.resume, config, args.experiment, args.takeover)
+    elif getattr(args, "takeover", False):
+        raise preflight.InputError("--takeover: only with --resume RUN_ID")
 
 
 def _check_predict(args: argparse.Namespace) -> None:
@@ -332,6 +340,7 @@ def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> li
             show_progress=show_progress,
             registered_model_name=model_name,
             resume_run_id=args.resume,
+            takeover=args.takeover,
         )
         results = {"": result}
     else:
@@ -350,7 +359,19 @@ def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> li
         lines.append(f"{label}mlflow run id: {result.run_id}  model: {result.model_uri}")
         if result.model_version:
             lines.append(f"{label}registered: models:/{args.model_name}/{result.model_version}")
+    warnings = [f"{r.warning}; not registered" for r in results.values() if r.warning]
+    if warnings:
+        raise DidNotLearn(lines, warnings)
     return lines
+
+
+class DidNotLearn(Exception):
+    """Runs finished but learned nothing: the command prints its lines, a warning per such
+    run, and exits 1."""
+
+    def __init__(self, lines: list[str], warnings: list[str]):
+        super().__init__("; ".join(warnings))
+        self.lines, self.warnings = lines, warnings
 
 
 def _retrain(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
@@ -448,6 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_tracebacks()
     try:
         lines = _COMMANDS[args.command](args, config, activations)
+    except DidNotLearn as flagged:
+        print("\n".join(flagged.lines))
+        for warning in flagged.warnings:
+            print(f"tfnn: warning: {warning}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:
         if args.traceback:
             raise

@@ -49,16 +49,26 @@ def retrain_flow(
             registered_model_name=model_name,
             warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start and champion else None,
         )
-        decision = challenge(
-            model_name,
-            champion,
-            challenger.model_version,
-            challenger.run_id,
-            data,
-            margin,
-            key,
-        )
-        record_decision(decision)
+        if challenger.warning:  # not registered, so not a candidate
+            decision = Decision(
+                model_name,
+                "kept",
+                challenger.warning,
+                key,
+                champion_version=champion and champion.version,
+                challenger_run_id=challenger.run_id,
+            )
+        else:
+            decision = challenge(
+                model_name,
+                champion,
+                challenger.model_version,
+                challenger.run_id,
+                data,
+                margin,
+                key,
+            )
+            record_decision(decision)
     publish_decision(decision)
     print(f"{decision.action}: {decision.reason}")
     return decision

@@ -13,7 +13,13 @@ from tasks.model import build_network
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
-from tasks.tracking import log_dataset, log_evaluation, log_trained_model, tracked_run
+from tasks.tracking import (
+    flag_if_not_learning,
+    log_dataset,
+    log_evaluation,
+    log_trained_model,
+    tracked_run,
+)
 from tasks.training import train
 from tfnn.training import History
 
@@ -24,14 +30,16 @@ DEFAULT_MODEL_NAME = "tfnn-mnist"
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run produced: its MLflow ids, its history and its final metrics, and
-    the registered model version (None when the run registered nothing)."""
+    """What a finished run produced: its MLflow ids, its history and its final metrics, the
+    registered model version (None when the run registered nothing), and why it is not
+    worth registering (None when it learned)."""
 
     run_id: str
     model_uri: str
     history: History
     metrics: dict[str, float]
     model_version: str | None = None
+    warning: str | None = None
 
 
 @flow(name="train-mnist", log_prints=True)
@@ -45,12 +53,14 @@ def train_flow(
     registered_model_name: str | None = DEFAULT_MODEL_NAME,
     warm_start_from: str | None = None,
     resume_run_id: str | None = None,
+    takeover: bool = False,
 ) -> TrainResult:
     """Train the configured network on MNIST and record everything in one MLflow run.
 
-    The model is registered as a new version of ``registered_model_name`` (unless None).
-    ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a saved network's weights;
-    ``resume_run_id`` continues that run from its newest checkpoint.
+    The model is registered as a new version of ``registered_model_name`` (unless None, or
+    the run learned nothing). ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from
+    a saved network's weights; ``resume_run_id`` continues that run from its newest checkpoint
+    (``takeover``: even if another process seems to hold it).
     """
     return run_training(
         config,
@@ -62,6 +72,7 @@ def train_flow(
         registered_model_name=registered_model_name,
         warm_start_from=warm_start_from,
         resume_run_id=resume_run_id,
+        takeover=takeover,
     )
 
 
@@ -76,6 +87,7 @@ def run_training(
     registered_model_name: str | None = None,
     warm_start_from: str | None = None,
     resume_run_id: str | None = None,
+    takeover: bool = False,
     as_tasks: bool = True,
 ) -> TrainResult:
     """The training flow's steps, each a Prefect task run, or with ``as_tasks=False`` each a
@@ -87,7 +99,7 @@ def run_training(
         return task if as_tasks else task.fn
 
     with tracked_run(
-        config.as_params(), experiment, parent_run_id, run_name, resume_run_id
+        config.as_params(), experiment, parent_run_id, run_name, resume_run_id, takeover
     ) as run_id:
         run_dir = Path(output_dir) / run_id
         data = step(prepare_data)(step(load_data)(config.data_source), config.validation_fraction)
@@ -107,14 +119,15 @@ def run_training(
             show_progress,
             resume=resume_run_id is not None,
         )
+        warning = step(flag_if_not_learning)(run_id, history, data)
         evaluation = step(evaluate)(network, data)
         plots = step(plot_run)(history, evaluation, data, str(run_dir / "plots"))
         step(log_evaluation)(run_id, evaluation, plots)
         model_uri = step(log_trained_model)(run_id, network, data, history.best_epoch)
         version = (
             step(register_model)(registered_model_name, model_uri, run_id)
-            if registered_model_name
+            if registered_model_name and warning is None
             else None
         )
         step(publish_summary)(run_id, model_uri, history, evaluation)
-    return TrainResult(run_id, model_uri, history, evaluation.metrics(), version)
+    return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

@@ -306,9 +306,12 @@ def resumed_config_fields(run_id: str) -> dict[str, str]:
     return TrainConfig.fields_from_params(_resumed_run(run_id).data.params)
 
 
-def check_resume(run_id: str, config: TrainConfig, experiment: str | None = None) -> None:
-    """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, and was
-    started with ``config`` and this machine's library versions, as resuming it will."""
+def check_resume(
+    run_id: str, config: TrainConfig, experiment: str | None = None, takeover: bool = False
+) -> None:
+    """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, was
+    started with ``config`` and this machine's library versions, and is not held by a live
+    process (unless ``takeover``), as resuming it will."""
     from mlflow.tracking import MlflowClient
 
     from tasks.tracking import ResumeError, check_resumable, library_versions
@@ -322,7 +325,7 @@ def check_resume(run_id: str, config: TrainConfig, experiment: str | None = None
                 "leave out --experiment to resume it where it is"
             )
     try:
-        check_resumable(run, {**config.as_params(), **library_versions()})
+        check_resumable(run, {**config.as_params(), **library_versions()}, takeover)
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
 

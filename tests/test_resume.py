@@ -1,18 +1,29 @@
 """Resume after a crash: a real ``tfnn train`` process killed with SIGKILL in epoch 3 of 5,
 then run again with ``--resume``, ends as the same MLflow run with every epoch logged once
-and the weights of an uninterrupted run."""
+and the weights of an uninterrupted run. A run whose process is alive cannot be resumed."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
+import pytest
 from conftest import EPOCH_METRICS, tfnn_command, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
 from tasks.config import TrainConfig
-from tasks.tracking import WEIGHTS_TAG
+from tasks.tracking import (
+    LEASE_TAG,
+    WEIGHTS_TAG,
+    LeaseLostError,
+    ResumeError,
+    check_lease,
+    check_resumable,
+    tracked_run,
+)
 
 
 def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mnist_dir, tmp_path):
@@ -69,4 +80,130 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
     ]
     assert step_losses == expected
     uploaded = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
-    assert uploaded == {f"checkpoints/epoch-{epoch:03d}" for epoch in range(1, 6)}
+    assert uploaded == {"checkpoints/latest", "checkpoints/best"}
+
+
+def wait_for(path_pattern: str, directory, process, log) -> None:
+    give_up = time.monotonic() + 300
+    while not list(directory.glob(path_pattern)):
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < give_up, f"no {path_pattern} within 5 minutes"
+        time.sleep(0.05)
+
+
+def test_a_live_run_is_not_resumed_until_its_process_dies(
+    prefect_harness, mlflow_store, large_mnist_dir, tmp_path
+):
+    flags = ["--data-dir", str(large_mnist_dir), "--epochs", "5", "--hidden-sizes", "256"]
+    flags += ["--no-progress"]
+    env = tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value())
+    log = tmp_path / "first.log"
+    with open(log, "w") as output:
+        first = subprocess.Popen(
+            tfnn_command("train", *flags),
+            cwd=tmp_path,
+            # A lease that outlasts this test, so that only the holder's death can free it.
+            env={**env, "TFNN_LEASE_SECONDS": "600"},
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        wait_for("outputs/*/checkpoints/ckpt-1.index", tmp_path, first, log)
+        # Paused, it stays alive mid-training however long the refused command takes to start.
+        first.send_signal(signal.SIGSTOP)
+        (run_dir,) = (tmp_path / "outputs").iterdir()
+        refused = subprocess.run(
+            tfnn_command("train", "--resume", run_dir.name, "--no-progress"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("tfnn")]
+    assert line.startswith(f"tfnn: error: --resume run {run_dir.name} is still being trained by ")
+    assert f"pid {first.pid} on {socket.gethostname()}" in line
+    assert line.endswith("if that process is dead, wait for its lease to expire or add --takeover")
+
+    # SIGKILLed, it renews nothing, and being on this host its death is seen at once.
+    resumed = subprocess.run(
+        tfnn_command("train", "--resume", run_dir.name, "--no-progress"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = MlflowClient()
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(
+        range(1, 6)
+    )
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    models = client.search_logged_models(experiments)
+    assert [m.source_run_id for m in models] == [run.info.run_id]
+    versions = client.search_model_versions("name='tfnn-mnist'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
+
+
+def write_lease(client, run_id: str, host: str, pid: int, age: float, period: float = 30) -> None:
+    lease = {"host": host, "pid": pid, "id": "other", "renewed": time.time() - age}
+    client.set_tag(run_id, LEASE_TAG, json.dumps({**lease, "period": period}))
+
+
+def test_a_lease_held_elsewhere_refuses_until_it_expires_or_takeover(mlflow_store):
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("lease")).info.run_id
+    run = client.get_run(run_id)
+    check_resumable(run, {})  # a run without a lease (started before leases) resumes
+
+    # Renewed 10 s ago on another machine, every 30 s: held for another 80 s.
+    write_lease(client, run_id, "elsewhere", 1, age=10)
+    with pytest.raises(
+        ResumeError, match=r"pid 1 on elsewhere \(lease renewed 10 s ago, expires in 80 s\)"
+    ):
+        check_resumable(client.get_run(run_id), {})
+    check_resumable(client.get_run(run_id), {}, takeover=True)
+    # Not renewed for three periods: its holder is gone.
+    write_lease(client, run_id, "elsewhere", 1, age=91)
+    check_resumable(client.get_run(run_id), {})
+    # On this machine a dead holder is seen as dead at once, a live one holds.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_lease(client, run_id, socket.gethostname(), dead.pid, age=1)
+    check_resumable(client.get_run(run_id), {})
+    with subprocess.Popen(["sleep", "30"]) as alive:
+        try:
+            write_lease(client, run_id, socket.gethostname(), alive.pid, age=1)
+            with pytest.raises(ResumeError, match=f"pid {alive.pid} on"):
+                check_resumable(client.get_run(run_id), {})
+        finally:
+            alive.kill()
+
+
+def test_a_lease_is_renewed_and_a_takeover_stops_its_holder(mlflow_store, monkeypatch):
+    client = MlflowClient()
+    monkeypatch.setenv("TFNN_LEASE_SECONDS", "0.2")
+    with (
+        pytest.raises(LeaseLostError, match="pid 1 on elsewhere took run"),
+        tracked_run({}, "renew") as run_id,
+    ):
+        first = json.loads(client.get_run(run_id).data.tags[LEASE_TAG])
+        assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
+        time.sleep(0.6)
+        renewed = json.loads(client.get_run(run_id).data.tags[LEASE_TAG])
+        assert renewed["renewed"] > first["renewed"]
+        check_lease(run_id)  # still ours
+        # Another process takes the run over: this one stops renewing and writing.
+        write_lease(client, run_id, "elsewhere", 1, age=0)
+        time.sleep(0.6)
+        check_lease(run_id)
+    run = client.get_run(run_id)
+    assert json.loads(run.data.tags[LEASE_TAG])["host"] == "elsewhere"
+    assert run.info.status == "RUNNING"  # left to the process that holds it now

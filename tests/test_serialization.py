@@ -130,22 +130,30 @@ def test_missing_files_are_named(saved, missing):
     assert isinstance(info.value, ValueError)
 
 
-def test_checkpoint_restores_weights_epoch_and_history(tmp_path, problem):
-    network = build_mlp([4, 5, 3], seed=0)
-    checkpoint = TrainingCheckpoint(network, tmp_path / "ckpt")
-    history = fit(network, SGD(0.1), *problem, epochs=1, batch_size=4, seed=2)
-    checkpoint.save(1, history)
-    history = fit(
+def fit_checkpointed(network, checkpoint, problem, epochs, initial_epoch=0, history=None):
+    """``fit`` with batches of 4 (3 steps an epoch) saving ``checkpoint`` after every epoch,
+    as ``EpochLogger`` does."""
+    history = history or History()
+
+    def save(epoch, metrics, network):
+        checkpoint.save(epoch, history.epoch_record(epoch, steps_per_epoch=3))
+
+    return fit(
         network,
         SGD(0.1),
         *problem,
-        epochs=2,
+        epochs=epochs,
         batch_size=4,
         seed=2,
-        initial_epoch=1,
+        callbacks=[save],
+        initial_epoch=initial_epoch,
         history=history,
     )
-    checkpoint.save(2, history)
+
+
+def test_checkpoint_restores_weights_epoch_and_history(tmp_path, problem):
+    network = build_mlp([4, 5, 3], seed=0)
+    history = fit_checkpointed(network, TrainingCheckpoint(network, tmp_path / "ckpt"), problem, 2)
     trained = weights_of(network)
 
     fresh = build_mlp([4, 5, 3], seed=9)
@@ -158,28 +166,88 @@ def test_checkpoint_restores_weights_epoch_and_history(tmp_path, problem):
 
 def test_restored_checkpoint_resumes_like_uninterrupted_training(tmp_path, problem):
     uninterrupted = build_mlp([4, 5, 3], seed=0)
-    full = fit(uninterrupted, SGD(0.1), *problem, epochs=3, batch_size=5, seed=4)
+    full = fit(uninterrupted, SGD(0.1), *problem, epochs=3, batch_size=4, seed=2)
 
     crashed = build_mlp([4, 5, 3], seed=0)
-    TrainingCheckpoint(crashed, tmp_path).save(
-        1, fit(crashed, SGD(0.1), *problem, epochs=1, batch_size=5, seed=4)
-    )
+    fit_checkpointed(crashed, TrainingCheckpoint(crashed, tmp_path), problem, 1)
     resumed = build_mlp([4, 5, 3], seed=1)
-    epoch, history = TrainingCheckpoint(resumed, tmp_path).restore_latest()
-    history = fit(
-        resumed,
-        SGD(0.1),
-        *problem,
-        epochs=3,
-        batch_size=5,
-        seed=4,
-        initial_epoch=epoch,
-        history=history,
-    )
+    checkpoint = TrainingCheckpoint(resumed, tmp_path)
+    epoch, history = checkpoint.restore_latest()
+    history = fit_checkpointed(resumed, checkpoint, problem, 3, epoch, history)
     for a, b in zip(weights_of(resumed), weights_of(uninterrupted)):
         np.testing.assert_array_equal(a, b)
-    assert history.step_loss == full.step_loss
-    assert history.test_accuracy == full.test_accuracy
+    assert history == full.__class__(**{**vars(full), "epoch_seconds": history.epoch_seconds})
+    assert TrainingCheckpoint(resumed, tmp_path).restore_latest()[1] == history
+
+
+def folder_bytes(directory) -> dict[str, int]:
+    return {str(f.relative_to(directory)): f.stat().st_size for f in directory.rglob("*")}
+
+
+def test_checkpoint_folder_does_not_grow_with_epochs_but_by_one_history_line(tmp_path, problem):
+    sizes = {}
+    for epochs in (3, 30):
+        network = build_mlp([4, 5, 3], seed=0)
+        directory = tmp_path / str(epochs)
+        fit_checkpointed(network, TrainingCheckpoint(network, directory, keep=3), problem, epochs)
+        sizes[epochs] = folder_bytes(directory)
+    # The newest three and the best (index and data files each): same count, same sizes.
+    weights = {
+        epochs: sorted(size for name, size in found.items() if "ckpt-" in name)
+        for epochs, found in sizes.items()
+    }
+    assert weights[3] == weights[30] and len(weights[30]) == (3 + 1) * 2
+    # The manager's state files only name those checkpoints (longer numbers, a few bytes more).
+    states = {n: found["checkpoint"] + found["best/checkpoint"] for n, found in sizes.items()}
+    assert states[30] - states[3] < 100
+    lines = (tmp_path / "30" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 31))
+    # Each line holds 3 step losses and 5 numbers: a few hundred bytes, not the whole history.
+    assert max(map(len, lines)) < 400
+    assert sizes[30]["history.jsonl"] == sum(len(line) + 1 for line in lines)
+
+
+def test_retention_keeps_the_newest_k_and_the_best(tmp_path):
+    network = build_mlp([4, 5, 3], seed=0)
+    checkpoint = TrainingCheckpoint(network, tmp_path, keep=2)
+    # Loss falls to its lowest at epoch 3, then rises: epoch 3 stays as the best.
+    for epoch, loss in enumerate([0.9, 0.5, 0.2, 0.4, 0.6, 0.7], start=1):
+        checkpoint.save(epoch, {"epoch": epoch, "train_loss": loss, "step_loss": [loss]})
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-5.index", "ckpt-6.index"]
+    assert [p.name for p in (tmp_path / "best").glob("ckpt-*.index")] == ["ckpt-3.index"]
+    assert checkpoint.best_epoch == 3
+    # Resumed, the best is found again from the history, and a worse epoch does not replace it.
+    resumed = TrainingCheckpoint(network, tmp_path, keep=2)
+    assert resumed.restore_latest()[0] == 6 and resumed.best_epoch == 3
+    resumed.save(7, {"epoch": 7, "train_loss": 0.3, "step_loss": [0.3]})
+    assert [p.name for p in (tmp_path / "best").glob("ckpt-*.index")] == ["ckpt-3.index"]
+    # A validation loss, when recorded, chooses instead of the train loss.
+    checkpoint = TrainingCheckpoint(network, tmp_path / "val", keep=2)
+    for epoch, (train_loss, val_loss) in enumerate([(0.9, 0.5), (0.5, 0.3), (0.2, 0.4)], 1):
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
+        checkpoint.save(epoch, {**record, "step_loss": [train_loss]})
+    assert checkpoint.best_epoch == 2
+    assert [p.name for p in (tmp_path / "val" / "best").glob("*.index")] == ["ckpt-2.index"]
+
+
+def test_history_lines_past_the_checkpoint_are_dropped_on_restore(tmp_path, problem):
+    network = build_mlp([4, 5, 3], seed=0)
+    history = fit_checkpointed(network, TrainingCheckpoint(network, tmp_path), problem, 2)
+    # A crash after epoch 3's line was appended, before its checkpoint, mid-way through 4's.
+    with open(tmp_path / "history.jsonl", "a") as file:
+        file.write(json.dumps({"epoch": 3, "train_loss": 1.0, "step_loss": [1.0]}) + "\n")
+        file.write('{"epoch": 4, "train_lo')
+    epoch, restored = TrainingCheckpoint(network, tmp_path).restore_latest()
+    assert (epoch, restored) == (2, history)
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_checkpoint_without_its_history_is_refused(tmp_path, problem):
+    network = build_mlp([4, 5, 3], seed=0)
+    fit_checkpointed(network, TrainingCheckpoint(network, tmp_path), problem, 2)
+    (tmp_path / "history.jsonl").unlink()
+    with pytest.raises(ModelFileError, match="holds 0 of the 2 epochs"):
+        TrainingCheckpoint(network, tmp_path).restore_latest()
 
 
 def test_no_checkpoint_restores_nothing(tmp_path):

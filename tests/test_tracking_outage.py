@@ -3,6 +3,7 @@ a run and started again on the same port, the run finishes with every metric and
 on the server; stopped for longer than the retry budget, the run fails naming its local
 checkpoints, and resuming it later finishes it."""
 
+import json
 import os
 import shutil
 import signal
@@ -134,10 +135,14 @@ def assert_complete(client: MlflowClient, run_id: str, config: TrainConfig) -> N
     assert len(client.get_metric_history(run_id, "final_test_accuracy")) == 1
     artifacts = {f.path for f in client.list_artifacts(run_id)}
     assert {"checkpoints", "weights", "plots", "confusion_matrix.json"} <= artifacts
-    for epoch in range(1, config.epochs + 1):
-        folder = f"checkpoints/epoch-{epoch:03d}"
-        names = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
-        assert {"checkpoint", f"ckpt-{epoch}.index"} <= names, folder
+    assert {f.path for f in client.list_artifacts(run_id, "checkpoints")} == {
+        "checkpoints/latest",
+        "checkpoints/best",
+    }
+    names = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoints/latest")}
+    assert names == {"ckpt.index", "ckpt.data-00000-of-00001", "manifest.json"}
+    manifest = Path(client.download_artifacts(run_id, "checkpoints/latest/manifest.json"))
+    assert json.loads(manifest.read_text())["epoch"] == config.epochs
     plots = {Path(f.path).name for f in client.list_artifacts(run_id, "plots")}
     assert plots == {"train_loss.png", "accuracy.png", "confusion_matrix.png", "test_digits.png"}
     assert {Path(f.path).name for f in client.list_artifacts(run_id, "weights")} == {
@@ -154,7 +159,7 @@ def test_run_survives_a_server_outage(prefect_harness, mlflow_server, tracking_a
     config = large_config(large_mnist_dir)
     watcher = stop_server_when(
         mlflow_server,
-        lambda client: running_run_with(client, "outage", "checkpoints/epoch-001/checkpoint"),
+        lambda client: running_run_with(client, "outage", "checkpoints/latest/manifest.json"),
         down_seconds=5,
     )
     result = train_flow(config, "outage", "outputs")
@@ -170,7 +175,7 @@ def test_outage_past_the_budget_fails_then_resumes(
     monkeypatch.setenv(RETRY_SECONDS_ENV, "2")
     watcher = stop_server_when(
         mlflow_server,
-        lambda client: running_run_with(client, "stays-away", "checkpoints/epoch-001/checkpoint"),
+        lambda client: running_run_with(client, "stays-away", "checkpoints/latest/manifest.json"),
         down_seconds=None,
     )
     with pytest.raises(TrackingUnavailableError) as failure:

@@ -12,6 +12,7 @@ import matplotlib.image
 import mlflow
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import use_mlflow_store
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -91,6 +92,7 @@ def run(prefect_harness, small_mnist_dir, tmp_path_factory):
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_mlflow_store(monkeypatch, directory)
+        monkeypatch.setenv("TFNN_KEEP_CHECKPOINTS", "2")
         state = train_flow(config, experiment="e2e", return_state=True)
         result = state.result()
         client = MlflowClient()
@@ -211,19 +213,34 @@ def test_confusion_matrix_artifact(run):
 # --- checkpoints, weights and the model ------------------------------------------------------
 
 
-def test_a_checkpoint_per_epoch_restores_that_epochs_weights(run):
-    listed = [a.path for a in run.client.list_artifacts(run.result.run_id, "checkpoints")]
-    assert listed == [f"checkpoints/epoch-{e:03d}" for e in range(1, EPOCHS + 1)]
+def restore_uploaded(run_id: str, folder: str, spec: dict) -> tuple[int, Sequential]:
+    """The epoch and network of an uploaded ``checkpoints/<folder>/`` (fixed file names)."""
+    local = Path(MlflowClient().download_artifacts(run_id, f"checkpoints/{folder}"))
+    network, epoch = Sequential.from_spec(spec), tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(network=network, epoch=epoch)
+    checkpoint.restore(str(local / "ckpt")).expect_partial()  # the early-stopping state aside
+    assert json.loads((local / "manifest.json").read_text())["epoch"] == int(epoch)
+    return int(epoch), network
+
+
+def test_artifacts_hold_the_latest_and_best_checkpoints_and_disk_the_newest_k(run):
+    run_id = run.result.run_id
+    listed = [a.path for a in run.client.list_artifacts(run_id, "checkpoints")]
+    assert listed == ["checkpoints/best", "checkpoints/latest"]
     spec = json.loads(run.download("weights/architecture.json").read_text())
-    for epoch in range(1, EPOCHS + 1):
-        network = Sequential.from_spec(spec)
-        restored = TrainingCheckpoint(network, run.download(f"checkpoints/epoch-{epoch:03d}"))
-        completed, history = restored.restore_latest()
-        assert completed == epoch
-        assert history.test_accuracy == run.result.history.test_accuracy[:epoch]
-        assert_weights_equal(network, run.epoch_weights[epoch - 1])
-    local = run.directory / "outputs" / run.result.run_id / "checkpoints"
-    assert TrainingCheckpoint(Sequential.from_spec(spec), local).restore_latest()[0] == EPOCHS
+    epoch, network = restore_uploaded(run_id, "latest", spec)
+    assert epoch == EPOCHS
+    assert_weights_equal(network, run.epoch_weights[-1])
+    best = int(np.argmin(run.result.history.train_loss)) + 1
+    epoch, network = restore_uploaded(run_id, "best", spec)
+    assert epoch == best
+    assert_weights_equal(network, run.epoch_weights[best - 1])
+    # Locally, TFNN_KEEP_CHECKPOINTS=2 of them, the best, and the whole history.
+    local = run.directory / "outputs" / run_id / "checkpoints"
+    assert sorted(p.name for p in local.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-3.index"]
+    assert [p.name for p in (local / "best").glob("*.index")] == [f"ckpt-{best}.index"]
+    completed, history = TrainingCheckpoint(Sequential.from_spec(spec), local).restore_latest()
+    assert (completed, history) == (EPOCHS, run.result.history)
 
 
 def test_final_weights_reload_and_predict_as_the_library(run):
@@ -366,8 +383,8 @@ def test_run_diverging_later_keeps_the_last_good_checkpoint(
     assert [m.step for m in client.get_metric_history(run_id, "test_loss")] == list(
         range(1, good + 1)
     )
-    listed = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
-    assert listed == [f"checkpoints/epoch-{e:03d}" for e in range(1, good + 1)]
+    manifest = Path(client.download_artifacts(run_id, "checkpoints/latest/manifest.json"))
+    assert json.loads(manifest.read_text())["epoch"] == good
 
     # The checkpoint kept on disk holds the weights the bare library has after `good` epochs.
     arrays = load_mnist_idx(small_mnist_dir)

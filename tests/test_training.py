@@ -7,7 +7,14 @@ import pytest
 
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
-from tfnn.training import EarlyStopping, History, NonFiniteLossError, epoch_order, fit
+from tfnn.training import (
+    EarlyStopping,
+    History,
+    NonFiniteLossError,
+    epoch_order,
+    fit,
+    learning_failure,
+)
 
 
 def numpy_loss_and_logits(weights: list[np.ndarray], x: np.ndarray, target: np.ndarray):
@@ -292,6 +299,53 @@ def test_history_epoch_metrics_counts_epochs_from_one():
         "test_accuracy": 0.4,
         "epoch_seconds": 6.0,
     }
+
+
+def test_epoch_records_rebuild_the_history_one_epoch_each():
+    history = History(
+        step_loss=[3.0, 2.0, 1.5, 1.0],
+        train_loss=[2.5, 1.25],
+        train_accuracy=[0.5, 0.75],
+        test_loss=[2.0, 1.0],
+        test_accuracy=[0.6, 0.8],
+        epoch_seconds=[0.1, 0.2],
+    )
+    # Right after epoch 2, its record holds its entries and its last 2 step losses.
+    assert history.epoch_record(2, steps_per_epoch=2) == {
+        "epoch": 2,
+        "train_loss": 1.25,
+        "train_accuracy": 0.75,
+        "test_loss": 1.0,
+        "test_accuracy": 0.8,
+        "epoch_seconds": 0.2,
+        "step_loss": [1.5, 1.0],
+    }
+    first = History(**{name: values[:1] for name, values in vars(history).items()})
+    first.step_loss = [3.0, 2.0]
+    records = [first.epoch_record(1, 2), history.epoch_record(2, 2)]
+    assert History.from_records(records) == history
+
+
+@pytest.mark.parametrize(
+    ("train_loss", "train_accuracy", "flagged"),
+    [
+        ([2.3, 0.9, 0.5], [0.6, 0.8, 0.9], None),  # learned
+        ([2.3, 2.4, 2.31], [0.6, 0.8, 0.9], "train loss 2.31 did not fall below epoch 1's 2.3"),
+        ([5e9, 2.5], [0.095, 0.08], "train_accuracy 0.0800 is at chance"),  # the issue's case
+        ([2.3, 2.2], [0.1, 0.16], None),  # 6 points above the commonest class's 10%
+        ([2.3], [0.12], "train_accuracy 0.1200 is at chance"),
+        ([2.3], [0.5], None),  # one epoch: no loss to compare with
+    ],
+)
+def test_learning_failure_flags_a_rising_loss_or_chance_accuracy(
+    train_loss, train_accuracy, flagged
+):
+    history = History(train_loss=train_loss, train_accuracy=train_accuracy)
+    reason = learning_failure(history, chance_accuracy=0.1)
+    if flagged is None:
+        assert reason is None
+    else:
+        assert reason.startswith(flagged)
 
 
 @pytest.mark.parametrize("restore_best", [True, False])

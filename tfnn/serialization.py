@@ -2,13 +2,15 @@
 
 ``architecture.json`` is ``Sequential.spec()``; ``weights.npz`` holds one float32 array
 per weight, keyed ``layer{i}/weight`` and ``layer{i}/bias``. Mid-training checkpoints
-use ``tf.train.Checkpoint`` instead (see ``TrainingCheckpoint``).
+use ``tf.train.Checkpoint`` and a history file instead (see ``TrainingCheckpoint``).
 """
 
 import hashlib
 import json
+import math
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -19,6 +21,10 @@ from tfnn.training import History
 ARCHITECTURE_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.npz"
 MAX_ARCHITECTURE_BYTES = 1 << 20  # a spec is a few hundred bytes
+HISTORY_FILE = "history.jsonl"
+BEST_FOLDER = "best"
+# One epoch's line holds its step losses: 60k steps take under 1 MiB.
+MAX_HISTORY_LINE = 64 * 2**20
 
 
 class ModelFileError(ValueError):
@@ -108,60 +114,124 @@ def load_network(directory: str | Path) -> Sequential:
 
 
 class TrainingCheckpoint:
-    """Everything needed to continue training after a crash: weights, the completed epoch
-    count, the history so far and the early-stopping state (``EarlyStopping.state()``), written
-    atomically by ``tf.train.CheckpointManager``.
+    """Everything needed to continue training after a crash, in a folder whose size does not
+    grow with the epoch count but by one line per epoch.
+
+    The weights, the completed epoch count and the early-stopping state
+    (``EarlyStopping.state()``) go to ``ckpt-N`` files, written atomically by
+    ``tf.train.CheckpointManager``: the newest ``keep`` stay, and the best epoch's stays in
+    ``best/`` (best: the first of lowest ``val_loss`` when the records hold it, as early
+    stopping's, else of lowest ``train_loss``). The history goes to ``history.jsonl``, one
+    line per epoch appended before that epoch's checkpoint, and is read back up to the
+    checkpoint's epoch.
 
     The shuffling state needs no saving: ``tfnn.training.epoch_order`` derives each
     epoch's order from the seed and the epoch number.
     """
 
-    def __init__(self, network: Sequential, directory: str | Path, max_to_keep: int | None = None):
+    def __init__(self, network: Sequential, directory: str | Path, keep: int = 3):
         self.network = network
         self.directory = Path(directory)
+        self.history_path = self.directory / HISTORY_FILE
         self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-        self.history_json = tf.Variable("{}", dtype=tf.string, name="history")
         # ``EarlyStopping.state()``: a resumed run stops where an uninterrupted one does.
         self.early_stopping = {
             "best_epoch": tf.Variable(0, dtype=tf.int64, name="best_epoch"),
             "best_val_loss": tf.Variable(np.inf, dtype=tf.float64, name="best_val_loss"),
             "epochs_waited": tf.Variable(0, dtype=tf.int64, name="epochs_waited"),
         }
-        checkpoint = tf.train.Checkpoint(
-            network=network,
-            epoch=self.epoch,
-            history=self.history_json,
-            early_stopping=self.early_stopping,
+        self.checkpoint = tf.train.Checkpoint(
+            network=network, epoch=self.epoch, early_stopping=self.early_stopping
         )
-        self.manager = tf.train.CheckpointManager(checkpoint, str(self.directory), max_to_keep)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), keep)
+        self.best_manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.directory / BEST_FOLDER), max_to_keep=1
+        )
+        self.best_epoch, self._best_loss = 0, math.inf
 
-    def save(self, epoch: int, history: History, early_stopping: dict | None = None) -> str:
-        """Record that ``epoch`` epochs are complete, with the ``EarlyStopping.state()`` if
-        any; returns the checkpoint's path prefix."""
+    def save(self, epoch: int, record: dict[str, Any], early_stopping: dict | None = None) -> str:
+        """Record that ``epoch`` epochs are complete, appending ``record`` (the epoch's
+        ``History.epoch_record``) to the history, with the ``EarlyStopping.state()`` if any;
+        returns the checkpoint's path prefix. ``best_epoch`` tells whether this epoch
+        became the best."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.history_path, "a") as history:
+            history.write(_history_line(record))
         self.epoch.assign(epoch)
         for name, value in (early_stopping or {}).items():
             self.early_stopping[name].assign(value)
-        self.history_json.assign(json.dumps(history.__dict__))
-        return self.manager.save(checkpoint_number=epoch)
+        prefix = self.manager.save(checkpoint_number=epoch)
+        if _selection_loss(record) < self._best_loss:
+            self.best_epoch, self._best_loss = epoch, _selection_loss(record)
+            self.best_manager.save(checkpoint_number=epoch)
+        return prefix
 
     def restore_latest(self) -> tuple[int, History]:
         """Load the newest checkpoint into the network: ``(completed epochs, history)``,
-        or ``(0, empty History)`` when there is none."""
+        or ``(0, empty History)`` when there is none. Lines of later epochs (written just
+        before a crash) are dropped from the history file, since they will be trained again."""
         latest = self.manager.latest_checkpoint
         if latest is None:
             return 0, History()
-        self.manager.checkpoint.restore(latest).assert_consumed()
-        return int(self.epoch.numpy()), History(**json.loads(self.history_json.numpy().decode()))
+        self.checkpoint.restore(latest).assert_consumed()
+        epoch = int(self.epoch.numpy())
+        records = self._read_history(epoch)
+        self._rewrite_history(records)
+        return epoch, History.from_records(records)
+
+    def adopt(self, prefix: str, records: list[dict[str, Any]], best_prefix: str | None) -> None:
+        """Make the checkpoint at ``prefix`` (read from elsewhere, say downloaded) this
+        folder's newest, with ``records`` as the history of its epochs, and the one at
+        ``best_prefix`` (if any) its best."""
+        if best_prefix is not None:
+            self.checkpoint.restore(best_prefix).assert_consumed()
+            self.best_manager.save(checkpoint_number=int(self.epoch.numpy()))
+        self.checkpoint.restore(prefix).assert_consumed()
+        epoch = int(self.epoch.numpy())
+        self._rewrite_history(records[:epoch])
+        self.manager.save(checkpoint_number=epoch)
+
+    def _read_history(self, epochs: int) -> list[dict[str, Any]]:
+        records: dict[int, dict[str, Any]] = {}
+        try:
+            with open(self.history_path) as history:
+                while line := history.readline(MAX_HISTORY_LINE):
+                    if not line.endswith("\n"):
+                        break  # cut short by a crash (or absurdly long): written again later
+                    record = json.loads(line)
+                    record["step_loss"] = np.asarray(record["step_loss"], np.float32).tolist()
+                    if record["epoch"] <= epochs:
+                        records[record["epoch"]] = record
+        except FileNotFoundError:
+            pass
+        if sorted(records) != list(range(1, epochs + 1)):
+            raise ModelFileError(
+                f"{self.history_path}: holds {len(records)} of the {epochs} epochs of the "
+                f"checkpoint {self.manager.latest_checkpoint}; the history file is incomplete"
+            )
+        return [records[epoch] for epoch in range(1, epochs + 1)]
+
+    def _rewrite_history(self, records: list[dict[str, Any]]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.history_path.with_suffix(".partial")
+        partial.write_text("".join(map(_history_line, records)))
+        partial.replace(self.history_path)
+        losses = [_selection_loss(record) for record in records]
+        self._best_loss = min(losses, default=math.inf)
+        self.best_epoch = losses.index(self._best_loss) + 1 if losses else 0
 
     def early_stopping_state(self) -> dict[str, float]:
         """The ``EarlyStopping.state()`` of the checkpoint last saved or restored."""
         return {name: variable.numpy().item() for name, variable in self.early_stopping.items()}
 
     def weights_of(self, epoch: int) -> list[np.ndarray] | None:
-        """The weights saved after ``epoch``, None when that checkpoint is not kept; the
-        network is left as it was."""
-        path = self.directory / f"ckpt-{epoch}"
-        if not path.with_suffix(".index").exists():
+        """The weights saved after ``epoch`` (among the newest or as the best), None when
+        that checkpoint is not kept; the network is left as it was."""
+        for folder in (self.directory, self.directory / BEST_FOLDER):
+            path = folder / f"ckpt-{epoch}"
+            if path.with_suffix(".index").exists():
+                break
+        else:
             return None
         current = [w.numpy() for w in self.network.all_weights]
         tf.train.Checkpoint(network=self.network).restore(str(path)).expect_partial()
@@ -169,3 +239,15 @@ class TrainingCheckpoint:
         for variable, value in zip(self.network.all_weights, current):
             variable.assign(value)
         return weights
+
+
+def _selection_loss(record: dict[str, Any]) -> float:
+    # Validation when the run measures it; never the test set.
+    return record.get("val_loss", record["train_loss"])
+
+
+def _history_line(record: dict[str, Any]) -> str:
+    # Step losses are float32: their shortest float32 form reads back to the same value
+    # (via np.float32), in about half the characters of a double's.
+    losses = [float(str(loss)) for loss in np.asarray(record["step_loss"], np.float32)]
+    return json.dumps({**record, "step_loss": losses}) + "\n"

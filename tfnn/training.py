@@ -8,8 +8,9 @@ Python only sees the per-step losses when the chunk ends.
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -74,6 +75,30 @@ class History:
         if self.val_loss:
             metrics |= {"val_loss": self.val_loss[i], "val_accuracy": self.val_accuracy[i]}
         return metrics
+
+    def epoch_record(self, epoch: int, steps_per_epoch: int) -> dict[str, Any]:
+        """Epoch ``epoch``'s entry of every per-epoch list by name (lists that are empty, such
+        as ones a run does not measure, are left out), and under ``step_loss`` the last
+        ``steps_per_epoch`` step losses: call it when epoch ``epoch`` has just ended. Costs
+        one epoch's worth, however long the history."""
+        record: dict[str, Any] = {"epoch": epoch}
+        for name, values in vars(self).items():
+            if name != "step_loss" and len(values) >= epoch:
+                record[name] = values[epoch - 1]
+        record["step_loss"] = self.step_loss[-steps_per_epoch:]
+        return record
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]]) -> "History":
+        """The history whose epochs are ``records`` (``epoch_record``'s), in order."""
+        history = cls()
+        for record in records:
+            for name, value in record.items():
+                if name == "step_loss":
+                    history.step_loss.extend(value)
+                elif name != "epoch":
+                    getattr(history, name).append(value)
+        return history
 
 
 class EarlyStopping:
@@ -289,3 +314,21 @@ def _check_fit_arguments(
         )
     if steps_per_call is not None and steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+
+
+def learning_failure(history: History, chance_accuracy: float, margin: float = 0.05) -> str | None:
+    """Why the run recorded in ``history`` learned nothing, or None if it learned.
+
+    It learned nothing when its last epoch's train loss is not below its first epoch's
+    (a one-epoch run has nothing to compare with), or when its last accuracy on data it may
+    select on (validation when measured, else training) is within ``margin`` of
+    ``chance_accuracy``, the share of the commonest class.
+    """
+    first, last = history.train_loss[0], history.train_loss[-1]
+    if history.epochs > 1 and not last < first:
+        return f"train loss {last:.4g} did not fall below epoch 1's {first:.4g}"
+    name = "val_accuracy" if history.val_accuracy else "train_accuracy"
+    accuracy = getattr(history, name)[-1]
+    if accuracy <= chance_accuracy + margin:
+        return f"{name} {accuracy:.4f} is at chance (commonest class: {chance_accuracy:.4f})"
+    return None

@@ -1,0 +1,93 @@
+"""What a long run leaves behind: the tracking of each epoch (``EpochLogger``) keeps disk and
+memory flat however many epochs run, against a real MLflow store."""
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import MAX_PENDING_EPOCHS, EpochLogger
+from tfnn.data import load_dataset, preprocess
+from tfnn.network import build_mlp
+from tfnn.optimizers import SGD
+from tfnn.training import fit
+
+
+def sizes(directory: Path) -> dict[str, int]:
+    return {str(f.relative_to(directory)): f.stat().st_size for f in directory.rglob("*.*")}
+
+
+@pytest.fixture(scope="module")
+def small_data(small_mnist_dir):
+    arrays = load_dataset(str(small_mnist_dir))
+    return (
+        preprocess(arrays.train_images, arrays.train_labels),
+        preprocess(arrays.test_images, arrays.test_labels),
+    )
+
+
+def tracked_fit(tmp_path: Path, data, epochs: int) -> tuple[str, EpochLogger, Path]:
+    """Train 784-8-10 for ``epochs`` full-batch epochs (one step each: far faster than their
+    tracking), logged by an ``EpochLogger`` to a new run; returns the run id, the logger and
+    the checkpoint folder."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("long") or client.get_experiment(
+        client.create_experiment("long")
+    )
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    network = build_mlp([784, 8, 10], seed=0)
+    checkpoints = tmp_path / run_id / "checkpoints"
+    with EpochLogger(run_id, network, checkpoints, steps_per_epoch=1) as logger:
+        fit(
+            network,
+            SGD(0.5),
+            *data,
+            epochs=epochs,
+            batch_size=600,
+            callbacks=[logger],
+            history=logger.history,
+        )
+    return run_id, logger, checkpoints
+
+
+def test_disk_grows_by_one_history_line_an_epoch_and_training_waits_for_tracking(
+    mlflow_store, tmp_path, small_data, monkeypatch
+):
+    monkeypatch.setenv("TFNN_KEEP_CHECKPOINTS", "2")
+    found = {}
+    for epochs in (3, 30):
+        run_id, logger, checkpoints = tracked_fit(tmp_path, small_data, epochs)
+        artifacts = Path(urlparse(MlflowClient().get_run(run_id).info.artifact_uri).path)
+        found[epochs] = sizes(checkpoints), sizes(artifacts), logger
+    (local_3, uploaded_3, _), (local_30, uploaded_30, logger) = found[3], found[30]
+    # Uploads overwrite checkpoints/latest and checkpoints/best: the same files, the same sizes
+    # (the manifests may differ by a digit of the epoch).
+    assert (
+        sorted(uploaded_3)
+        == sorted(uploaded_30)
+        == [
+            f"checkpoints/{folder}/{name}"
+            for folder in ("best", "latest")
+            for name in ("ckpt.data-00000-of-00001", "ckpt.index", "manifest.json")
+        ]
+    )
+    for name, size in uploaded_30.items():
+        assert abs(size - uploaded_3[name]) <= 2, name
+    # Locally: the newest two checkpoints and the best, each the size of a 3-epoch run's.
+    weights = {name: size for name, size in local_30.items() if "ckpt-" in name}
+    assert sorted(weights) == ["best/ckpt-30.data-00000-of-00001", "best/ckpt-30.index"] + [
+        f"ckpt-{epoch}.{part}" for epoch in (29, 30) for part in ("data-00000-of-00001", "index")
+    ]
+    assert sorted(weights.values()) == sorted(s for n, s in local_3.items() if "ckpt-" in n)
+    # The history file grows by one line an epoch, of a size that does not depend on the epoch.
+    lines = (Path(logger.checkpoint.directory) / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 30 and max(map(len, lines)) < 260
+    assert local_30["history.jsonl"] == sum(len(line) + 1 for line in lines)
+
+    # Training outran tracking (one step an epoch against two checkpoints and their uploads):
+    # the queue filled, so training waited, and nothing was lost by waiting.
+    assert logger.peak_pending == MAX_PENDING_EPOCHS == 2
+    logged = MlflowClient().get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in logged) == list(range(1, 31))
+    assert [m.value for m in sorted(logged, key=lambda m: m.step)] == logger.history.train_loss

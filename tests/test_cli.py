@@ -19,7 +19,9 @@ from flows.train import train_flow
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID_LINE = re.compile(r"mlflow run id: (\w+)  model: (\S+)")
-METRICS_LINE = re.compile(r"final_test_loss=(\S+)  final_test_accuracy=(\S+)")
+METRICS_LINE = re.compile(
+    r"final_val_loss=\S+  final_val_accuracy=\S+  final_test_loss=\S+  final_test_accuracy=\S+"
+)
 
 
 def flow_run_count() -> int:
@@ -99,12 +101,14 @@ def test_train_prints_final_metrics_and_run_id(
     run_id, model_uri = RUN_ID_LINE.fullmatch(run_line).groups()
     version = MlflowClient().search_model_versions(f"run_id = '{run_id}'")[0]
     assert registered_line == f"registered: models:/{version.name}/{version.version}"
-    loss, accuracy = METRICS_LINE.fullmatch(metrics_line).groups()
+    printed = dict(pair.split("=") for pair in metrics_line.split())
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["epochs"] == "2" and run.data.params["hidden_sizes"] == "8"
-    assert float(loss) == round(run.data.metrics["final_test_loss"], 4)
-    assert float(accuracy) == round(run.data.metrics["final_test_accuracy"], 4)
+    # Every final metric the run logged (validation and test), rounded as printed.
+    assert METRICS_LINE.fullmatch(metrics_line)
+    for name, value in printed.items():
+        assert float(value) == round(run.data.metrics[name], 4), name
     assert model_uri.startswith("models:/")
     # Not a terminal, so no progress bar.
     assert "epoch 1/2" not in out + err and "━" not in out + err

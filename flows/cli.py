@@ -8,16 +8,20 @@ started (flags, data, model files, unreachable services). Errors are one line on
 import argparse
 import logging
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
 from flows import lifetime
+from flows.crons import default_crons, is_valid_cron
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_EXPERIMENT = "tfnn-mnist"
 DASK_ADDRESS_ENV = "TFNN_DASK_ADDRESS"
+LIBRARIES = ("tensorflow", "prefect", "mlflow")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +49,20 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses bad flags in one line, like every other refusal: the usage is one ``--help``
+    away (sub-commands' parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfnn", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tfnn", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--traceback", action="store_true", help="show the full traceback on failure"
     )
+    parser.add_argument("--version", action="version", version=_versions())
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one network (the main job)")
@@ -87,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = commands.add_parser(
         "schedule", help="serve the train and retrain deployments on cron schedules"
     )
-    train_cron, retrain_cron = _default_crons()
+    train_cron, retrain_cron = default_crons()
     schedule.add_argument(
         "--train-cron",
         type=_cron,
@@ -131,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _versions() -> str:
+    """This package's version and those of the services' libraries, read from their
+    metadata: importing them would take seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = "  ".join(f"{name} {installed(name)}" for name in LIBRARIES)
+    return f"tfnn {installed('tfnn')} ({libraries})"
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -142,21 +170,11 @@ def _non_negative(text: str) -> float:
 
 
 def _cron(text: str) -> str:
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron=text)
-    except ValueError:
+    if not is_valid_cron(text):
         raise argparse.ArgumentTypeError(
             f"invalid cron string {text!r}: use five fields, e.g. '0 2 * * *'"
-        ) from None
+        )
     return text
-
-
-def _default_crons() -> tuple[str, str]:
-    from flows.schedules import default_crons
-
-    return default_crons()
 
 
 def _positive_int(text: str) -> int:
@@ -264,6 +282,26 @@ def _config_from(args: argparse.Namespace, recorded: dict[str, str]):
     return TrainConfig(**{**recorded, **given})
 
 
+def _checked_config(args: argparse.Namespace, recorded: dict[str, str]):
+    """The run's configuration and, for ``compare``, its activations; ``ValidationError`` or
+    ``InputError`` for values no run can use."""
+    from tasks.config import TrainConfig
+    from tasks.preflight import InputError
+
+    config = _config_from(args, recorded)
+    activations = ()
+    if args.command == "compare":
+        activations = tuple(a.strip() for a in args.activations.split(","))
+    for name in activations:
+        TrainConfig(**{**config.model_dump(), "activation": name})
+    if args.command in ("retrain", "schedule") and config.validation_fraction == 0:
+        raise InputError(
+            "validation_fraction: 0 leaves the retrain nothing to decide on (it never "
+            "decides on the test set); use a fraction > 0"
+        )
+    return config, activations
+
+
 def _check_inputs(args: argparse.Namespace, config) -> None:
     """Refuse bad data, an unwritable output directory, unreachable services and a run that
     cannot be resumed before any run starts (raises ``InputError`` or ``DataError``)."""
@@ -301,6 +339,35 @@ def _check_predict(args: argparse.Namespace) -> None:
         args.model = DEFAULT_MODEL_URI
     if is_tracked_model_uri(args.model):
         preflight.check_model(args.model)
+
+
+# TensorFlow's C++ start-up log: absl writes it before TF_CPP_MIN_LOG_LEVEL applies (the
+# missing CUDA driver, the CPU's instruction sets, cuInit's failure on a CPU-only machine).
+_TF_STARTUP = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"
+    r"|To enable the following instructions:"
+)
+
+
+def _start_tensorflow_quietly() -> None:
+    """Import TensorFlow and initialise its devices with the process's stderr captured, then
+    write back whatever is not TensorFlow's C++ start-up log (nothing else is lost)."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the devices' start-up logs here, not mid-run
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.writelines(line for line in lines if not _TF_STARTUP.match(line))
 
 
 def _one_line(error: BaseException) -> str:
@@ -424,32 +491,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and logs "database is locked" tracebacks; a user's own setting still wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    if args.command != "evaluate":  # it starts while the rest imports and checks the input
-        lifetime.start_prefect_server()
     if args.command == "sweep":
         return _sweep(args)
     from tasks import preflight
-    from tasks.config import TrainConfig, describe_validation_error
+    from tasks.config import describe_validation_error
     from tfnn.data import DataError
-    from tfnn.serialization import ModelFileError
 
     config, activations = None, ()
+    resume = getattr(args, "resume", None)
+    # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs
+    # nothing. A resumed run's configuration needs its MLflow run, so it is checked below.
+    try:
+        if args.command in _CHECKED and not resume:
+            config, activations = _checked_config(args, {})
+    except ValidationError as error:
+        print(f"tfnn: error: {describe_validation_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except preflight.InputError as error:
+        print(f"tfnn: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.command != "evaluate":  # it starts while the rest imports and checks the input
+        lifetime.start_prefect_server()
+    _start_tensorflow_quietly()
+    from tfnn.serialization import ModelFileError
+
     try:
         if args.command == "evaluate":  # no run to start: all of it is checking files
             print("\n".join(_evaluate(args)))
             return 0
         if args.command in _CHECKED:
-            resume = getattr(args, "resume", None)
-            config = _config_from(args, preflight.resumed_config_fields(resume) if resume else {})
-            if args.command == "compare":
-                activations = tuple(a.strip() for a in args.activations.split(","))
-            for name in activations:
-                TrainConfig(**{**config.model_dump(), "activation": name})
-            if args.command in ("retrain", "schedule") and config.validation_fraction == 0:
-                raise preflight.InputError(
-                    "validation_fraction: 0 leaves the retrain nothing to decide on (it never "
-                    "decides on the test set); use a fraction > 0"
-                )
+            if resume:
+                recorded = preflight.resumed_config_fields(resume)
+                config, activations = _checked_config(args, recorded)
             _check_inputs(args, config)
             # Only now: a resumed run stays in its own experiment unless another was named.
             args.experiment = args.experiment or DEFAULT_EXPERIMENT
@@ -509,11 +583,13 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"configuration {unranked[0]}: validation_fraction 0 leaves nothing to rank "
                 "on (never the test set); use a fraction > 0"
             )
+        lifetime.start_prefect_server()  # only now: a refused grid costs no server
         lifetime.wait_for_prefect_server()
     except (SweepError, InputError) as error:
         print(f"tfnn: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
+    _start_tensorflow_quietly()
     from flows.sweep import DEFAULT_MAX_CONCURRENCY, sweep_flow, sweep_task_runner
 
     explicit = args.dask_workers or args.max_concurrency

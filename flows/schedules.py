@@ -4,26 +4,21 @@
 ``prefect.yaml`` to a work pool that a worker polls.
 """
 
-import os
-
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
+from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
 from flows.train import DEFAULT_MODEL_NAME, train_flow
 from tasks.config import TrainConfig
 
-TRAIN_CRON_ENV, RETRAIN_CRON_ENV = "TFNN_TRAIN_CRON", "TFNN_RETRAIN_CRON"
-# Nightly training at 02:00 and a weekly retrain on Sunday at 03:00 (UTC).
-DEFAULT_TRAIN_CRON, DEFAULT_RETRAIN_CRON = "0 2 * * *", "0 3 * * 0"
-
-
-def default_crons() -> tuple[str, str]:
-    """``(train, retrain)`` cron strings from ``$TFNN_TRAIN_CRON``/``$TFNN_RETRAIN_CRON``."""
-    return (
-        os.environ.get(TRAIN_CRON_ENV) or DEFAULT_TRAIN_CRON,
-        os.environ.get(RETRAIN_CRON_ENV) or DEFAULT_RETRAIN_CRON,
-    )
+__all__ = [
+    "DEFAULT_RETRAIN_CRON",
+    "DEFAULT_TRAIN_CRON",
+    "build_deployments",
+    "default_crons",
+    "serve_schedules",
+]
 
 
 def build_deployments(

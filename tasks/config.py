@@ -18,10 +18,14 @@ from pydantic import (
     model_validator,
 )
 
-from tfnn.activations import ACTIVATIONS
-from tfnn.initializers import INITIALIZERS
-from tfnn.losses import LOSSES
-from tfnn.network import MAX_LAYERS, MAX_UNITS
+# The names only: validating a configuration must not import TensorFlow.
+from tfnn.names import (
+    ACTIVATION_NAMES,
+    INITIALIZER_NAMES,
+    LOSS_NAMES,
+    MAX_LAYERS,
+    MAX_UNITS,
+)
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
 
@@ -42,7 +46,7 @@ def check_utf8(path: str) -> None:
         ) from None
 
 
-def _one_of(known: dict[str, Any], kind: str):
+def _one_of(known: tuple[str, ...], kind: str):
     def check(value: str) -> str:
         if value not in known:
             raise ValueError(f"unknown {kind} {value!r}: use one of {', '.join(known)}")
@@ -91,10 +95,10 @@ class TrainConfig(BaseModel):
     )
 
     _check_activation = field_validator("activation", "output_activation")(
-        _one_of(ACTIVATIONS, "activation")
+        _one_of(ACTIVATION_NAMES, "activation")
     )
-    _check_loss = field_validator("loss")(_one_of(LOSSES, "loss"))
-    _check_initializer = field_validator("initializer")(_one_of(INITIALIZERS, "initializer"))
+    _check_loss = field_validator("loss")(_one_of(LOSS_NAMES, "loss"))
+    _check_initializer = field_validator("initializer")(_one_of(INITIALIZER_NAMES, "initializer"))
 
     @field_validator("hidden_sizes", mode="before")
     @classmethod

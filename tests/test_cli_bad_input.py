@@ -382,7 +382,7 @@ def outcomes(small_mnist_dir, tmp_path_factory) -> dict[str, tuple]:
             **{"MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(directory / "prefect"), **extra}
         )
         result = subprocess.run(
-            tfnn_command(*argv), cwd=directory, env=env, capture_output=True, text=True
+            tfnn_command(*argv), cwd=directory, env=env, capture_output=True, text=True, timeout=600
         )
         return result, fragment, database
 

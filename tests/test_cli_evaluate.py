@@ -25,6 +25,7 @@ def test_evaluate_prints_the_saved_networks_test_metrics(small_mnist_dir, tmp_pa
         env=tfnn_env(),
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = dict(item.split("=") for item in result.stdout.split())

@@ -62,6 +62,7 @@ def check_compose(path: Path) -> subprocess.CompletedProcess:
         [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(path)],
         capture_output=True,
         text=True,
+        timeout=900,
     )
 
 
@@ -166,7 +167,10 @@ def test_env_example_defines_every_variable_and_no_secret_is_committed():
     # Every secret is a placeholder there, one the entrypoint refuses (see below).
     assert {example[variable] for variable in secret_sources().values()} == {PLACEHOLDER}
     ignored = subprocess.run(
-        ["git", "check-ignore", "-q", ".env"], cwd=ROOT, check=False
+        ["git", "check-ignore", "-q", ".env"],
+        cwd=ROOT,
+        check=False,
+        timeout=900,
     ).returncode
     assert ignored == 0, ".env must be git-ignored"
     # Secrets are never interpolated into the file, so `docker inspect` cannot show them.
@@ -264,6 +268,7 @@ def run_entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProc
         env={**clean, **env},
         capture_output=True,
         text=True,
+        timeout=900,
     )
     return result, json.loads(seen.read_text()) if seen.exists() else {}
 
@@ -409,7 +414,9 @@ def test_each_server_owns_its_database_and_migrates_it_without_the_superuser():
             )  # fmt: skip
         deadline = time.monotonic() + 120
         while subprocess.run(
-            [str(programs / "pg_isready"), "-q", "-h", str(home), "-p", str(port)], check=False
+            [str(programs / "pg_isready"), "-q", "-h", str(home), "-p", str(port)],
+            check=False,
+            timeout=900,
         ).returncode:
             assert server.poll() is None, (home / "postgres.log").read_text()
             assert time.monotonic() < deadline, "PostgreSQL did not start"

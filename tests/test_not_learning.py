@@ -24,6 +24,7 @@ def test_a_run_at_chance_is_flagged_and_not_registered(
         env=tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value()),
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert finished.returncode == 1, finished.stderr[-3000:]
     warnings = [line for line in finished.stderr.splitlines() if line.startswith("tfnn: ")]

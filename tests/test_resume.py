@@ -55,6 +55,7 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
         env=env,
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"mlflow run id: {run_id}" in resumed.stdout
@@ -118,6 +119,7 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
             env=env,
             capture_output=True,
             text=True,
+            timeout=900,
         )
         assert first.poll() is None
     finally:
@@ -137,6 +139,7 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
         env=env,
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = MlflowClient()

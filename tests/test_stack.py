@@ -153,7 +153,12 @@ def stack(tmp_path_factory):
 def run(command: list[str], env: dict[str, str], cwd: Path, **extra: str) -> str:
     """Run a command to completion against the stack; return its stdout."""
     result = subprocess.run(
-        command, env={**os.environ, **env, **extra}, cwd=cwd, capture_output=True, text=True
+        command,
+        env={**os.environ, **env, **extra},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, f"{command[:4]} failed:\n{result.stderr[-3000:]}"
     return result.stdout
@@ -182,7 +187,7 @@ def deployments(env) -> dict:
 def refusal(command: list[str], env: dict[str, str], cwd: Path, drop: str) -> str:
     """Run ``command`` without the variable ``drop``; it must be refused in one line."""
     full = {k: v for k, v in {**os.environ, **env}.items() if k != drop}
-    result = subprocess.run(command, env=full, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(command, env=full, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 2, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("tfnn: error: ")]
     assert "Traceback" not in result.stderr

@@ -219,6 +219,7 @@ def test_sigkill_mid_run_with_early_stopping_resumes_to_the_same_stop_and_weight
         env=env,
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run_id)

@@ -1,7 +1,8 @@
 """The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig``.
 
 Exit codes: 0 success, 1 the run failed or learned nothing, 2 input refused before any run
-started (flags, data, model files, unreachable services). Errors are one line on stderr;
+started (flags, data, model files, unreachable services), 130 / 143 interrupted by SIGINT /
+SIGTERM (the MLflow run KILLED, its checkpoints kept). Errors are one line on stderr;
 ``--traceback`` shows the full stack.
 """
 

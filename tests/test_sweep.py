@@ -379,8 +379,9 @@ def test_sweep_on_a_two_process_dask_cluster(
     parent = check_sweep(parent_id, small_mnist_dir, expected, tmp_path)
     assert parent.data.params["activation"] == '["relu", "tanh"]'
     assert parent.data.params["num_configurations"] == "4"
-    assert out[-2].endswith(
-        "FAILED  activation=relu learning_rate=1e+20  NonFiniteLossError: training loss became "
+    # Columns: rank, validation and test accuracy (blank when failed), configuration, error.
+    assert " ".join(out[-2].split()).endswith(
+        "FAILED activation=relu learning_rate=1e+20 NonFiniteLossError: training loss became "
         "nan at epoch 1, step 1: lower the learning rate or check the inputs"
     )
     # Only the best model is registered: the children register nothing themselves.

@@ -333,6 +333,9 @@ def _check_predict(args: argparse.Namespace) -> None:
         except UntrustedModelError as error:
             raise preflight.InputError(str(error)) from None
     preflight.check_tracking()
+    # The command's own server may still be starting: its start-up timeout applies, not the
+    # few seconds a configured server gets to answer.
+    lifetime.wait_for_prefect_server()
     preflight.check_orchestration()
     if not args.model:
         from flows.predict import DEFAULT_MODEL_URI

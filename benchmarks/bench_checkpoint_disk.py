@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from tasks.config import TrainConfig
+from common.config import TrainConfig
 from tasks.tracking import EpochLogger
 from tfnn.data import load_dataset, preprocess
 from tfnn.network import build_mlp

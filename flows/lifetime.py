@@ -167,7 +167,7 @@ def wait_for_prefect_server() -> None:
     """Wait until the private server (if any) answers; raise ``InputError`` if it cannot."""
     from prefect.settings import get_current_settings
 
-    from tasks.preflight import InputError
+    from common.errors import InputError
 
     global _server_ready
     if _server is None or _server_ready:

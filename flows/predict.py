@@ -2,11 +2,11 @@
 
 from prefect import flow
 
-from flows.train import DEFAULT_MODEL_NAME
+from common.config import RunOptions
 from tasks.predict import Predictions, load_digits, predict, write_predictions
 from tasks.registry import CHAMPION_ALIAS
 
-DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
+DEFAULT_MODEL_URI = f"models:/{RunOptions().model_name}@{CHAMPION_ALIAS}"
 
 
 @flow(name="predict-mnist", log_prints=True)

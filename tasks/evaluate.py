@@ -59,3 +59,23 @@ def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
 def _accuracy(network: Sequential, x: np.ndarray, y: np.ndarray) -> float:
     # In float64, as the test accuracy: a float32 mean would differ in the 8th digit.
     return float(np.mean(network.predict(x).numpy().argmax(axis=1) == y.argmax(axis=1)))
+
+
+def evaluate_saved_network(weights_dir: str, data_source: str) -> tuple[float, float]:
+    """The test loss and accuracy of the network saved in ``weights_dir`` (a run's
+    ``weights/`` artifacts) on ``data_source``'s test split; ``InputError`` if the network
+    does not fit the data's pixels and classes."""
+    from common.errors import InputError
+    from tfnn.data import load_dataset, preprocess
+    from tfnn.serialization import load_network
+
+    network = load_network(weights_dir)
+    arrays = load_dataset(data_source)
+    x, y = preprocess(arrays.test_images, arrays.test_labels)
+    shape = (network.input_dim, int(network.layers[-1].w.shape[1]))
+    if shape != (x.shape[1], y.shape[1]):
+        raise InputError(
+            f"{weights_dir}: the network maps {shape[0]} inputs to {shape[1]} outputs but "
+            f"the data has {x.shape[1]} pixels and {y.shape[1]} classes"
+        )
+    return float(network.loss(x, y)), float(network.accuracy(x, y))

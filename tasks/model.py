@@ -2,7 +2,7 @@
 
 from prefect import task
 
-from tasks.config import TrainConfig
+from common.config import TrainConfig
 from tfnn.network import Sequential, build_mlp
 from tfnn.serialization import load_network
 

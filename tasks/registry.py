@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.config import TrainConfig
+from common.config import TrainConfig
 from tasks.data import PreparedData
 
 CHAMPION_ALIAS = "champion"

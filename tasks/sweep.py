@@ -14,8 +14,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks.config import TrainConfig
-from tasks.grid import SweepSpec
+from common.config import TrainConfig
+from common.grid import SweepSpec
 from tasks.tracking import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."

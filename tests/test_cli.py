@@ -157,6 +157,9 @@ def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_
     assert run.info.status == "FAILED"
 
 
+TERMINAL_CODE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def run_on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
     """Run ``command`` with stdout and stderr on a pseudo-terminal: (exit code, output)."""
     controller, terminal = pty.openpty()
@@ -185,8 +188,9 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
         [*command, "--epochs", "2", "--hidden-sizes", "8"], tmp_path, env
     )
     assert code == 0, output
-    # The flow's last words; Prefect only logs its server's shutdown after them.
-    lines = [line.strip() for line in output.splitlines()]
+    # The flow's last words; Prefect only logs its server's shutdown after them. The
+    # progress bar's cursor codes (invisible on a terminal) may precede them on the line.
+    lines = [TERMINAL_CODE.sub("", line).strip() for line in output.splitlines()]
     (printed,) = [i for i, line in enumerate(lines) if RUN_ID_LINE.fullmatch(line)]
     run_id, _ = RUN_ID_LINE.fullmatch(lines[printed]).groups()
     assert METRICS_LINE.fullmatch(lines[printed - 1])

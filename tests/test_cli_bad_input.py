@@ -19,7 +19,7 @@ from conftest import crafted_model, tfnn_command, tfnn_env
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from tasks.config import TrainConfig
+from common.config import TrainConfig
 from tasks.tracking import library_versions
 from tfnn.data import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp

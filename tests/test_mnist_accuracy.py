@@ -30,7 +30,7 @@ def train_like_the_notebook(mnist, initializer: str, seed: int):
 
 
 def test_the_default_run_reaches_0_94(mnist):
-    # The pipeline's defaults: He-normal weights and seed 42 (tasks.config.TrainConfig).
+    # The pipeline's defaults: He-normal weights and seed 42 (common.config.TrainConfig).
     network, history = train_like_the_notebook(mnist, "he_normal", seed=42)
     predicted = network.predict(mnist[1][0]).numpy().argmax(1)
     accuracy = np.mean(predicted == mnist[1][1].argmax(1))

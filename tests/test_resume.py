@@ -14,7 +14,7 @@ from conftest import EPOCH_METRICS, tfnn_command, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from tasks.config import TrainConfig
+from common.config import TrainConfig
 from tasks.tracking import (
     LEASE_TAG,
     WEIGHTS_TAG,

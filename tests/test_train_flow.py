@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from common.config import RunOptions, TrainConfig
 from flows.train import TrainResult, train_flow
-from tasks.config import TrainConfig
 from tfnn.data import load_mnist_idx, preprocess
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD
@@ -93,7 +93,7 @@ def run(prefect_harness, small_mnist_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_mlflow_store(monkeypatch, directory)
         monkeypatch.setenv("TFNN_KEEP_CHECKPOINTS", "2")
-        state = train_flow(config, experiment="e2e", return_state=True)
+        state = train_flow(config, RunOptions(experiment="e2e"), return_state=True)
         result = state.result()
         client = MlflowClient()
         arrays = load_mnist_idx(small_mnist_dir)
@@ -317,7 +317,7 @@ def test_prefect_flow_run_and_mlflow_run_point_at_each_other(run):
 
 def failed_run(config: TrainConfig):
     """Run the flow expecting failure: (Prefect state, MLflow run, local checkpoint dir)."""
-    state = train_flow(config, experiment="failures", return_state=True)
+    state = train_flow(config, RunOptions(experiment="failures"), return_state=True)
     client = MlflowClient()
     (mlflow_run,) = client.search_runs(
         [client.get_experiment_by_name("failures").experiment_id],

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.config import TrainConfig, check_utf8
+from common.config import TrainConfig, check_utf8
+from common.errors import InputError, one_line
 from tasks.locking import exclusive_lock
 from tfnn.data import (
     DataError,
@@ -23,10 +24,6 @@ from tfnn.data import (
     load_idx_labels,
     validation_split,
 )
-
-
-class InputError(ValueError):
-    """Input refused before any run started; the message names the problem and the way out."""
 
 
 @contextmanager
@@ -143,8 +140,6 @@ def _sqlite_file(uri: str) -> Path | None:
 def _open_store(database: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line
-
     try:
         with _quiet("mlflow", "alembic"):
             client = MlflowClient()
@@ -152,7 +147,8 @@ def _open_store(database: Path) -> None:
             client.search_registered_models(max_results=1)  # the registry's own store
     except Exception as error:  # alembic, SQLAlchemy and MLflow errors alike
         raise InputError(
-            f"MLflow store {database} cannot be opened ({one_line(error)}); move it aside or "
+            f"MLflow store {database} cannot be opened ({one_line(error, typed=True)}); "
+            "move it aside or "
             "set MLFLOW_TRACKING_URI"
         ) from None
 
@@ -161,7 +157,7 @@ def _ask_tracking_server(uri: str) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line  # also caps MLflow's own HTTP retries
+    import tasks.tracking  # noqa: F401 - caps MLflow's own HTTP retries
 
     quick = {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
@@ -179,7 +175,8 @@ def _ask_tracking_server(uri: str) -> None:
             ) from None
         raise InputError(
             f"MLflow tracking at {uri} is unreachable or did not answer within "
-            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error, typed=True)}); "
+            "start it or set MLFLOW_TRACKING_URI"
         ) from None
 
 
@@ -209,8 +206,6 @@ def check_orchestration() -> None:
         temporary_settings,
     )
 
-    from tasks.tracking import one_line
-
     url = PREFECT_API_URL.value()
     if not url:
         return
@@ -220,7 +215,7 @@ def check_orchestration() -> None:
     if error is not None:
         raise InputError(
             f"Prefect API at {url} is unreachable or did not answer within "
-            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); "
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error, typed=True)}); "
             "start it (prefect server start) or unset PREFECT_API_URL"
         )
     check_orchestration_login(url)
@@ -273,6 +268,28 @@ def check_predict_inputs(images: list[str], labels: str | None, output: str) -> 
         ) from None
 
 
+def check_predict(
+    images: list[str], labels: str | None, output: str, model_uri: str, trust_model: bool
+) -> None:
+    """Refuse unreadable images or labels, an unwritable output, an untrusted model URI and
+    a model the tracking server does not have before the flow starts."""
+    from flows import lifetime
+    from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
+
+    check_predict_inputs(images, labels, output)
+    try:
+        check_model_uri(model_uri, trust_model)
+    except UntrustedModelError as error:
+        raise InputError(str(error)) from None
+    check_tracking()
+    # The command's own server may still be starting: its start-up timeout applies, not the
+    # few seconds a configured server gets to answer.
+    lifetime.wait_for_prefect_server()
+    check_orchestration()
+    if is_tracked_model_uri(model_uri):
+        check_model(model_uri)
+
+
 def check_model(model_uri: str) -> None:
     """Check that the registered version, alias, logged model or run that ``model_uri``
     names exists on the tracking server."""
@@ -280,8 +297,6 @@ def check_model(model_uri: str) -> None:
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
     from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
-
-    from tasks.tracking import one_line
 
     client = MlflowClient()
     try:
@@ -296,7 +311,8 @@ def check_model(model_uri: str) -> None:
                     client.get_model_version(*found)
     except MlflowException as error:
         raise InputError(
-            f"--model {model_uri}: not found on the tracking server ({one_line(error)}); "
+            f"--model {model_uri}: not found on the tracking server "
+            f"({one_line(error, typed=True)}); "
             "name a registered model version or alias, a logged model or a run"
         ) from None
 
@@ -335,12 +351,11 @@ def _resumed_run(run_id: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line
-
     check_tracking()  # the run's store may not exist yet, or be unreachable
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as error:
         raise InputError(
-            f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} ({one_line(error)})"
+            f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} "
+            f"({one_line(error, typed=True)})"
         ) from None

@@ -2,14 +2,13 @@
 main job on embedded defaults (a local MLflow store and Prefect's ephemeral server)."""
 
 import os
-import pty
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import tfnn_command, tfnn_env
+from conftest import TERMINAL_CODE, run_on_a_terminal, tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -155,27 +154,6 @@ def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("tfnn-mnist").experiment_id])
     assert run.info.status == "FAILED"
-
-
-TERMINAL_CODE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def run_on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
-    """Run ``command`` with stdout and stderr on a pseudo-terminal: (exit code, output)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal closes when the process exits
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
-    return process.wait(timeout=600), output.decode(errors="replace")
 
 
 def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):

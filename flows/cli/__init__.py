@@ -46,7 +46,7 @@ def _error_line(error: BaseException) -> str:
 
     if isinstance(error, ValidationError):
         return f"tfnn: error: {describe_validation_error(error)}"
-    return f"tfnn: error: {one_line(error)}"
+    return f"tfnn: error: {one_line(error, typed=False)}"
 
 
 def read_inputs(args: argparse.Namespace, recorded: dict[str, str] | None = None) -> Inputs:

@@ -147,7 +147,7 @@ def _open_store(database: Path) -> None:
             client.search_registered_models(max_results=1)  # the registry's own store
     except Exception as error:  # alembic, SQLAlchemy and MLflow errors alike
         raise InputError(
-            f"MLflow store {database} cannot be opened ({one_line(error, typed=True)}); "
+            f"MLflow store {database} cannot be opened ({one_line(error)}); "
             "move it aside or "
             "set MLFLOW_TRACKING_URI"
         ) from None
@@ -175,7 +175,7 @@ def _ask_tracking_server(uri: str) -> None:
             ) from None
         raise InputError(
             f"MLflow tracking at {uri} is unreachable or did not answer within "
-            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error, typed=True)}); "
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); "
             "start it or set MLFLOW_TRACKING_URI"
         ) from None
 
@@ -215,7 +215,7 @@ def check_orchestration() -> None:
     if error is not None:
         raise InputError(
             f"Prefect API at {url} is unreachable or did not answer within "
-            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error, typed=True)}); "
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); "
             "start it (prefect server start) or unset PREFECT_API_URL"
         )
     check_orchestration_login(url)
@@ -312,7 +312,7 @@ def check_model(model_uri: str) -> None:
     except MlflowException as error:
         raise InputError(
             f"--model {model_uri}: not found on the tracking server "
-            f"({one_line(error, typed=True)}); "
+            f"({one_line(error)}); "
             "name a registered model version or alias, a logged model or a run"
         ) from None
 
@@ -356,6 +356,5 @@ def _resumed_run(run_id: str):
         return MlflowClient().get_run(run_id)
     except MlflowException as error:
         raise InputError(
-            f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} "
-            f"({one_line(error, typed=True)})"
+            f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} ({one_line(error)})"
         ) from None

@@ -30,6 +30,9 @@ from tfnn.names import (
 )
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
+# The defaults of the other commands' own flags, shared with their flows.
+COMPARED_ACTIVATIONS = ("relu", "tanh")  # the notebook's second experiment
+PREDICTIONS_FILE = "predictions.csv"
 
 
 def default_data_source() -> str:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from common.config import RunOptions, TrainConfig
+from common.config import COMPARED_ACTIVATIONS, RunOptions, TrainConfig
 from flows.train import TrainResult, train_flow
 from tasks.plots import plot_comparison
 from tasks.tracking import log_artifact, tracked_run
@@ -13,7 +13,7 @@ from tasks.tracking import log_artifact, tracked_run
 @flow(name="compare-activations", log_prints=True)
 def compare_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
-    activations: tuple[str, ...] = ("relu", "tanh"),
+    activations: tuple[str, ...] = COMPARED_ACTIVATIONS,
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
 ) -> dict[str, TrainResult]:
     """Train one child run per activation under one parent MLflow run, and plot them together;

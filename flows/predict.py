@@ -2,7 +2,7 @@
 
 from prefect import flow
 
-from common.config import RunOptions
+from common.config import PREDICTIONS_FILE, RunOptions
 from tasks.predict import Predictions, load_digits, predict, write_predictions
 from tasks.registry import CHAMPION_ALIAS
 
@@ -12,7 +12,7 @@ DEFAULT_MODEL_URI = f"models:/{RunOptions().model_name}@{CHAMPION_ALIAS}"
 @flow(name="predict-mnist", log_prints=True)
 def predict_flow(
     images: list[str],
-    output: str = "predictions.csv",
+    output: str = PREDICTIONS_FILE,
     model_uri: str = DEFAULT_MODEL_URI,
     labels: str | None = None,
     trust_model: bool = False,

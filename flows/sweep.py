@@ -15,7 +15,7 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from common.config import RunOptions, TrainConfig
-from common.grid import SweepSpec
+from common.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.sweep import (
@@ -27,8 +27,6 @@ from tasks.sweep import (
     tag_best,
 )
 from tasks.tracking import log_artifact, tracked_run
-
-DEFAULT_MAX_CONCURRENCY = 2
 
 
 class SweepFailedError(RuntimeError):

@@ -85,8 +85,9 @@ def schedule(args: argparse.Namespace, inputs: Inputs) -> list[str]:
 def sweep(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     import os
 
+    from common.grid import DEFAULT_MAX_CONCURRENCY
     from flows.cli.parser import DASK_ADDRESS_ENV
-    from flows.sweep import DEFAULT_MAX_CONCURRENCY, sweep_flow, sweep_task_runner
+    from flows.sweep import sweep_flow, sweep_task_runner
 
     explicit = args.dask_workers or args.max_concurrency
     runner = sweep_task_runner(

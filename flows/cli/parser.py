@@ -9,7 +9,8 @@ import argparse
 
 from pydantic import BaseModel
 
-from common.config import RunOptions, TrainConfig
+from common.config import COMPARED_ACTIVATIONS, PREDICTIONS_FILE, RunOptions, TrainConfig
+from common.grid import DEFAULT_MAX_CONCURRENCY
 from flows.crons import default_crons, is_valid_cron
 
 EXIT_USAGE = 2
@@ -140,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
             _add_config_flags(subparsers[command])
             _add_option_flags(subparsers[command], OPTIONS[command])
     subparsers["compare"].add_argument(
-        "--activations", default="relu,tanh", help="comma-separated (default: relu,tanh)"
+        "--activations",
+        default=",".join(COMPARED_ACTIVATIONS),
+        help=f"comma-separated (default: {','.join(COMPARED_ACTIVATIONS)})",
     )
     _add_schedule_flags(subparsers["schedule"])
     _add_sweep_flags(subparsers["sweep"])
@@ -233,7 +236,8 @@ def _add_sweep_flags(sweep: argparse.ArgumentParser) -> None:
         "--max-concurrency",
         type=_positive_int,
         metavar="K",
-        help="without Dask: configurations trained at once in this process (default: 2)",
+        help="without Dask: configurations trained at once in this process "
+        f"(default: {DEFAULT_MAX_CONCURRENCY})",
     )
     model_name = RunOptions().model_name
     sweep.add_argument(
@@ -251,7 +255,11 @@ def _add_predict_flags(predict: argparse.ArgumentParser) -> None:
         "--images", nargs="+", required=True, help="PNG files and/or an IDX image file"
     )
     predict.add_argument("--labels", help="IDX label file: print the accuracy")
-    predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
+    predict.add_argument(
+        "--output",
+        default=PREDICTIONS_FILE,
+        help=f"CSV file to write (default: {PREDICTIONS_FILE})",
+    )
     predict.add_argument(
         "--trust-model",
         action="store_true",

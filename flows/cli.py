@@ -256,13 +256,14 @@ def _add_evaluate_command(commands) -> None:
 
 def _evaluate(args: argparse.Namespace) -> list[str]:
     """The test loss and accuracy of a saved network."""
+    from common.data_source import load_source
     from tasks.config import default_data_source
     from tasks.preflight import InputError
-    from tfnn.data import load_dataset, preprocess
+    from tfnn.preprocessing import preprocess
     from tfnn.serialization import load_network
 
     network = load_network(args.weights)
-    arrays = load_dataset(args.data_source or default_data_source())
+    arrays = load_source(args.data_source or default_data_source())
     x, y = preprocess(arrays.test_images, arrays.test_labels)
     shape = (network.input_dim, int(network.layers[-1].w.shape[1]))
     if shape != (x.shape[1], y.shape[1]):
@@ -499,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _sweep(args)
     from tasks import preflight
     from tasks.config import describe_validation_error
-    from tfnn.data import DataError
+    from tfnn.errors import DataError
 
     config, activations = None, ()
     resume = getattr(args, "resume", None)

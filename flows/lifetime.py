@@ -30,6 +30,8 @@ from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from flows import timings
+
 # The environment Prefect gives its ephemeral server: no UI, ephemeral-mode services.
 _SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",
@@ -220,6 +222,7 @@ def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
             return 128 + signum
         finally:
             stop_prefect_server()
+            timings.mark("stopped")
             signal.signal(signal.SIGTERM, previous)
 
     return guarded

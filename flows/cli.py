@@ -312,9 +312,7 @@ def _check_inputs(args: argparse.Namespace, config) -> None:
     preflight.check_output_dir(args.output_dir)
     preflight.check_tracking()
     timings.mark("mlflow_ready")
-    lifetime.wait_for_prefect_server()
-    preflight.check_orchestration()
-    timings.mark("prefect_ready")
+    lifetime.check_prefect_api()
     if getattr(args, "resume", None):
         preflight.check_resume(args.resume, config, args.experiment, args.takeover)
     elif getattr(args, "takeover", False):
@@ -337,8 +335,7 @@ def _check_predict(args: argparse.Namespace) -> None:
     preflight.check_tracking()
     # The command's own server may still be starting: its start-up timeout applies, not the
     # few seconds a configured server gets to answer.
-    lifetime.wait_for_prefect_server()
-    preflight.check_orchestration()
+    lifetime.check_prefect_api()
     if not args.model:
         from flows.predict import DEFAULT_MODEL_URI
 

@@ -134,11 +134,17 @@ def start_prefect_server() -> None:
     """Start a private Prefect server and point this process (and its children) at it, unless
     a Prefect API is configured already."""
     global _server
+    if _server is not None or os.environ.get("PREFECT_API_URL"):
+        return
+    # Started before this process imports Prefect (seconds) to read its settings: the server
+    # boots meanwhile. A URL from a profile or a settings file stops it again at once.
+    server = PrefectServer()
     from prefect.settings import get_current_settings
 
-    if _server is not None or get_current_settings().api.url:
+    if get_current_settings().api.url:
+        server.stop()
         return
-    _server = PrefectServer()
+    _server = server
     # The environment reaches threads that Prefect starts outside this context and child
     # processes (Dask workers, `serve`'s flow runs); the settings reach this thread.
     os.environ["PREFECT_API_URL"] = _server.url
@@ -180,6 +186,19 @@ def wait_for_prefect_server() -> None:
     except RuntimeError as error:
         raise InputError(str(error)) from None
     _server_ready = True
+
+
+def check_prefect_api() -> None:
+    """Refuse (``InputError``) a Prefect API that does not answer: the private server gets its
+    start-up timeout; a configured one, the preflight's quick health and login checks. The
+    private server's own health check is enough: asking it again costs a second."""
+    from tasks.preflight import check_orchestration
+
+    if _server is not None:
+        wait_for_prefect_server()
+    else:
+        check_orchestration()
+    timings.mark("prefect_ready")
 
 
 def _on_sigterm(signum: int, frame) -> None:

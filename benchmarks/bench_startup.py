@@ -2,7 +2,7 @@
 script doing the same training.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_startup.py [--repeat 3] [--root DIR]
-        [--data-dir DIR] [--no-train]
+        [--data-dir DIR] [--no-train] [--baseline DIR]
 
 Part one: ``--help``, ``--version`` and a refusal (the median of ``--repeat`` runs) beside
 ``python -c "import tensorflow"``; they import none of TensorFlow, MLflow or Prefect.
@@ -15,7 +15,9 @@ default configuration, side by side in one run,
   ``PREFECT_HOME``, the local MLflow store, the command's own Prefect server);
 - the same against a ``prefect server start`` and an ``mlflow server`` this script starts
   on loopback ports (and stops at the end), through ``PREFECT_API_URL`` and
-  ``MLFLOW_TRACKING_URI``.
+  ``MLFLOW_TRACKING_URI``;
+- with ``--baseline DIR``, both commands of that checkout as well (before and after a
+  change, measured under the same load).
 
 Targets (issue 11): embedded at most 2.0x the bare script, servers at most 1.6x. Each
 command writes the times of its phases (``TFNN_TIMINGS``, see ``flows.timings``), printed
@@ -189,7 +191,9 @@ def print_breakdown(name: str, phases: dict[str, float]) -> None:
             print(f"    {label:<36}{phases[last] - phases[first]:>7.2f} s")
 
 
-def bench_training(root: Path, data_dir: Path, env: dict[str, str], scratch: Path) -> None:
+def bench_training(
+    root: Path, baseline: Path | None, data_dir: Path, env: dict[str, str], scratch: Path
+) -> None:
     sys.path.insert(0, str(root))
     from tasks.config import TrainConfig  # pydantic only: no TensorFlow here
 
@@ -197,30 +201,43 @@ def bench_training(root: Path, data_dir: Path, env: dict[str, str], scratch: Pat
     command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(data_dir)]
     command += ["--epochs", "1"]
     env = {k: v for k, v in env.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    # The checkouts whose command is timed, each in its own directory and Prefect home.
+    checkouts = {"": root} | ({" (baseline)": baseline} if baseline else {})
     results: dict[str, tuple[float, dict[str, float]]] = {}
     (scratch / "bare").mkdir()
     bare = [sys.executable, "-c", BARE, str(data_dir), json.dumps(config)]
     results["bare script (tfnn.fit)"] = timed_run(bare, env, scratch / "bare")
     # Embedded: the local SQLite store in a fresh working directory, a fresh Prefect home.
-    (scratch / "embedded").mkdir()
-    embedded_env = {**env, "PREFECT_HOME": str(scratch / "embedded" / "prefect")}
-    results["tfnn train, embedded"] = timed_run(command, embedded_env, scratch / "embedded")
+    for suffix, checkout in checkouts.items():
+        work = scratch / f"embedded{suffix.strip(' ()')}"
+        work.mkdir()
+        embedded_env = {**env, "PYTHONPATH": str(checkout), "PREFECT_HOME": str(work / "prefect")}
+        results["tfnn train, embedded" + suffix] = timed_run(command, embedded_env, work)
     with ExitStack() as stack:
         (scratch / "servers").mkdir()
         served = start_servers(stack, scratch / "servers", env)
-        served["PREFECT_HOME"] = str(scratch / "servers" / "prefect-client")
-        results["tfnn train, servers"] = timed_run(command, served, scratch / "servers")
+        for suffix, checkout in checkouts.items():
+            work = scratch / f"servers{suffix.strip(' ()')}"
+            work.mkdir(exist_ok=True)
+            client_env = {**served, "PYTHONPATH": str(checkout)}
+            client_env["PREFECT_HOME"] = str(work / "prefect-client")
+            results["tfnn train, servers" + suffix] = timed_run(command, client_env, work)
     reference = results["bare script (tfnn.fit)"][0]
-    targets = {"tfnn train, embedded": 2.0, "tfnn train, servers": 1.6}
+    targets = {"embedded": 2.0, "servers": 1.6}
     print(f"\none epoch of the default configuration on {data_dir}")
+    if baseline:
+        print(f"baseline checkout: {baseline}")
     # CPU seconds vary less with the machine's load than wall seconds do.
-    print(f"{'command':<32}{'seconds':>9}{'/ bare':>9}{'target':>9}{'CPU s':>9}")
+    print(f"{'command':<36}{'seconds':>9}{'/ bare':>9}{'target':>9}{'CPU s':>9}")
     for name, (took, phases) in results.items():
-        target = f"{targets[name]:.1f}" if name in targets else ""
-        print(f"{name:<32}{took:>9.2f}{took / reference:>9.2f}{target:>9}{phases['cpu']:>9.1f}")
+        mode = name.split(", ")[-1].split()[0]
+        target = f"{targets[mode]:.1f}" if mode in targets else ""
+        print(f"{name:<36}{took:>9.2f}{took / reference:>9.2f}{target:>9}{phases['cpu']:>9.1f}")
     print("breakdown (from the command's TFNN_TIMINGS):")
-    for name in targets:
-        print_breakdown(name, results[name][1])
+    for name, (_, phases) in results.items():
+        if name.startswith("tfnn"):
+            print_breakdown(name, phases)
+    print(f"load at the end: {os.getloadavg()[0]:.2f} (1 min)")
 
 
 def main() -> None:
@@ -229,6 +246,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("TFNN_DATA_DIR"))
     parser.add_argument("--no-train", action="store_true", help="only the quick commands")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose train command is timed alongside"
+    )
     args = parser.parse_args()
     root = args.root.resolve()
     with tempfile.TemporaryDirectory() as scratch:
@@ -251,7 +271,8 @@ def main() -> None:
             sys.exit("the training comparison needs --data-dir DIR (or $TFNN_DATA_DIR)")
         # The commands run in the scratch directory: PYTHONPATH must find the checkout.
         shutil.rmtree(f"{scratch}/prefect", ignore_errors=True)
-        bench_training(root, args.data_dir.resolve(), env, Path(scratch))
+        baseline = args.baseline.resolve() if args.baseline else None
+        bench_training(root, baseline, args.data_dir.resolve(), env, Path(scratch))
 
 
 if __name__ == "__main__":

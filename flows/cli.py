@@ -490,6 +490,8 @@ _CHECKED = {"train", "compare", "retrain", "schedule"}
 
 @lifetime.handles_interrupts
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line: this process is the command
+        lifetime.exit_without_finalizing()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     # The ephemeral server's telemetry heartbeat races the flow for its SQLite database
     # and logs "database is locked" tracebacks; a user's own setting still wins.

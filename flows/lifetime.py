@@ -15,7 +15,9 @@ line and exits 128 + the signal number.
 Run as ``python -m flows.lifetime SOCKET_FD PIPE_FD PARENT_PID``, this module is that server.
 """
 
+import atexit
 import functools
+import logging
 import os
 import re
 import select
@@ -42,6 +44,7 @@ _START_LOCK = "tfnn-server-start.lock"
 _STOP_SECONDS = 5.0
 _server: "PrefectServer | None" = None
 _server_ready = False
+_exit_code: int | None = None  # what the command's main returned
 
 
 class PrefectServer:
@@ -228,9 +231,11 @@ def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:
+        global _exit_code
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return main(*args, **kwargs)
+            _exit_code = main(*args, **kwargs)
+            return _exit_code
         except BaseException as error:
             signum = _interrupt_signal(error)
             if signum is None:
@@ -238,13 +243,34 @@ def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
             runs = "; ".join(getattr(error, "__notes__", [])) or "no run was started"
             name = signal.Signals(signum).name
             print(f"tfnn: interrupted by {name}: {runs}", file=sys.stderr)
-            return 128 + signum
+            _exit_code = 128 + signum
+            return _exit_code
         finally:
             stop_prefect_server()
             timings.mark("stopped")
             signal.signal(signal.SIGTERM, previous)
 
     return guarded
+
+
+def exit_without_finalizing() -> None:
+    """Once the command has returned its exit code, Python has joined its threads and run
+    every exit handler registered after this call (MLflow's, Prefect's log and event workers'
+    drains, temporary directories' clean-up), end the process there: the interpreter's
+    finalization, tearing down TensorFlow's and everyone's modules object by object, takes
+    seconds and leaves nothing behind that matters. Call it first thing, and only in the
+    process the command owns (not when a test calls ``main`` in its own process)."""
+    atexit.register(_end_now)
+
+
+def _end_now() -> None:
+    if _exit_code is None:  # an exception escaped main: Python reports it and ends as usual
+        return
+    logging.shutdown()  # registered before this: it would have run after
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(_exit_code)
 
 
 def _die_with_parent(parent: int) -> None:

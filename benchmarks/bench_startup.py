@@ -51,7 +51,7 @@ COMMANDS = {
 # started the process and "end" when it ended.
 PHASES = (
     ("interpreter, flags", "start", "parsed"),
-    ("import TensorFlow", "parsed", "tensorflow"),
+    ("start server, import TensorFlow", "parsed", "tensorflow"),
     ("data checked, MLflow store ready", "tensorflow", "mlflow_ready"),
     ("Prefect API ready", "mlflow_ready", "prefect_ready"),
     ("import the flow (Prefect, MLflow)", "prefect_ready", "flow_imported"),

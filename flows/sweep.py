@@ -18,11 +18,11 @@ from common.config import RunOptions, TrainConfig
 from common.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
+from tasks.registry import register_model
 from tasks.sweep import (
     portable_tracking_uri,
     prepare_worker,
     rank_configurations,
-    register_model,
     sweep_params,
     tag_best,
 )
@@ -119,5 +119,5 @@ def sweep_flow(
         model_uri = finished[best["configuration"]].model_uri
         tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
         if options.register_model:
-            register_model(model_uri, options.model_name)
+            register_model(options.model_name, model_uri, best["run_id"])
     return SweepResult(parent_id, ranking, outcomes)

@@ -14,9 +14,10 @@ from prefect.client.orchestration import get_client
 
 from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD
+from tfnn.preprocessing import preprocess
 from tfnn.serialization import TrainingCheckpoint
 from tfnn.training import fit
 

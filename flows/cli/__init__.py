@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flows import lifetime
+from flows import lifetime, timings
 from flows.cli.commands import HANDLERS, DidNotLearn, Inputs
 from flows.cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
 from flows.cli.parser import OPTIONS, build_parser, given_fields
@@ -30,11 +30,11 @@ def _refusals() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from common.errors import InputError
+    from tfnn.errors import DataError
 
-    kinds = [ValidationError, InputError]
-    for module, name in (("tfnn.data", "DataError"), ("tfnn.serialization", "ModelFileError")):
-        if module in sys.modules:
-            kinds.append(getattr(sys.modules[module], name))
+    kinds = [ValidationError, InputError, DataError]
+    if "tfnn.serialization" in sys.modules:  # it imports TensorFlow
+        kinds.append(sys.modules["tfnn.serialization"].ModelFileError)
     return tuple(kinds)
 
 
@@ -117,8 +117,8 @@ def check_inputs(args: argparse.Namespace, inputs: Inputs) -> Inputs:
         preflight.check_data(inputs.config)
         preflight.check_output_dir(inputs.options.output_dir)
         preflight.check_tracking()
-        lifetime.wait_for_prefect_server()
-        preflight.check_orchestration()
+        timings.mark("mlflow_ready")
+        lifetime.check_prefect_api()
         if resume:
             # A resumed run stays in its own experiment unless one is named.
             preflight.check_resume(resume, inputs.config, args.experiment, inputs.options.takeover)
@@ -133,7 +133,10 @@ def check_inputs(args: argparse.Namespace, inputs: Inputs) -> Inputs:
 
 @lifetime.handles_interrupts
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line: this process is the command
+        lifetime.exit_without_finalizing()
     args = build_parser().parse_args(argv)
+    timings.mark("parsed")
     set_output_environment(args.verbose)
     # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs
     # nothing. A resumed run's configuration needs its MLflow run, so it is checked later.
@@ -145,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "evaluate":  # it starts while the rest imports and checks the input
         lifetime.start_prefect_server()
     start_tensorflow_quietly()
-    import tfnn.data
-    import tfnn.serialization  # noqa: F401 - its ModelFileError too
+    timings.mark("tensorflow")
+    import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
 
     try:
         inputs = check_inputs(args, inputs)
@@ -160,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_tracebacks()
     try:
         lines = HANDLERS[args.command](args, inputs)
+        timings.mark("flow_done")
     except DidNotLearn as flagged:
         print("\n".join(flagged.lines))
         for warning in flagged.warnings:

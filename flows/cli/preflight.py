@@ -13,17 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common.config import TrainConfig, check_utf8
+from common.data_source import check_tfds_source, load_source
 from common.errors import InputError, one_line
 from tasks.locking import exclusive_lock
-from tfnn.data import (
-    DataError,
-    check_png,
-    check_tfds_source,
-    load_dataset,
-    load_idx_images,
-    load_idx_labels,
-    validation_split,
-)
+from tfnn.errors import DataError
+from tfnn.idx import load_idx_images, load_idx_labels
+from tfnn.png import check_png
+from tfnn.preprocessing import validation_split
 
 
 @contextmanager
@@ -56,7 +52,7 @@ def check_data(config: TrainConfig) -> None:
     if config.data_source.startswith("tfds:"):
         check_tfds_source(config.data_source.removeprefix("tfds:"))
         return
-    examples = len(load_dataset(config.data_source).train_labels)
+    examples = len(load_source(config.data_source).train_labels)
     train_rows, validation_rows = validation_split(examples, config.validation_fraction)
     if config.validation_fraction > 0 and len(validation_rows) == 0:
         raise InputError(
@@ -103,8 +99,9 @@ def check_tracking() -> None:
     ``$TFNN_TRACKING_RETRY_SECONDS``."""
     import mlflow
 
-    from tasks.tracking import retry_seconds
+    from common.mlflow_client import cap_http_retries, retry_seconds
 
+    cap_http_retries()
     try:
         retry_seconds()
     except ValueError as error:
@@ -156,8 +153,6 @@ def _open_store(database: Path) -> None:
 def _ask_tracking_server(uri: str) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    import tasks.tracking  # noqa: F401 - caps MLflow's own HTTP retries
 
     quick = {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
@@ -284,8 +279,7 @@ def check_predict(
     check_tracking()
     # The command's own server may still be starting: its start-up timeout applies, not the
     # few seconds a configured server gets to answer.
-    lifetime.wait_for_prefect_server()
-    check_orchestration()
+    lifetime.check_prefect_api()
     if is_tracked_model_uri(model_uri):
         check_model(model_uri)
 
@@ -327,10 +321,10 @@ def check_resume(
 ) -> None:
     """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, was
     started with ``config`` and this machine's library versions, and is not held by a live
-    process (unless ``takeover``), as resuming it will."""
+    process (unless ``takeover``); the flow then reopens it without checking it again."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import ResumeError, check_resumable, library_versions
+    from common.runs import ResumeError, check_run_to_resume
 
     run = _resumed_run(run_id)
     if experiment is not None:
@@ -341,9 +335,13 @@ def check_resume(
                 "leave out --experiment to resume it where it is"
             )
     try:
-        check_resumable(run, {**config.as_params(), **library_versions()}, takeover)
+        check_run_to_resume(run, config.as_params(), takeover)
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
+
+
+# The command reads a resumed run once: for its configuration and for its checks.
+_resumed_runs: dict = {}
 
 
 def _resumed_run(run_id: str):
@@ -351,10 +349,13 @@ def _resumed_run(run_id: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    if run_id in _resumed_runs:
+        return _resumed_runs[run_id]
     check_tracking()  # the run's store may not exist yet, or be unreachable
     try:
-        return MlflowClient().get_run(run_id)
+        run = _resumed_runs[run_id] = MlflowClient().get_run(run_id)
     except MlflowException as error:
         raise InputError(
             f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} ({one_line(error)})"
         ) from None
+    return run

@@ -76,3 +76,6 @@ def quiet_tracebacks() -> None:
     for logger in loggers:
         for handler in getattr(logger, "handlers", ()):  # placeholders have none
             handler.addFilter(_NoTracebacks())
+    # Prefect may configure its handlers again later; the run loggers keep their filters.
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebacks())

@@ -62,7 +62,8 @@ PHASES = (
 BARE = """
 import sys, json
 import tfnn
-from tfnn.data import load_dataset, preprocess, validation_split
+from tfnn.mnist import load_dataset
+from tfnn.preprocessing import preprocess, validation_split
 from tfnn.optimizers import SGD
 
 c = json.loads(sys.argv[2])
@@ -195,7 +196,7 @@ def bench_training(
     root: Path, baseline: Path | None, data_dir: Path, env: dict[str, str], scratch: Path
 ) -> None:
     sys.path.insert(0, str(root))
-    from tasks.config import TrainConfig  # pydantic only: no TensorFlow here
+    from common.config import TrainConfig  # pydantic only: no TensorFlow here
 
     config = TrainConfig().model_dump(mode="json")
     command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(data_dir)]

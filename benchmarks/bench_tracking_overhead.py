@@ -45,8 +45,8 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
-from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.model import fit_arguments, network_for
 from tfnn.training import fit
@@ -78,7 +78,9 @@ def bare_run(config: TrainConfig, data) -> tuple[float, float]:
 
 def tracked_run(config: TrainConfig, directory: Path) -> tuple[float, float]:
     """(logged epoch_seconds per epoch, train task's wall per epoch) of the tracked flow."""
-    state = train_flow(config, experiment="bench", output_dir=str(directory), return_state=True)
+    state = train_flow(
+        config, RunOptions(experiment="bench", output_dir=str(directory)), return_state=True
+    )
     result = state.result()
     logged = [m.value for m in MlflowClient().get_metric_history(result.run_id, "epoch_seconds")]
     with get_client(sync_client=True) as prefect:

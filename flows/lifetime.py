@@ -178,7 +178,7 @@ def wait_for_prefect_server() -> None:
     """Wait until the private server (if any) answers; raise ``InputError`` if it cannot."""
     from prefect.settings import get_current_settings
 
-    from tasks.preflight import InputError
+    from common.errors import InputError
 
     global _server_ready
     if _server is None or _server_ready:
@@ -195,7 +195,7 @@ def check_prefect_api() -> None:
     """Refuse (``InputError``) a Prefect API that does not answer: the private server gets its
     start-up timeout; a configured one, the preflight's quick health and login checks. The
     private server's own health check is enough: asking it again costs a second."""
-    from tasks.preflight import check_orchestration
+    from flows.cli.preflight import check_orchestration
 
     if _server is not None:
         wait_for_prefect_server()

@@ -2,17 +2,17 @@
 
 from prefect import flow
 
-from flows.train import DEFAULT_MODEL_NAME
+from common.config import PREDICTIONS_FILE, RunOptions
 from tasks.predict import Predictions, load_digits, predict, write_predictions
 from tasks.registry import CHAMPION_ALIAS
 
-DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
+DEFAULT_MODEL_URI = f"models:/{RunOptions().model_name}@{CHAMPION_ALIAS}"
 
 
 @flow(name="predict-mnist", log_prints=True)
 def predict_flow(
     images: list[str],
-    output: str = "predictions.csv",
+    output: str = PREDICTIONS_FILE,
     model_uri: str = DEFAULT_MODEL_URI,
     labels: str | None = None,
     trust_model: bool = False,

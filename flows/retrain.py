@@ -1,10 +1,9 @@
 """The retrain flow: train a challenger and move the ``champion`` alias only if it wins."""
 
 from prefect import flow
-from pydantic import NonNegativeFloat
 
-from flows.train import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, DEFAULT_OUTPUT_DIR, train_flow
-from tasks.config import TrainConfig
+from common.config import RunOptions, TrainConfig
+from flows.train import train_flow
 from tasks.data import load_data, prepare_data
 from tasks.registry import (
     Decision,
@@ -20,19 +19,16 @@ from tasks.reporting import publish_decision
 @flow(name="retrain-mnist", log_prints=True)
 def retrain_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
-    model_name: str = DEFAULT_MODEL_NAME,
-    margin: NonNegativeFloat = 0.0,
-    warm_start: bool = False,
-    experiment: str = DEFAULT_EXPERIMENT,
-    output_dir: str = DEFAULT_OUTPUT_DIR,
+    options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
 ) -> Decision:
-    """Train a challenger (fresh, or from the champion's weights with ``warm_start``), score
-    it and the champion on the same validation examples of the current data, and promote it
-    only if its validation accuracy is higher by at least ``margin``. With nothing new since
-    the last decision it trains nothing."""
+    """Train a challenger (fresh, or from the champion's weights with ``options.warm_start``),
+    score it and the champion of ``options.model_name`` on the same validation examples of the
+    current data, and promote it only if its validation accuracy is higher by at least
+    ``options.margin``. With nothing new since the last decision it trains nothing."""
     if config.validation_fraction == 0:
         raise ValueError("a retrain decides on validation: set validation_fraction > 0")
     data = prepare_data(load_data(config.data_source), config.validation_fraction)
+    model_name, margin, warm_start = options.model_name, options.margin, options.warm_start
     champion = find_champion(model_name)
     key = retrain_key(config, data.digest, warm_start, margin)
     skip_reason = already_decided(model_name, key, champion)
@@ -43,10 +39,9 @@ def retrain_flow(
     else:
         challenger = train_flow(
             config,
-            experiment,
-            output_dir,
+            # A challenger is always a registered version: the decision compares versions.
+            options.model_copy(update={"register_model": True}),
             run_name="challenger",
-            registered_model_name=model_name,
             warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start and champion else None,
         )
         if challenger.warning:  # not registered, so not a candidate

@@ -7,10 +7,10 @@
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
+from common.config import RunOptions, TrainConfig
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
-from flows.train import DEFAULT_MODEL_NAME, train_flow
-from tasks.config import TrainConfig
+from flows.train import train_flow
 
 __all__ = [
     "DEFAULT_RETRAIN_CRON",
@@ -25,22 +25,17 @@ def build_deployments(
     config: TrainConfig,
     train_cron: str,
     retrain_cron: str,
-    model_name: str = DEFAULT_MODEL_NAME,
-    margin: float = 0.0,
+    options: RunOptions = RunOptions(),  # noqa: B008 - frozen
 ) -> list[RunnerDeployment]:
-    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises."""
-    config_json = config.model_dump(mode="json")
+    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises.
+    Their parameters hold only what differs from the flows' defaults."""
+    parameters = {
+        "config": config.model_dump(mode="json"),
+        "options": options.model_dump(mode="json", exclude_defaults=True),
+    }
     return [
-        train_flow.to_deployment(
-            "scheduled-train",
-            cron=train_cron,
-            parameters={"config": config_json, "registered_model_name": model_name},
-        ),
-        retrain_flow.to_deployment(
-            "scheduled-retrain",
-            cron=retrain_cron,
-            parameters={"config": config_json, "model_name": model_name, "margin": margin},
-        ),
+        train_flow.to_deployment("scheduled-train", cron=train_cron, parameters=parameters),
+        retrain_flow.to_deployment("scheduled-retrain", cron=retrain_cron, parameters=parameters),
     ]
 
 

@@ -14,9 +14,9 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, run_training
-from tasks.config import TrainConfig
-from tasks.grid import SweepSpec
+from common.config import RunOptions, TrainConfig
+from common.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
+from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import register_model
 from tasks.sweep import (
@@ -27,8 +27,6 @@ from tasks.sweep import (
     tag_best,
 )
 from tasks.tracking import log_artifact, tracked_run
-
-DEFAULT_MAX_CONCURRENCY = 2
 
 
 class SweepFailedError(RuntimeError):
@@ -68,42 +66,42 @@ def sweep_task_runner(
 def train_configuration(
     config: TrainConfig,
     name: str,
-    experiment: str,
-    output_dir: str,
+    options: RunOptions,
     parent_run_id: str,
     tracking_uri: str,
 ) -> TrainResult:
     """Train one configuration as a child of ``parent_run_id``, wherever the task runner
     puts this task: the training flow's steps as plain calls in this one task run."""
     prepare_worker(tracking_uri)
-    # Only the sweep's best model is registered, and only when asked (register_as).
-    return run_training(
-        config, experiment, output_dir, parent_run_id=parent_run_id, run_name=name, as_tasks=False
-    )
+    return train_pipeline(config, options, parent_run_id, name)
 
 
 @flow(name="sweep-mnist", log_prints=True)
 def sweep_flow(
     spec: SweepSpec,
-    experiment: str = DEFAULT_EXPERIMENT,
-    output_dir: str = DEFAULT_OUTPUT_DIR,
-    register_as: str | None = None,
+    options: RunOptions = RunOptions(register_model=False),  # noqa: B008 - frozen, shown as the default
 ) -> SweepResult:
     """Train every configuration of ``spec`` under one parent MLflow run that ends with the
-    ranking, a comparison plot and the best configuration's tags."""
+    ranking, a comparison plot and the best configuration's tags; with ``options.register_model``,
+    the best model becomes a version of ``options.model_name``."""
     # Validated before anything trains: a bad grid fails here, naming the configuration.
     configurations = spec.configurations()
     if any(config.validation_fraction == 0 for config in configurations.values()):
         raise ValueError("a sweep ranks on validation: every validation_fraction must be > 0")
-    output_dir = str(Path(output_dir).resolve())
+    output_dir = str(Path(options.output_dir).resolve())
+    # Only the best model is registered, by this flow; configurations train concurrently,
+    # so none draws a progress bar.
+    each = options.model_copy(
+        update={"output_dir": output_dir, "register_model": False, "progress": False}
+    )
     tracking_uri = portable_tracking_uri()
     with tracked_run(
-        sweep_params(spec, configurations), experiment, run_name=f"sweep of {len(configurations)}"
+        sweep_params(spec, configurations),
+        options.experiment,
+        run_name=f"sweep of {len(configurations)}",
     ) as parent_id:
         futures = {
-            name: train_configuration.submit(
-                config, name, experiment, output_dir, parent_id, tracking_uri
-            )
+            name: train_configuration.submit(config, name, each, parent_id, tracking_uri)
             for name, config in configurations.items()
         }
         # Failed configurations come back as their exceptions and do not stop the others.
@@ -120,6 +118,6 @@ def sweep_flow(
         best = ranking[0]
         model_uri = finished[best["configuration"]].model_uri
         tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
-        if register_as:
-            register_model(register_as, model_uri, best["run_id"])
+        if options.register_model:
+            register_model(options.model_name, model_uri, best["run_id"])
     return SweepResult(parent_id, ranking, outcomes)

@@ -58,3 +58,24 @@ def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
             else None
         ),
     )
+
+
+def evaluate_saved_network(weights_dir: str, data_source: str) -> tuple[float, float]:
+    """The test loss and accuracy of the network saved in ``weights_dir`` (a run's
+    ``weights/`` artifacts) on ``data_source``'s test split; ``InputError`` if the network
+    does not fit the data's pixels and classes."""
+    from common.data_source import load_source
+    from common.errors import InputError
+    from tfnn.preprocessing import preprocess
+    from tfnn.serialization import load_network
+
+    network = load_network(weights_dir)
+    arrays = load_source(data_source)
+    x, y = preprocess(arrays.test_images, arrays.test_labels)
+    shape = (network.input_dim, int(network.layers[-1].w.shape[1]))
+    if shape != (x.shape[1], y.shape[1]):
+        raise InputError(
+            f"{weights_dir}: the network maps {shape[0]} inputs to {shape[1]} outputs but "
+            f"the data has {x.shape[1]} pixels and {y.shape[1]} classes"
+        )
+    return float(network.loss(x, y)), float(network.accuracy(x, y))

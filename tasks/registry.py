@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NONE
 
+from common.config import TrainConfig
 from common.mlflow_client import RetryingClient, retry_tracking
-from tasks.config import TrainConfig
 from tasks.data import PreparedData
 from tfnn.metrics import accuracy
 

@@ -13,10 +13,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from common.config import TrainConfig
+from common.grid import SweepSpec
 from common.mlflow_client import RetryingClient
 from common.runs import ERROR_TAG
-from tasks.config import TrainConfig
-from tasks.grid import SweepSpec
 
 BEST_TAG_PREFIX = "tfnn.best."
 SQLITE_LOCK_TIMEOUT_S = 60

@@ -1,6 +1,7 @@
 """The task that trains a network with tfnn's manual loop, logging to MLflow as it goes."""
 
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -8,8 +9,8 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
+from common.config import TrainConfig
 from common.epoch_logger import EpochLogger
-from tasks.config import TrainConfig
 from tasks.data import PreparedData
 from tasks.model import fit_arguments
 from tfnn.network import Sequential
@@ -27,6 +28,7 @@ def train(
     resume: bool = False,
 ) -> History:
     """Train ``network`` in place with SGD; after every epoch log metrics and a checkpoint.
+    ``show_progress`` draws a bar on stderr when it is a terminal.
 
     With a validation split, training stops early after ``early_stopping_patience`` epochs
     without a lower ``val_loss`` (if > 0) and, with ``restore_best``, ends with the weights
@@ -63,12 +65,14 @@ def train(
 def _progress_bar(
     enabled: bool, epochs: int, steps_per_epoch: int
 ) -> Iterator[StepCallback | None]:
-    if not enabled:
+    # Off a terminal a bar would only leave its last frame in a log; stdout is the result's.
+    if not (enabled and sys.stderr.isatty()):
         yield None
         return
-    from rich.progress import Progress  # rich comes with prefect
+    from rich.console import Console  # rich comes with prefect
+    from rich.progress import Progress
 
-    with Progress() as progress:
+    with Progress(console=Console(stderr=True)) as progress:
         bar = progress.add_task("training", total=epochs * steps_per_epoch)
 
         def advance(epoch: int, first_step: int, losses: np.ndarray) -> None:

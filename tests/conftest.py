@@ -2,6 +2,8 @@
 directories, and MNIST-format data (small synthetic files, or the real shared digits)."""
 
 import os
+import pty
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,34 @@ def train_uninterrupted(config) -> tuple:
         **fit_arguments(config, validation=kept < len(x)),
     )
     return history, weights_digest(network)
+
+
+def assert_weights_equal(network, expected: list[np.ndarray]) -> None:
+    """``network``'s weights (a ``tfnn`` ``Sequential``) equal ``expected``, layer by layer."""
+    assert len(network.all_weights) == len(expected)
+    for got, want in zip(network.all_weights, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+TERMINAL_CODE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``command`` with stdout and stderr on a pseudo-terminal: (exit code, output)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout=600), output.decode(errors="replace")
 
 
 def tfnn_command(*args: str) -> list[str]:

@@ -2,14 +2,13 @@
 main job on embedded defaults (a local MLflow store and Prefect's ephemeral server)."""
 
 import os
-import pty
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import tfnn_command, tfnn_env
+from conftest import TERMINAL_CODE, run_on_a_terminal, tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -157,24 +156,6 @@ def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_
     assert run.info.status == "FAILED"
 
 
-def run_on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
-    """Run ``command`` with stdout and stderr on a pseudo-terminal: (exit code, output)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal closes when the process exits
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
-    return process.wait(timeout=600), output.decode(errors="replace")
-
-
 def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     # The README's command in a fresh directory with no servers configured: MLflow's local
     # store appears in the working directory and Prefect runs its ephemeral server.
@@ -185,8 +166,9 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
         [*command, "--epochs", "2", "--hidden-sizes", "8"], tmp_path, env
     )
     assert code == 0, output
-    # The flow's last words; Prefect only logs its server's shutdown after them.
-    lines = [line.strip() for line in output.splitlines()]
+    # The flow's last words; Prefect only logs its server's shutdown after them. The
+    # progress bar's cursor codes (invisible on a terminal) may precede them on the line.
+    lines = [TERMINAL_CODE.sub("", line).strip() for line in output.splitlines()]
     (printed,) = [i for i, line in enumerate(lines) if RUN_ID_LINE.fullmatch(line)]
     run_id, _ = RUN_ID_LINE.fullmatch(lines[printed]).groups()
     assert METRICS_LINE.fullmatch(lines[printed - 1])

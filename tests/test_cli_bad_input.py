@@ -19,8 +19,8 @@ from conftest import crafted_model, tfnn_command, tfnn_env
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from common.config import TrainConfig
 from common.mlflow_client import library_versions
-from tasks.config import TrainConfig
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network

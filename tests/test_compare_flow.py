@@ -7,15 +7,17 @@ import matplotlib.image
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
+from common.config import RunOptions, TrainConfig
 from flows.compare import compare_flow
-from tasks.config import TrainConfig
 
 
 def test_relu_against_tanh_makes_two_child_runs_under_one_parent(
     prefect_harness, mlflow_store, small_mnist_dir
 ):
     config = TrainConfig(hidden_sizes=(8,), epochs=2, data_source=str(small_mnist_dir))
-    state = compare_flow(config, ("relu", "tanh"), experiment="compare", return_state=True)
+    state = compare_flow(
+        config, ("relu", "tanh"), RunOptions(experiment="compare"), return_state=True
+    )
     results = state.result()
 
     client = MlflowClient()

@@ -29,8 +29,8 @@ from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
 from servers import free_port, stop
 
+from common.config import TrainConfig
 from flows.schedules import build_deployments
-from tasks.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = str(ROOT / "docker/entrypoint.sh")
@@ -539,7 +539,7 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
 def test_dockerfile_installs_the_project_with_the_server_extra():
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY")}
-    for package in ("tfnn", "tasks", "flows", "prefect.yaml"):
+    for package in ("tfnn", "common", "tasks", "flows", "prefect.yaml"):
         assert package in copied
     assert 'pip install ".[server]"' in dockerfile
     assert "WORKDIR /app" in dockerfile

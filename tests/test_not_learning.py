@@ -7,8 +7,8 @@ from conftest import tfnn_command, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
+from common.config import TrainConfig
 from flows.retrain import retrain_flow
-from tasks.config import TrainConfig
 from tasks.tracking import WARNING_TAG
 
 

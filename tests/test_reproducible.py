@@ -12,8 +12,8 @@ import tensorflow as tf
 from conftest import EPOCH_METRICS, train_uninterrupted
 from mlflow.tracking import MlflowClient
 
+from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
-from tasks.config import TrainConfig
 from tasks.tracking import WEIGHTS_TAG
 from tfnn.mnist import load_dataset
 
@@ -37,7 +37,10 @@ def test_two_runs_with_one_seed_are_identical(
     config = TrainConfig(
         hidden_sizes=(32,), epochs=3, batch_size=20, seed=11, data_source=str(small_mnist_dir)
     )
-    results = [train_flow(config, "repro", str(tmp_path / name)) for name in ("one", "two")]
+    results = [
+        train_flow(config, RunOptions(experiment="repro", output_dir=str(tmp_path / name)))
+        for name in ("one", "two")
+    ]
     client = MlflowClient()
     first, second = (client.get_run(result.run_id) for result in results)
 

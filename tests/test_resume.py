@@ -22,8 +22,8 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
+from common.config import TrainConfig
 from common.runs import LEASE_TAG, LeaseLostError, ResumeError, check_lease, check_resumable
-from tasks.config import TrainConfig
 from tasks.tracking import WEIGHTS_TAG, tracked_run
 
 

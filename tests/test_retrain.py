@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from common.config import RunOptions, TrainConfig
 from flows.cli import main
 from flows.retrain import retrain_flow
-from tasks.config import TrainConfig
 from tasks.registry import decide
 from tfnn.mnist import load_mnist_idx
 from tfnn.optimizers import SGD
@@ -115,7 +115,7 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     assert "skipped" in latest_artifact_markdown()
 
     # 3. A warm-started challenger that cannot clear a margin of 1: kept, alias unmoved.
-    kept = retrain_flow(config, warm_start=True, margin=1.0)
+    kept = retrain_flow(config, RunOptions(warm_start=True, margin=1.0))
     assert (kept.action, kept.challenger_version, champion()[0]) == ("kept", "2", "1")
     v2_accuracy = accuracy_of(kept.challenger_run_id, x_val, val_labels)
     assert kept.champion_val_accuracy == pytest.approx(v1_accuracy)
@@ -140,11 +140,11 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     assert client.get_run(kept.challenger_run_id).data.tags["tfnn.warm_start_from"] == (
         f"runs:/{first.challenger_run_id}/weights"
     )
-    assert retrain_flow(config, warm_start=True, margin=1.0).action == "skipped"
+    assert retrain_flow(config, RunOptions(warm_start=True, margin=1.0)).action == "skipped"
 
     # 4. A warm start whose architecture differs fails clearly and registers nothing.
     with pytest.raises(ValueError, match="cannot warm-start"):
-        retrain_flow(config.model_copy(update={"hidden_sizes": (8,)}), warm_start=True)
+        retrain_flow(config.model_copy(update={"hidden_sizes": (8,)}), RunOptions(warm_start=True))
     failed = client.search_runs(
         [run.info.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
     )[0]
@@ -152,7 +152,7 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
 
     # 5. Two more epochs from the champion on learnable digits win: the alias moves.
-    better = retrain_flow(config.model_copy(update={"epochs": 2}), warm_start=True)
+    better = retrain_flow(config.model_copy(update={"epochs": 2}), RunOptions(warm_start=True))
     v3_accuracy = accuracy_of(better.challenger_run_id, x_val, val_labels)
     assert v3_accuracy > v1_accuracy
     assert (better.action, better.challenger_version, champion()[0]) == ("promoted", "3", "3")

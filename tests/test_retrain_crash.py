@@ -15,8 +15,8 @@ from conftest import tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
+from common.config import RunOptions, TrainConfig
 from flows.retrain import retrain_flow
-from tasks.config import TrainConfig
 from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network
@@ -83,7 +83,7 @@ def test_champion_stays_complete_when_retrain_is_killed(
     # A weak first champion (tiny, one epoch: about 40% on the test digits), so that the
     # challenger wins; weaker still, at chance, it would not be registered at all.
     weak = TrainConfig(hidden_sizes=(4,), epochs=1, data_source=str(small_mnist_dir))
-    first = retrain_flow(weak, output_dir=str(tmp_path / "champion-outputs"))
+    first = retrain_flow(weak, RunOptions(output_dir=str(tmp_path / "champion-outputs")))
     assert (first.action, first.challenger_version) == ("promoted", "1")
     watch = ChampionWatch(client, x_test)
     assert watch.check() == "1"

@@ -50,7 +50,10 @@ REFUSALS = {
     "hashed cron": (["schedule", "--retrain-cron", "H * * * *"], "invalid cron string"),
     "unknown flag": (["train", "--bogus"], "unrecognized arguments: --bogus"),
     "no command": ([], "required: command"),
-    "bad margin": (["retrain", "--margin", "-1"], "must be a number >= 0"),
+    "bad margin": (
+        ["retrain", "--margin", "-1"],
+        "margin: Input should be greater than or equal to 0",
+    ),
     "sweep bad vary": (["sweep", "--vary", "activation", "swish"], "unknown activation"),
     "grid not YAML": (["sweep", "--grid", "{grid}/broken.yaml"], "not valid YAML"),
     "grid bad value": (["sweep", "--grid", "{grid}/negative.yaml"], "learning_rate"),

@@ -20,9 +20,9 @@ import pytest
 from conftest import EPOCH_METRICS, train_uninterrupted
 from mlflow.tracking import MlflowClient
 
+from common.config import RunOptions, TrainConfig
 from common.mlflow_client import RETRY_SECONDS_ENV, TrackingUnavailableError
 from flows.train import train_flow
-from tasks.config import TrainConfig
 from tasks.tracking import WEIGHTS_TAG
 
 
@@ -163,7 +163,7 @@ def test_run_survives_a_server_outage(prefect_harness, mlflow_server, tracking_a
         lambda client: running_run_with(client, "outage", "checkpoints/latest/manifest.json"),
         down_seconds=5,
     )
-    result = train_flow(config, "outage", "outputs")
+    result = train_flow(config, RunOptions(experiment="outage"))
     watcher.join()
     assert watcher.outage == ["stopped", "started"]
     assert_complete(tracking_at, result.run_id, config)
@@ -180,7 +180,7 @@ def test_outage_past_the_budget_fails_then_resumes(
         down_seconds=None,
     )
     with pytest.raises(TrackingUnavailableError) as failure:
-        train_flow(config, "stays-away", "outputs")
+        train_flow(config, RunOptions(experiment="stays-away"))
     watcher.join()
     (run_dir,) = Path("outputs").iterdir()
     checkpoints = run_dir / "checkpoints"
@@ -193,6 +193,6 @@ def test_outage_past_the_budget_fails_then_resumes(
     mlflow_server.start()
     # Without the local checkpoints, resuming starts from those uploaded before the outage.
     shutil.rmtree(checkpoints)
-    result = train_flow(config, "stays-away", "outputs", resume_run_id=run_dir.name)
+    result = train_flow(config, RunOptions(experiment="stays-away", resume=run_dir.name))
     assert result.run_id == run_dir.name
     assert_complete(tracking_at, result.run_id, config)

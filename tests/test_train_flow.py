@@ -1,10 +1,9 @@
-"""The training flow end to end: one real run under a Prefect test server, recorded in a real
-local MLflow store, checked against the bare library, NumPy and Prefect's own client."""
+"""What a training run records: one real run under a Prefect test server, recorded in a real
+local MLflow store, checked against the bare library, NumPy and Prefect's own client.
+(Runs that fail: ``test_train_flow_failures.py``.)"""
 
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +12,13 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import use_mlflow_store
+from conftest import assert_weights_equal, use_mlflow_store
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from common.config import RunOptions, TrainConfig
 from flows.train import TrainResult, train_flow
-from tasks.config import TrainConfig
 from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD
@@ -94,7 +93,7 @@ def run(prefect_harness, small_mnist_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_mlflow_store(monkeypatch, directory)
         monkeypatch.setenv("TFNN_KEEP_CHECKPOINTS", "2")
-        state = train_flow(config, experiment="e2e", return_state=True)
+        state = train_flow(config, RunOptions(experiment="e2e"), return_state=True)
         result = state.result()
         client = MlflowClient()
         arrays = load_mnist_idx(small_mnist_dir)
@@ -110,12 +109,6 @@ def run(prefect_harness, small_mnist_dir, tmp_path_factory):
             epoch_weights=bare_library_weights(small_mnist_dir),
         )
     mlflow.set_tracking_uri(None)
-
-
-def assert_weights_equal(network: Sequential, expected: list[np.ndarray]) -> None:
-    assert len(network.all_weights) == len(expected)
-    for got, want in zip(network.all_weights, expected):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 # --- parameters and data --------------------------------------------------------------------
@@ -311,99 +304,6 @@ def test_prefect_flow_run_and_mlflow_run_point_at_each_other(run):
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     for name in EPOCH_METRICS:
         assert [row[name] for row in rows] == getattr(run.result.history, name)
-
-
-# --- failures -------------------------------------------------------------------------------
-
-
-def failed_run(config: TrainConfig):
-    """Run the flow expecting failure: (Prefect state, MLflow run, local checkpoint dir)."""
-    state = train_flow(config, experiment="failures", return_state=True)
-    client = MlflowClient()
-    (mlflow_run,) = client.search_runs(
-        [client.get_experiment_by_name("failures").experiment_id],
-        f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
-    )
-    return state, mlflow_run, Path("outputs") / mlflow_run.info.run_id / "checkpoints"
-
-
-def assert_failed_with_reason(state, mlflow_run) -> tuple[int, int]:
-    """Both records FAILED with the same reason; returns the (epoch, step) it names."""
-    assert state.is_failed()
-    assert mlflow_run.info.status == "FAILED"
-    reason = mlflow_run.data.tags["tfnn.error"]
-    assert reason.startswith("NonFiniteLossError: training loss became ")
-    match = re.search(r"at epoch (\d+), step (\d+)", reason)
-    assert match, reason
-    assert reason.split(": ", 1)[1] in state.message
-    with get_client(sync_client=True) as prefect:
-        assert prefect.read_flow_run(state.state_details.flow_run_id).state.is_failed()
-    client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    assert client.search_runs(experiments, "attributes.status = 'RUNNING'") == []
-    return int(match[1]), int(match[2])
-
-
-def test_diverging_run_fails_in_mlflow_and_prefect(prefect_harness, mlflow_store, small_mnist_dir):
-    # The issue's example: lr = 1e6 on the notebook's network blows up within the first epoch.
-    state, mlflow_run, checkpoints = failed_run(
-        TrainConfig(learning_rate=1e6, epochs=2, data_source=str(small_mnist_dir))
-    )
-    epoch, step = assert_failed_with_reason(state, mlflow_run)
-    assert epoch == 1 and 0 <= step < math.ceil(600 / 32)
-    # Nothing of the failed epoch is recorded: no checkpoint, no epoch metric, no model.
-    client = MlflowClient()
-    assert client.get_metric_history(mlflow_run.info.run_id, "train_loss") == []
-    assert client.list_artifacts(mlflow_run.info.run_id) == []
-    assert not list(checkpoints.glob("ckpt-*"))
-
-
-def test_run_diverging_later_keeps_the_last_good_checkpoint(
-    prefect_harness, mlflow_store, small_mnist_dir
-):
-    # A linear network on full batches grows its loss geometrically at this rate, so the
-    # first epochs complete and the loss overflows a few epochs later.
-    config = TrainConfig(
-        hidden_sizes=(8,),
-        activation="identity",
-        output_activation="identity",
-        loss="sum_squared_error",
-        learning_rate=1.0,
-        batch_size=600,
-        epochs=12,
-        validation_fraction=0,  # full batches of all 600 digits
-        data_source=str(small_mnist_dir),
-    )
-    state, mlflow_run, checkpoints = failed_run(config)
-    epoch, step = assert_failed_with_reason(state, mlflow_run)
-    good = epoch - 1
-    assert good >= 1 and step == 0
-
-    client = MlflowClient()
-    run_id = mlflow_run.info.run_id
-    assert [m.step for m in client.get_metric_history(run_id, "test_loss")] == list(
-        range(1, good + 1)
-    )
-    manifest = Path(client.download_artifacts(run_id, "checkpoints/latest/manifest.json"))
-    assert json.loads(manifest.read_text())["epoch"] == good
-
-    # The checkpoint kept on disk holds the weights the bare library has after `good` epochs.
-    arrays = load_mnist_idx(small_mnist_dir)
-    reference = build_mlp([784, 8, 10], "identity", "identity", "sum_squared_error", seed=42)
-    fit(
-        reference,
-        SGD(1.0),
-        preprocess(arrays.train_images, arrays.train_labels),
-        preprocess(arrays.test_images, arrays.test_labels),
-        epochs=good,
-        batch_size=600,
-        seed=42,
-    )
-    restored = Sequential.from_spec(reference.spec())
-    completed, history = TrainingCheckpoint(restored, checkpoints).restore_latest()
-    assert completed == good and history.epochs == good
-    assert all(np.isfinite(w.numpy()).all() for w in restored.all_weights)
-    assert_weights_equal(restored, [w.numpy() for w in reference.all_weights])
 
 
 # --- the real digits --------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
+from common.config import RunOptions, TrainConfig
+from common.grid import SweepSpec
 from flows.retrain import retrain_flow
 from flows.sweep import sweep_flow, sweep_task_runner
 from flows.train import train_flow
-from tasks.config import TrainConfig
 from tasks.data import prepare_data
-from tasks.grid import SweepSpec
 from tasks.tracking import BEST_EPOCH_TAG, WEIGHTS_TAG
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import load_mnist_idx
@@ -119,7 +119,7 @@ def test_two_seeds_hold_out_the_same_examples_and_another_fraction_others(
             validation_fraction=fraction,
             data_source=str(small_mnist_dir),
         )
-        run = client.get_run(train_flow(config, registered_model_name=None).run_id)
+        run = client.get_run(train_flow(config, RunOptions(register_model=False)).run_id)
         contexts = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
         assert sorted(contexts) == ["testing", "training", "validation"]
         assert run.data.params["validation_rule"].startswith("last validation_fraction")

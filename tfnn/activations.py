@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from tfnn.names import check_name
+
 Activation = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -56,9 +58,4 @@ ACTIVATIONS: dict[str, Activation] = {
 
 def get_activation(name: str) -> Activation:
     """The activation called ``name``; ValueError listing the known names otherwise."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}: use one of {', '.join(ACTIVATIONS)}"
-        ) from None
+    return ACTIVATIONS[check_name(name, ACTIVATIONS, "activation")]

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from tfnn.names import check_name
+
 Initializer = Callable[[tuple[int, int], tuple[int, int]], tf.Tensor]
 
 
@@ -37,9 +39,4 @@ INITIALIZERS: dict[str, Initializer] = {
 
 def get_initializer(name: str) -> Initializer:
     """The initialiser called ``name``; ValueError listing the known names otherwise."""
-    try:
-        return INITIALIZERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown initializer {name!r}: use one of {', '.join(INITIALIZERS)}"
-        ) from None
+    return INITIALIZERS[check_name(name, INITIALIZERS, "initializer")]

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from tfnn.names import check_name
+
 Loss = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 # The notebook's guard against log(0); kept so cross_entropy_error reproduces its values.
@@ -60,7 +62,4 @@ LOSSES: dict[str, Loss] = {
 
 def get_loss(name: str) -> Loss:
     """The loss called ``name``; ValueError listing the known names otherwise."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}") from None
+    return LOSSES[check_name(name, LOSSES, "loss")]

@@ -5,9 +5,19 @@ Checking a command's flags must not pay for importing TensorFlow, so the registr
 their keys equal) and ``network`` enforces these limits.
 """
 
+from collections.abc import Iterable
+
 ACTIVATION_NAMES = ("step", "sigmoid", "relu", "tanh", "identity", "softmax")
 LOSS_NAMES = ("sum_squared_error", "cross_entropy_error", "root_mean_squared_error")
 INITIALIZER_NAMES = ("notebook_normal", "he_normal", "glorot_uniform")
 
 MAX_LAYERS = 64
 MAX_UNITS = 1 << 16
+
+
+def check_name(name: str, known: Iterable[str], kind: str) -> str:
+    """``name`` if it is among ``known``; ValueError naming the ``kind`` and the known names."""
+    known = tuple(known)
+    if name not in known:
+        raise ValueError(f"unknown {kind} {name!r}: use one of {', '.join(known)}")
+    return name

@@ -1,7 +1,8 @@
-"""The one typed description of a training run.
+"""The typed description of a run: what it learns (``TrainConfig``) and where and how it
+is recorded (``RunOptions``).
 
-The CLI flags, the Prefect flow parameters and the MLflow params are all derived
-from ``TrainConfig``; nothing re-lists its fields by hand.
+The CLI flags, the Prefect flow parameters, the deployments and the MLflow params are all
+derived from these two; nothing re-lists their fields or defaults by hand.
 """
 
 import math
@@ -25,9 +26,13 @@ from tfnn.names import (
     LOSS_NAMES,
     MAX_LAYERS,
     MAX_UNITS,
+    check_name,
 )
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
+# The defaults of the other commands' own flags, shared with their flows.
+COMPARED_ACTIVATIONS = ("relu", "tanh")  # the notebook's second experiment
+PREDICTIONS_FILE = "predictions.csv"
 
 
 def default_data_source() -> str:
@@ -47,12 +52,7 @@ def check_utf8(path: str) -> None:
 
 
 def _one_of(known: tuple[str, ...], kind: str):
-    def check(value: str) -> str:
-        if value not in known:
-            raise ValueError(f"unknown {kind} {value!r}: use one of {', '.join(known)}")
-        return value
-
-    return check
+    return lambda value: check_name(value, known, kind)
 
 
 class TrainConfig(BaseModel):
@@ -159,6 +159,42 @@ class TrainConfig(BaseModel):
         return {name: params[name] for name in cls.model_fields if name in params}
 
 
+class RunOptions(BaseModel):
+    """Where a run is recorded and how it runs: nothing here changes what it learns, so none
+    of it is an MLflow param."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    experiment: str = Field("tfnn-mnist", description="MLflow experiment name")
+    output_dir: str = Field("outputs", description="local checkpoints and plots")
+    model_name: str = Field("tfnn-mnist", description="registered model name")
+    register_model: bool = Field(True, description="register the model in the registry")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="validation accuracy a challenger must gain over the champion to be "
+        "promoted (0: a tie keeps the champion)",
+    )
+    warm_start: bool = Field(False, description="start the challenger from the champion's weights")
+    resume: str | None = Field(
+        None,
+        description="continue this MLflow run from its newest checkpoint (configuration: the "
+        "run's)",
+    )
+    takeover: bool = Field(
+        False,
+        description="with resume: take the run over even if its lease says another process "
+        "still trains it (only when that process is dead)",
+    )
+    progress: bool = Field(True, description="draw a progress bar when stderr is a terminal")
+
+    @property
+    def registered_model_name(self) -> str | None:
+        """The registered model a run adds a version to; None when it registers nothing."""
+        return self.model_name if self.register_model else None
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field: ``learning_rate: Input should be greater than 0 (got 0)``."""
     parts = []
@@ -169,4 +205,5 @@ def describe_validation_error(error: ValidationError) -> str:
             continue
         field = ".".join(str(p) for p in item["loc"])
         parts.append(f"{field}: {message} (got {item.get('input')!r})")
-    return "invalid configuration: " + "; ".join(parts)
+    kind = "run options" if error.title == RunOptions.__name__ else "configuration"
+    return f"invalid {kind}: " + "; ".join(parts)

@@ -24,16 +24,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.config import TrainConfig, describe_validation_error
+from common.config import TrainConfig, describe_validation_error
+from common.errors import InputError
 
 # A sweep trains every configuration it lists: thousands by mistake (three fields of 20
 # values) would run for days, so a larger sweep must be asked for.
 DEFAULT_MAX_CONFIGURATIONS = 1000
+# Configurations trained at once in the sweep's own process (without Dask).
+DEFAULT_MAX_CONCURRENCY = 2
 # A sweep file is a few lines; anything far larger is not one.
 MAX_SWEEP_FILE_BYTES = 1 << 20
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """A sweep file or grid is unreadable or invalid; the message names the file, key or field."""
 
 

@@ -12,17 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.config import TrainConfig, check_utf8
 from common.data_source import check_tfds_source, load_source
-from tasks.config import TrainConfig, check_utf8
+from common.errors import InputError, one_line
 from tasks.locking import exclusive_lock
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import check_png
 from tfnn.preprocessing import validation_split
-
-
-class InputError(ValueError):
-    """Input refused before any run started; the message names the problem and the way out."""
 
 
 @contextmanager
@@ -140,8 +137,6 @@ def _sqlite_file(uri: str) -> Path | None:
 def _open_store(database: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from common.errors import one_line
-
     try:
         with _quiet("mlflow", "alembic"):
             client = MlflowClient()
@@ -149,7 +144,8 @@ def _open_store(database: Path) -> None:
             client.search_registered_models(max_results=1)  # the registry's own store
     except Exception as error:  # alembic, SQLAlchemy and MLflow errors alike
         raise InputError(
-            f"MLflow store {database} cannot be opened ({one_line(error)}); move it aside or "
+            f"MLflow store {database} cannot be opened ({one_line(error)}); "
+            "move it aside or "
             "set MLFLOW_TRACKING_URI"
         ) from None
 
@@ -157,8 +153,6 @@ def _open_store(database: Path) -> None:
 def _ask_tracking_server(uri: str) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from common.errors import one_line
 
     quick = {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
@@ -176,7 +170,8 @@ def _ask_tracking_server(uri: str) -> None:
             ) from None
         raise InputError(
             f"MLflow tracking at {uri} is unreachable or did not answer within "
-            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); start it or set MLFLOW_TRACKING_URI"
+            f"{CHECK_TIMEOUT_SECONDS} s ({one_line(error)}); "
+            "start it or set MLFLOW_TRACKING_URI"
         ) from None
 
 
@@ -205,8 +200,6 @@ def check_orchestration() -> None:
         PREFECT_CLIENT_MAX_RETRIES,
         temporary_settings,
     )
-
-    from common.errors import one_line
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -270,6 +263,27 @@ def check_predict_inputs(images: list[str], labels: str | None, output: str) -> 
         ) from None
 
 
+def check_predict(
+    images: list[str], labels: str | None, output: str, model_uri: str, trust_model: bool
+) -> None:
+    """Refuse unreadable images or labels, an unwritable output, an untrusted model URI and
+    a model the tracking server does not have before the flow starts."""
+    from flows import lifetime
+    from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
+
+    check_predict_inputs(images, labels, output)
+    try:
+        check_model_uri(model_uri, trust_model)
+    except UntrustedModelError as error:
+        raise InputError(str(error)) from None
+    check_tracking()
+    # The command's own server may still be starting: its start-up timeout applies, not the
+    # few seconds a configured server gets to answer.
+    lifetime.check_prefect_api()
+    if is_tracked_model_uri(model_uri):
+        check_model(model_uri)
+
+
 def check_model(model_uri: str) -> None:
     """Check that the registered version, alias, logged model or run that ``model_uri``
     names exists on the tracking server."""
@@ -277,8 +291,6 @@ def check_model(model_uri: str) -> None:
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
     from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
-
-    from common.errors import one_line
 
     client = MlflowClient()
     try:
@@ -293,7 +305,8 @@ def check_model(model_uri: str) -> None:
                     client.get_model_version(*found)
     except MlflowException as error:
         raise InputError(
-            f"--model {model_uri}: not found on the tracking server ({one_line(error)}); "
+            f"--model {model_uri}: not found on the tracking server "
+            f"({one_line(error)}); "
             "name a registered model version or alias, a logged model or a run"
         ) from None
 
@@ -335,8 +348,6 @@ def _resumed_run(run_id: str):
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from common.errors import one_line
 
     if run_id in _resumed_runs:
         return _resumed_runs[run_id]

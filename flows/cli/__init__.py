@@ -1,0 +1,180 @@
+"""The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig`` and ``RunOptions``.
+
+Exit codes: 0 success, 1 the run failed or learned nothing, 2 input refused before any run
+started (flags, data, grid, model files, unreachable services), 130 / 143 interrupted by
+SIGINT / SIGTERM (the MLflow run KILLED, its checkpoints kept). stdout holds only the
+result lines; errors are one line on stderr, ``--traceback`` shows the full stack.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flows import lifetime, timings
+from flows.cli.commands import HANDLERS, DidNotLearn, Inputs
+from flows.cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
+from flows.cli.parser import OPTIONS, build_parser, given_fields
+
+__all__ = ["build_parser", "main"]
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+# Commands whose inputs (data, output directory, services) are checked before anything runs.
+_CHECKED = {"train", "compare", "retrain", "schedule"}
+# Commands that start no run: all their work is reading the input, so failing is refusing it.
+_STARTS_NO_RUN = {"evaluate"}
+
+
+def _refusals() -> tuple[type[BaseException], ...]:
+    """The errors that mean "bad input, nothing started": exit 2 with one line. Only the
+    modules already imported can have raised theirs."""
+    from pydantic import ValidationError
+
+    from common.errors import InputError
+    from tfnn.errors import DataError
+
+    kinds = [ValidationError, InputError, DataError]
+    if "tfnn.serialization" in sys.modules:  # it imports TensorFlow
+        kinds.append(sys.modules["tfnn.serialization"].ModelFileError)
+    return tuple(kinds)
+
+
+def _error_line(error: BaseException) -> str:
+    from pydantic import ValidationError
+
+    from common.config import describe_validation_error
+    from common.errors import one_line
+
+    if isinstance(error, ValidationError):
+        return f"tfnn: error: {describe_validation_error(error)}"
+    return f"tfnn: error: {one_line(error, typed=False)}"
+
+
+def read_inputs(args: argparse.Namespace, recorded: dict[str, str] | None = None) -> Inputs:
+    """The flags as typed configs, checked as far as flags alone allow (no service, no
+    TensorFlow): ``ValidationError`` or ``InputError`` otherwise. ``recorded``: a resumed
+    run's configuration, which flags given override."""
+    from common.config import RunOptions, TrainConfig
+    from common.errors import InputError
+
+    if args.command not in OPTIONS:
+        return Inputs()
+    options = RunOptions(**given_fields(args, RunOptions))
+    if args.command == "sweep":
+        return _sweep_inputs(args, options)
+    if options.resume and recorded is None:  # the configuration is the run's: read it later
+        return Inputs(options=options)
+    config = TrainConfig(**{**(recorded or {}), **given_fields(args, TrainConfig)})
+    activations = ()
+    if args.command == "compare":
+        activations = tuple(a.strip() for a in args.activations.split(","))
+        for name in activations:
+            TrainConfig(**{**config.model_dump(), "activation": name})
+    if args.command in ("retrain", "schedule") and config.validation_fraction == 0:
+        raise InputError(
+            "validation_fraction: 0 leaves the retrain nothing to decide on (it never "
+            "decides on the test set); use a fraction > 0"
+        )
+    if options.takeover and not options.resume:
+        raise InputError("--takeover: only with --resume RUN_ID")
+    return Inputs(config, options, activations)
+
+
+def _sweep_inputs(args: argparse.Namespace, options) -> Inputs:
+    from common.config import TrainConfig
+    from common.grid import SweepError, SweepSpec, load_sweep_file
+
+    spec = load_sweep_file(args.grid) if args.grid else SweepSpec()
+    grid = {}
+    for field, *values in args.vary:
+        if not values:
+            raise SweepError(f"--vary {field}: give at least one value")
+        grid[field] = values
+    spec = spec.with_overrides(
+        given_fields(args, TrainConfig), grid, args.samples, args.max_configurations
+    )
+    unranked = [name for name, c in spec.configurations().items() if c.validation_fraction == 0]
+    if unranked:
+        raise SweepError(
+            f"configuration {unranked[0]}: validation_fraction 0 leaves nothing to rank "
+            "on (never the test set); use a fraction > 0"
+        )
+    registered = {"register_model": True, "model_name": args.register} if args.register else {}
+    return Inputs(
+        options=options.model_copy(update={"register_model": False, **registered}), spec=spec
+    )
+
+
+def check_inputs(args: argparse.Namespace, inputs: Inputs) -> Inputs:
+    """Refuse bad data, an unwritable output directory, unreachable services, a run that
+    cannot be resumed, unreadable images and unknown models before any run starts (raises
+    one of ``_refusals()``); a resumed run's configuration is read here."""
+    from flows.cli import preflight
+
+    if args.command in _CHECKED:
+        resume = inputs.options.resume
+        if resume:
+            inputs = read_inputs(args, preflight.resumed_config_fields(resume))
+        preflight.check_data(inputs.config)
+        preflight.check_output_dir(inputs.options.output_dir)
+        preflight.check_tracking()
+        timings.mark("mlflow_ready")
+        lifetime.check_prefect_api()
+        if resume:
+            # A resumed run stays in its own experiment unless one is named.
+            preflight.check_resume(resume, inputs.config, args.experiment, inputs.options.takeover)
+    if args.command == "predict":
+        from flows.predict import DEFAULT_MODEL_URI
+
+        args.model = args.model or DEFAULT_MODEL_URI
+        preflight.check_predict(args.images, args.labels, args.output, args.model, args.trust_model)
+    lifetime.wait_for_prefect_server()
+    return inputs
+
+
+@lifetime.handles_interrupts
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line: this process is the command
+        lifetime.exit_without_finalizing()
+    args = build_parser().parse_args(argv)
+    timings.mark("parsed")
+    set_output_environment(args.verbose)
+    # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs
+    # nothing. A resumed run's configuration needs its MLflow run, so it is checked later.
+    try:
+        inputs = read_inputs(args)
+    except _refusals() as error:
+        print(_error_line(error), file=sys.stderr)
+        return EXIT_USAGE
+    if args.command != "evaluate":  # it starts while the rest imports and checks the input
+        lifetime.start_prefect_server()
+    start_tensorflow_quietly()
+    timings.mark("tensorflow")
+    import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
+
+    try:
+        inputs = check_inputs(args, inputs)
+    except _refusals() as error:
+        if args.traceback:
+            raise
+        print(_error_line(error), file=sys.stderr)
+        return EXIT_USAGE
+
+    if not args.traceback:
+        quiet_tracebacks()
+    try:
+        lines = HANDLERS[args.command](args, inputs)
+        timings.mark("flow_done")
+    except DidNotLearn as flagged:
+        print("\n".join(flagged.lines))
+        for warning in flagged.warnings:
+            print(f"tfnn: warning: {warning}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:
+        if args.traceback:
+            raise
+        print(_error_line(error), file=sys.stderr)
+        refused = args.command in _STARTS_NO_RUN and isinstance(error, _refusals())
+        return EXIT_USAGE if refused else EXIT_FAILED
+    if lines:
+        print("\n".join(lines))
+    return 0

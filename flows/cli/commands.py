@@ -1,0 +1,143 @@
+"""One handler per command, each ``handler(args, inputs) -> result lines``: it runs the flow
+and words its result. Flows and TensorFlow are imported inside, by the command that uses them.
+"""
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.config import RunOptions, TrainConfig
+from common.grid import SweepSpec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the flags asked for, typed and validated before anything starts."""
+
+    config: TrainConfig | None = None
+    options: RunOptions | None = None
+    activations: tuple[str, ...] = ()
+    spec: SweepSpec | None = None
+
+
+class DidNotLearn(Exception):
+    """Runs finished but learned nothing: the command prints its lines, a warning per such
+    run, and exits 1."""
+
+    def __init__(self, lines: list[str], warnings: list[str]):
+        super().__init__("; ".join(warnings))
+        self.lines, self.warnings = lines, warnings
+
+
+def _result_lines(results: dict, options: RunOptions) -> list[str]:
+    """Each run's final metrics, run id and model (and registered version), labelled by name
+    when there are several; ``DidNotLearn`` if any run learned nothing."""
+    lines = []
+    for name, result in results.items():
+        label = f"[{name}] " if name else ""
+        metrics = "  ".join(
+            f"{key}={value:.4f}"
+            for key, value in result.metrics.items()
+            if not key.startswith("test_accuracy_class")
+        )
+        lines.append(f"{label}{metrics}")
+        lines.append(f"{label}mlflow run id: {result.run_id}  model: {result.model_uri}")
+        if result.model_version:
+            lines.append(f"{label}registered: models:/{options.model_name}/{result.model_version}")
+    warnings = [f"{r.warning}; not registered" for r in results.values() if r.warning]
+    if warnings:
+        raise DidNotLearn(lines, warnings)
+    return lines
+
+
+def train(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from flows import timings
+    from flows.train import train_flow
+
+    timings.mark("flow_imported")
+    return _result_lines({"": train_flow(inputs.config, inputs.options)}, inputs.options)
+
+
+def compare(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from flows import timings
+    from flows.compare import compare_flow
+
+    timings.mark("flow_imported")
+    results = compare_flow(inputs.config, inputs.activations, inputs.options)
+    return _result_lines(results, inputs.options)
+
+
+def retrain(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from flows.retrain import retrain_flow
+
+    decision = retrain_flow(inputs.config, inputs.options)
+    return [
+        f"{decision.action}: {decision.reason}",
+        f"champion: models:/{inputs.options.model_name}@champion",
+    ]
+
+
+def schedule(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from flows.schedules import build_deployments, serve_schedules
+
+    serve_schedules(
+        build_deployments(inputs.config, args.train_cron, args.retrain_cron, inputs.options)
+    )
+    return []
+
+
+def sweep(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    import os
+
+    from common.grid import DEFAULT_MAX_CONCURRENCY
+    from flows.cli.parser import DASK_ADDRESS_ENV
+    from flows.sweep import sweep_flow, sweep_task_runner
+
+    explicit = args.dask_workers or args.max_concurrency
+    runner = sweep_task_runner(
+        args.dask_address or (None if explicit else os.environ.get(DASK_ADDRESS_ENV)),
+        args.dask_workers,
+        args.max_concurrency or DEFAULT_MAX_CONCURRENCY,
+    )
+    result = sweep_flow.with_options(task_runner=runner)(inputs.spec, inputs.options)
+    lines = [f"{'rank':>4}  {'val_acc':>8}  {'test_acc':>8}  configuration"]
+    for row in result.ranking:
+        score = (
+            f"{row['final_val_accuracy']:>8.4f}  {row['final_test_accuracy']:>8.4f}"
+            if row["rank"]
+            else f"{'FAILED':>8}  {'':>8}"
+        )
+        lines.append(f"{row['rank'] or '-':>4}  {score}  {row['configuration']}  {row['error']}")
+    lines.append(
+        f"mlflow parent run id: {result.parent_run_id}  best run id: {result.ranking[0]['run_id']}"
+    )
+    return lines
+
+
+def predict(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from flows.predict import predict_flow
+
+    predictions = predict_flow(args.images, args.output, args.model, args.labels, args.trust_model)
+    lines = [f"{len(predictions.predicted_labels)} predictions by {args.model} in {args.output}"]
+    if predictions.accuracy is not None:
+        lines.append(f"accuracy={predictions.accuracy:.4f}")
+    return lines
+
+
+def evaluate(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from common.config import default_data_source
+    from tasks.evaluate import evaluate_saved_network
+
+    loss, accuracy = evaluate_saved_network(args.weights, args.data_source or default_data_source())
+    return [f"test_loss={loss:.4f}  test_accuracy={accuracy:.4f}"]
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, Inputs], list[str]]] = {
+    "train": train,
+    "compare": compare,
+    "retrain": retrain,
+    "schedule": schedule,
+    "sweep": sweep,
+    "predict": predict,
+    "evaluate": evaluate,
+}

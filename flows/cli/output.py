@@ -1,0 +1,81 @@
+"""What the command lets reach the terminal: its result lines on stdout; warnings, errors
+and (with ``--verbose``) Prefect's INFO lines on stderr; nothing of TensorFlow's C++ start-up
+log or MLflow's links."""
+
+import logging
+import os
+import re
+import sys
+import tempfile
+
+# TensorFlow's C++ start-up log: absl writes it before TF_CPP_MIN_LOG_LEVEL applies (the
+# missing CUDA driver, the CPU's instruction sets, cuInit's failure on a CPU-only machine).
+_TF_STARTUP = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"
+    r"|To enable the following instructions:"
+)
+
+
+def set_output_environment(verbose: bool) -> None:
+    """Before TensorFlow, MLflow or Prefect is imported: they read these once. A user's own
+    settings win, except that ``--verbose`` always shows Prefect's INFO lines."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    # The ephemeral server's telemetry heartbeat races the flow for its SQLite database
+    # and logs "database is locked" tracebacks.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):
+        # The private server collects nothing (above), so Prefect's first-run notice on a
+        # terminal that it collects usage data would be untrue.
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+    # stdout is the command's result: not MLflow's "View run" links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Only the terminal's handler: the API handler still sends every flow-run log line to
+    # the Prefect server (and UI).
+    if verbose:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
+    else:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def start_tensorflow_quietly() -> None:
+    """Import TensorFlow and initialise its devices with the process's stderr captured, then
+    write back whatever is not TensorFlow's C++ start-up log (nothing else is lost)."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the devices' start-up logs here, not mid-run
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.writelines(line for line in lines if not _TF_STARTUP.match(line))
+
+
+class _NoTracebacks(logging.Filter):
+    """Prefect logs a failed run's traceback; the command prints one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = record.exc_text = None
+        if "Traceback (most recent call last)" in str(record.msg):
+            record.msg = str(record.msg).split("\nTraceback", 1)[0]
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Keep tracebacks out of every log handler (``--traceback`` shows the command's own)."""
+    import prefect  # noqa: F401 - sets up its logging: its console handler is on the root logger
+
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):  # placeholders have none
+            handler.addFilter(_NoTracebacks())
+    # Prefect may configure its handlers again later; the run loggers keep their filters.
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebacks())

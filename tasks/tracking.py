@@ -42,8 +42,10 @@ from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
 
+from common.system_metrics import system_metrics
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
+from tasks.links import link_mlflow_run, run_context_tags
 from tfnn.network import Sequential
 from tfnn.serialization import TrainingCheckpoint, save_network, weights_digest
 from tfnn.training import EarlyStopping, History, learning_failure
@@ -301,6 +303,7 @@ def tracked_run(
     tags = {
         "prefect.flow_run_id": str(runtime.flow_run.id),
         "prefect.flow_run_name": str(runtime.flow_run.name),
+        **run_context_tags(),
     }
     if resume_run_id:
         run_id = resume_run_id
@@ -312,9 +315,11 @@ def tracked_run(
             tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     lease = _leases[run_id] = RunLease(run_id, lease_seconds())
+    link_mlflow_run(run_id)
     try:
         client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
-        yield run_id
+        with system_metrics(run_id, resumed=resume_run_id is not None):
+            yield run_id
         check_lease(run_id)
     except BaseException as error:
         lease.close()

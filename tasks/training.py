@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
+from tasks.progress import EpochProgress
 from tasks.tracking import EpochLogger
 from tfnn.network import Sequential
 from tfnn.optimizers import SGD
@@ -57,7 +58,7 @@ def train(
             early_stopping=early_stopping,
             batch_size=config.batch_size,
             seed=config.seed,
-            callbacks=[logger],
+            callbacks=[logger, EpochProgress(config.epochs, completed_epochs)],
             initial_epoch=completed_epochs,
             history=logger.history,
             step_callback=advance,

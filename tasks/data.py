@@ -6,6 +6,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
+from common.timeouts import DATA_TIMEOUT_ENV, timeout_seconds
 from tfnn.data import DataError, MnistArrays, load_dataset, preprocess, validation_split
 
 
@@ -50,7 +51,12 @@ def _download_may_succeed_on_retry(task, task_run, state) -> bool:
     )
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_download_may_succeed_on_retry)
+@task(
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_download_may_succeed_on_retry,
+    timeout_seconds=timeout_seconds(DATA_TIMEOUT_ENV),
+)
 def load_data(source: str) -> MnistArrays:
     """MNIST as uint8 arrays from ``tfds:NAME`` or a directory of IDX files."""
     return load_dataset(source)

@@ -106,10 +106,12 @@ def check_tracking() -> None:
     ``$TFNN_TRACKING_RETRY_SECONDS``."""
     import mlflow
 
+    from common.timeouts import check_timeouts
     from tasks.tracking import retry_seconds
 
     try:
         retry_seconds()
+        check_timeouts()
     except ValueError as error:
         raise InputError(str(error)) from None
     uri = mlflow.get_tracking_uri()

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
+from common.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
 
@@ -102,7 +103,7 @@ def _is_missing(error: MlflowException) -> bool:
     return error.error_code in _MISSING
 
 
-@task
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def register_model(name: str, model_uri: str, run_id: str) -> str:
     """Register the logged model ``models:/<model_id>`` of run ``run_id`` as a new version of
     ``name`` (created if needed); returns the version number once it is READY."""
@@ -122,7 +123,7 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
     return str(version.version)
 
 
-@task
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def find_champion(name: str) -> Champion | None:
     """The version that ``models:/<name>@champion`` points at, or None when there is none."""
     try:
@@ -151,7 +152,7 @@ def already_decided(name: str, key: str, champion: Champion | None) -> str | Non
     return None
 
 
-@task
+@task(timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
 def download_weights(run_id: str, source_uri: str, directory: str) -> str:
     """Download a saved network (``architecture.json`` + ``weights.npz``, e.g.
     ``runs:/<id>/weights``) into ``directory`` and note the source on run ``run_id``."""
@@ -206,7 +207,7 @@ def challenge(
     )
 
 
-@task
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def record_decision(decision: Decision) -> None:
     """Tag the challenger's run and version with the decision; on promotion, move the
     ``champion`` alias to the (already READY) challenger in one registry call.

@@ -43,6 +43,7 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
 
 from common.system_metrics import system_metrics
+from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tasks.links import link_mlflow_run, run_context_tags
@@ -636,7 +637,7 @@ def flag_if_not_learning(run_id: str, history: History, data: PreparedData) -> s
     return reason
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
 def log_trained_model(
     run_id: str, network: Sequential, data: PreparedData, best_epoch: int | None = None
 ) -> str:

@@ -14,9 +14,11 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, run_training
 from tasks.config import TrainConfig
 from tasks.grid import SweepSpec
+from tasks.notify import FAILURE_HOOKS
 from tasks.plots import plot_comparison
 from tasks.sweep import (
     portable_tracking_uri,
@@ -82,7 +84,12 @@ def train_configuration(
     )
 
 
-@flow(name="sweep-mnist", log_prints=True)
+@flow(
+    name="sweep-mnist",
+    log_prints=True,
+    timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
+    **FAILURE_HOOKS,
+)
 def sweep_flow(
     spec: SweepSpec,
     experiment: str = DEFAULT_EXPERIMENT,

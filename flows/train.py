@@ -6,10 +6,14 @@ from pathlib import Path
 
 from prefect import Task, flow
 
+from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.evaluate import evaluate
 from tasks.model import build_network
+from tasks.model_card import publish_model_card
+from tasks.model_guard import one_run_per_model
+from tasks.notify import FAILURE_HOOKS
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
@@ -42,7 +46,13 @@ class TrainResult:
     warning: str | None = None
 
 
-@flow(name="train-mnist", log_prints=True)
+@flow(
+    name="train-mnist",
+    log_prints=True,
+    timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
+    **FAILURE_HOOKS,
+)
+@one_run_per_model("registered_model_name")
 def train_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     experiment: str = DEFAULT_EXPERIMENT,
@@ -129,5 +139,6 @@ def run_training(
             if registered_model_name and warning is None
             else None
         )
+        step(publish_model_card)(run_id, model_uri, version and registered_model_name, version)
         step(publish_summary)(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

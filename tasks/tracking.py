@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import fields
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from prefect.exceptions import TerminationSignal
 
 from common.system_metrics import system_metrics
 from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
+from common.versions import installed_version
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tasks.links import link_mlflow_run, run_context_tags
@@ -148,7 +148,7 @@ class RetryingClient:
 def library_versions() -> dict[str, str]:
     """The versions a run depends on, as MLflow params ``version.<library>``."""
     versions = {"python": platform.python_version()}
-    versions |= {name: version(name) for name in LIBRARIES}
+    versions |= {name: installed_version(name) for name in LIBRARIES}
     return {f"version.{name}": value for name, value in versions.items()}
 
 

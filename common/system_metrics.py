@@ -11,9 +11,10 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 SYSTEM_METRICS_ENV = "TFNN_SYSTEM_METRICS"
 _OFF = ("0", "false", "no", "off")
-# The monitor announces its start and stop at INFO, which MLflow prints on stderr: a command's
+# The monitor announces its start and stop, and warns when the tracking server is away
+# (the run's own logging reports that), on stderr through MLflow's handler: a command's
 # stderr is for what went wrong.
-logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 
 
 def system_metrics_enabled() -> bool:

@@ -5,6 +5,7 @@
 """
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
@@ -28,18 +29,25 @@ def build_deployments(
     model_name: str = DEFAULT_MODEL_NAME,
     margin: float = 0.0,
 ) -> list[RunnerDeployment]:
-    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises."""
+    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises.
+
+    Each runs one flow run at a time (a late one waits for the previous); the flows
+    themselves hold their model's slot (``tasks.model_guard``), so a train and a retrain
+    never overlap on one model either."""
     config_json = config.model_dump(mode="json")
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
     return [
         train_flow.to_deployment(
             "scheduled-train",
             cron=train_cron,
             parameters={"config": config_json, "registered_model_name": model_name},
+            concurrency_limit=one_at_a_time,
         ),
         retrain_flow.to_deployment(
             "scheduled-retrain",
             cron=retrain_cron,
             parameters={"config": config_json, "model_name": model_name, "margin": margin},
+            concurrency_limit=one_at_a_time,
         ),
     ]
 

@@ -617,3 +617,5 @@ def test_servers_run_the_server_image_and_the_worker_reports_its_health():
     # Prefect's worker webserver: its default port, /health.
     port = Settings().worker.webserver.port
     assert f"http://localhost:{port}/health" in check[-1]
+    # Failure alerts: the block named in .env reaches the flows the worker runs.
+    assert services["worker"]["environment"]["TFNN_NOTIFY_BLOCK"] == "${TFNN_NOTIFY_BLOCK:-}"

@@ -10,6 +10,7 @@ from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.evaluate import evaluate
+from tasks.lineage import log_dataset
 from tasks.model import build_network
 from tasks.model_card import publish_model_card
 from tasks.model_guard import one_run_per_model
@@ -19,7 +20,6 @@ from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
 from tasks.tracking import (
     flag_if_not_learning,
-    log_dataset,
     log_evaluation,
     log_trained_model,
     tracked_run,

@@ -6,9 +6,9 @@ from mlflow.entities import Metric
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
 
+from common.mlflow_client import RetryingClient
 from common.model_card import CLASS_ACCURACY_PREFIX, SCORES, model_card, run_description
 from common.source_info import mlflow_run_url
-from tasks.tracking import RetryingClient
 
 
 def _final_metrics(client: RetryingClient, run_id: str, names: list[str]) -> list[Metric]:

@@ -30,7 +30,8 @@ from servers import MLFLOW, free_port, start, stop, wait_for
 from flows.train import train_flow
 from tasks.config import TrainConfig
 from tasks.tracking import tracked_run
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
+from tfnn.preprocessing import preprocess
 
 SYSTEM_KEYS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
 EPOCHS = 2

@@ -1,5 +1,9 @@
-# The project image: runs the MLflow server, the Prefect server and the worker.
-FROM python:3.11-slim
+# Two images from one file:
+#   --target server: the MLflow and Prefect servers, without TensorFlow;
+#   --target worker: the project (the worker running the scheduled flows), on tensorflow-cpu.
+# Versions come from constraints.txt, those CI tested. Dependencies are installed before the
+# code is copied, so editing the code rebuilds only the last layers.
+FROM python:3.11-slim AS base
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -7,18 +11,32 @@ ENV PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
 WORKDIR /app
-# Dependencies first, so editing the code does not reinstall TensorFlow.
-COPY pyproject.toml README.md ./
+RUN pip install "packaging>=24"
+COPY constraints.txt pyproject.toml ./
+COPY docker/requirements.py ./docker/
+RUN useradd --create-home --uid 1000 tfnn
+
+FROM base AS server
+RUN python docker/requirements.py server > /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt
+COPY docker/entrypoint.sh docker/mlflow-auth.ini ./docker/
+RUN mkdir -p /mlartifacts && chown tfnn /mlartifacts
+USER tfnn
+# Loads the secrets a service lists in TFNN_SECRETS (refusing placeholders), then runs it.
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
+
+FROM base AS worker
+RUN python docker/requirements.py worker > /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt
+COPY README.md LICENSE ./
 COPY tfnn ./tfnn
 COPY common ./common
 COPY tasks ./tasks
 COPY flows ./flows
-RUN pip install ".[server]"
+# The project alone: its dependencies are above (TensorFlow as tensorflow-cpu).
+RUN pip install --no-deps .
 COPY prefect.yaml ./
 COPY docker/entrypoint.sh docker/mlflow-auth.ini ./docker/
-
-RUN useradd --create-home --uid 1000 tfnn && mkdir -p /app/outputs /mlartifacts \
-    && chown tfnn /app/outputs /mlartifacts
+RUN mkdir -p /app/outputs && chown tfnn /app/outputs
 USER tfnn
-# Loads the secrets a service lists in TFNN_SECRETS (refusing placeholders), then runs it.
 ENTRYPOINT ["/app/docker/entrypoint.sh"]

@@ -11,7 +11,6 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from importlib.metadata import version
 from typing import Any, TypeVar
 
 import mlflow
@@ -19,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from common.errors import one_line
+from common.versions import installed_version
 
 RETRY_SECONDS_ENV = "TFNN_TRACKING_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 300.0
@@ -96,5 +96,5 @@ class RetryingClient:
 def library_versions() -> dict[str, str]:
     """The versions a run depends on, as MLflow params ``version.<library>``."""
     versions = {"python": platform.python_version()}
-    versions |= {name: version(name) for name in LIBRARIES}
+    versions |= {name: installed_version(name) for name in LIBRARIES}
     return {f"version.{name}": value for name, value in versions.items()}

@@ -3,8 +3,12 @@
 from prefect import flow
 
 from common.config import RunOptions, TrainConfig
+from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from flows.train import train_flow
 from tasks.data import load_data, prepare_data
+from tasks.model_card import publish_model_card
+from tasks.model_guard import one_run_per_model
+from tasks.notify import FAILURE_HOOKS
 from tasks.registry import (
     Decision,
     already_decided,
@@ -16,7 +20,13 @@ from tasks.registry import (
 from tasks.reporting import publish_decision
 
 
-@flow(name="retrain-mnist", log_prints=True)
+@flow(
+    name="retrain-mnist",
+    log_prints=True,
+    timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
+    **FAILURE_HOOKS,
+)
+@one_run_per_model(lambda arguments: arguments["options"].model_name)
 def retrain_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
@@ -64,6 +74,10 @@ def retrain_flow(
                 key,
             )
             record_decision(decision)
+            # The card written at registration did not know the decision yet.
+            publish_model_card(
+                challenger.run_id, challenger.model_uri, model_name, challenger.model_version
+            )
     publish_decision(decision)
     print(f"{decision.action}: {decision.reason}")
     return decision

@@ -5,6 +5,7 @@
 """
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 
 from common.config import RunOptions, TrainConfig
@@ -28,14 +29,27 @@ def build_deployments(
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen
 ) -> list[RunnerDeployment]:
     """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises.
-    Their parameters hold only what differs from the flows' defaults."""
+    Their parameters hold only what differs from the flows' defaults. Each runs one flow run
+    at a time (a late one waits for the previous); the flows themselves hold their model's
+    slot (``tasks.model_guard``), so a train and a retrain never overlap on one model either."""
     parameters = {
         "config": config.model_dump(mode="json"),
         "options": options.model_dump(mode="json", exclude_defaults=True),
     }
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
     return [
-        train_flow.to_deployment("scheduled-train", cron=train_cron, parameters=parameters),
-        retrain_flow.to_deployment("scheduled-retrain", cron=retrain_cron, parameters=parameters),
+        train_flow.to_deployment(
+            "scheduled-train",
+            cron=train_cron,
+            parameters=parameters,
+            concurrency_limit=one_at_a_time,
+        ),
+        retrain_flow.to_deployment(
+            "scheduled-retrain",
+            cron=retrain_cron,
+            parameters=parameters,
+            concurrency_limit=one_at_a_time,
+        ),
     ]
 
 

@@ -16,6 +16,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from common.config import RunOptions, TrainConfig
 from common.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
+from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
+from tasks.notify import FAILURE_HOOKS
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import register_model
@@ -76,7 +78,12 @@ def train_configuration(
     return train_pipeline(config, options, parent_run_id, name)
 
 
-@flow(name="sweep-mnist", log_prints=True)
+@flow(
+    name="sweep-mnist",
+    log_prints=True,
+    timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
+    **FAILURE_HOOKS,
+)
 def sweep_flow(
     spec: SweepSpec,
     options: RunOptions = RunOptions(register_model=False),  # noqa: B008 - frozen, shown as the default

@@ -3,10 +3,14 @@
 from prefect import flow
 
 from common.config import RunOptions, TrainConfig
+from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.data import load_data, prepare_data
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network
+from tasks.model_card import publish_model_card
+from tasks.model_guard import one_run_per_model
+from tasks.notify import FAILURE_HOOKS
 from tasks.pipeline import TrainResult, run_directory
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model
@@ -22,7 +26,13 @@ from tasks.training import train
 __all__ = ["TrainResult", "train_flow"]
 
 
-@flow(name="train-mnist", log_prints=True)
+@flow(
+    name="train-mnist",
+    log_prints=True,
+    timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
+    **FAILURE_HOOKS,
+)
+@one_run_per_model(lambda arguments: arguments["options"].registered_model_name)
 def train_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     options: RunOptions = RunOptions(),  # noqa: B008 - the same
@@ -73,5 +83,6 @@ def train_flow(
             if options.registered_model_name and warning is None
             else None
         )
+        publish_model_card(run_id, model_uri, version and options.registered_model_name, version)
         publish_summary(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

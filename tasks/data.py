@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from common.data_source import load_source
+from common.timeouts import DATA_TIMEOUT_ENV, timeout_seconds
 from tfnn.errors import DataError
 from tfnn.mnist import MnistArrays
 from tfnn.preprocessing import preprocess, validation_split
@@ -53,7 +54,12 @@ def _download_may_succeed_on_retry(task, task_run, state) -> bool:
     )
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_download_may_succeed_on_retry)
+@task(
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_download_may_succeed_on_retry,
+    timeout_seconds=timeout_seconds(DATA_TIMEOUT_ENV),
+)
 def load_data(source: str) -> MnistArrays:
     """MNIST as uint8 arrays from ``tfds:NAME`` or a directory of IDX files."""
     return load_source(source)

@@ -13,6 +13,7 @@ from tasks.data import load_data, prepare_data
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network
+from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
 from tasks.registry import register_model
 from tasks.reporting import publish_summary
@@ -76,5 +77,6 @@ def train_pipeline(
             if options.registered_model_name and warning is None
             else None
         )
+        publish_model_card.fn(run_id, model_uri, version and options.registered_model_name, version)
         publish_summary.fn(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

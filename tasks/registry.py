@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 
 from common.config import TrainConfig
 from common.mlflow_client import RetryingClient, retry_tracking
+from common.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tfnn.metrics import accuracy
 
@@ -103,7 +104,7 @@ def _is_missing(error: MlflowException) -> bool:
     return error.error_code in _MISSING
 
 
-@task
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def register_model(name: str, model_uri: str, run_id: str) -> str:
     """Register the logged model ``models:/<model_id>`` of run ``run_id`` as a new version of
     ``name`` (created if needed), note it on the run (``tfnn.registered_model``); returns the
@@ -125,7 +126,7 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
     return str(version.version)
 
 
-@task
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def find_champion(name: str) -> Champion | None:
     """The version that ``models:/<name>@champion`` points at, or None when there is none."""
     try:
@@ -154,7 +155,7 @@ def already_decided(name: str, key: str, champion: Champion | None) -> str | Non
     return None
 
 
-@task
+@task(timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
 def download_weights(run_id: str, source_uri: str, directory: str) -> str:
     """Download a saved network (``architecture.json`` + ``weights.npz``, e.g.
     ``runs:/<id>/weights``) into ``directory`` and note the source on run ``run_id``."""
@@ -212,7 +213,7 @@ def challenge(
     )
 
 
-@task
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def record_decision(decision: Decision) -> None:
     """Tag the challenger's run and version with the decision; on promotion, move the
     ``champion`` alias to the (already READY) challenger in one registry call.

@@ -20,8 +20,11 @@ from prefect.exceptions import TerminationSignal
 
 from common.mlflow_client import RetryingClient, retry_tracking
 from common.runs import mlflow_run
+from common.system_metrics import system_metrics
+from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
+from tasks.links import link_mlflow_run, run_context_tags
 from tfnn.network import Sequential
 from tfnn.serialization import save_network, weights_digest
 from tfnn.training import History, learning_failure
@@ -42,10 +45,13 @@ def tracked_run(
 ) -> Iterator[str]:
     """``common.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
     flow run's id and name, and Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``) ends it
-    KILLED. A failure propagates, so that Prefect marks the flow run Failed (Crashed) too."""
+    KILLED. A failure propagates, so that Prefect marks the flow run Failed (Crashed) too.
+    The run also gets the flow run's UI page and the code version (``run_context_tags``),
+    the flow run a link to the run's UI page, and the run system metrics while it is open."""
     tags = {
         "prefect.flow_run_id": str(runtime.flow_run.id),
         "prefect.flow_run_name": str(runtime.flow_run.name),
+        **run_context_tags(),
     }
     with mlflow_run(
         params,
@@ -57,7 +63,9 @@ def tracked_run(
         takeover,
         interruptions=(KeyboardInterrupt, TerminationSignal),
     ) as run_id:
-        yield run_id
+        link_mlflow_run(run_id)
+        with system_metrics(run_id, resumed=resume_run_id is not None):
+            yield run_id
 
 
 @task(cache_policy=NONE)
@@ -74,7 +82,7 @@ def flag_if_not_learning(run_id: str, history: History, data: PreparedData) -> s
     return reason
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
 def log_trained_model(
     run_id: str, network: Sequential, data: PreparedData, best_epoch: int | None = None
 ) -> str:

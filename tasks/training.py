@@ -13,6 +13,7 @@ from common.config import TrainConfig
 from common.epoch_logger import EpochLogger
 from tasks.data import PreparedData
 from tasks.model import fit_arguments
+from tasks.progress import EpochProgress
 from tfnn.network import Sequential
 from tfnn.training import History, StepCallback, fit
 
@@ -52,7 +53,7 @@ def train(
             test=(data.x_test, data.y_test),
             validation=data.validation,
             **arguments,
-            callbacks=[logger],
+            callbacks=[logger, EpochProgress(config.epochs, completed_epochs)],
             initial_epoch=completed_epochs,
             history=logger.history,
             step_callback=advance,

@@ -2,6 +2,7 @@
 schema, the wiring the code relies on, the .env.example contract and prefect.yaml."""
 
 import configparser
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -536,13 +537,85 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
     )
 
 
-def test_dockerfile_installs_the_project_with_the_server_extra():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY")}
+def dockerfile_stages() -> dict[str, list[str]]:
+    """The Dockerfile's instructions (continuation lines joined), by stage name."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            stages[line.split()[-1]] = current = [line]
+        elif line.strip() and not line.startswith("#"):
+            current.append(line)
+    return stages
+
+
+def test_images_install_dependencies_before_the_code_and_servers_have_no_tensorflow():
+    stages = dockerfile_stages()
+    assert set(stages) == {"base", "server", "worker"}
+    assert "WORKDIR /app" in stages["base"]
+    for stage in ("server", "worker"):
+        assert stages[stage][0].startswith("FROM base AS")
+        assert stages[stage][-1] == 'ENTRYPOINT ["/app/docker/entrypoint.sh"]'
+        # Every installation of dependencies is pinned by the tested versions.
+        for line in stages[stage]:
+            if "pip install" in line and "--no-deps" not in line:
+                assert "-c constraints.txt" in line, line
+    worker = stages["worker"]
+    copied = [line.split()[1] for line in worker if line.startswith("COPY")]
     for package in ("tfnn", "common", "tasks", "flows", "prefect.yaml"):
         assert package in copied
-    assert 'pip install ".[server]"' in dockerfile
-    assert "WORKDIR /app" in dockerfile
+    # Dependencies from pyproject and constraints only; the code comes after them.
+    first_code = next(i for i, line in enumerate(worker) if line.startswith("COPY tfnn"))
+    installs = [i for i, line in enumerate(worker) if "requirements.py worker" in line]
+    assert installs and max(installs) < first_code
+    assert "RUN pip install --no-deps ." in worker[first_code:]
+    base_copies = {
+        word for line in stages["base"] if line.startswith("COPY") for word in line.split()
+    }
+    assert not {"tfnn", "tasks", "flows", "common", "README.md"} & base_copies
+    assert not any(line.startswith("COPY") and "tfnn" in line.split() for line in stages["server"])
+
+    # What each image installs: the servers no TensorFlow, the worker the very TensorFlow the
+    # tests ran with, as tensorflow-cpu.
+    spec = importlib.util.spec_from_file_location("requirements", ROOT / "docker/requirements.py")
+    requirements = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(requirements)
+    server = requirements.requirements("server")
+    assert not [r for r in server if r.startswith("tensorflow")]
+    assert any(r.startswith("mlflow[auth]") for r in server)
+    assert any(r.startswith("psycopg2-binary") for r in server)
+    assert any(r.startswith("prefect") for r in server)
+    worker_requirements = requirements.requirements("worker")
+    assert [r for r in worker_requirements if r.startswith("tensorflow")] == [
+        "tensorflow-cpu>=2.21",
+        "tensorflow-datasets>=4.9.10",
+    ]
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    import tensorflow as tf
+
+    assert pins["tensorflow-cpu"] == pins["tensorflow"] == tf.__version__
+    assert pins["mlflow"] == importlib.metadata.version("mlflow")
+    assert pins["prefect"] == importlib.metadata.version("prefect")
     pyproject = (ROOT / "pyproject.toml").read_text()
     # PostgreSQL's driver for MLflow, and Flask-WTF for its basic-auth app.
     assert re.search(r'server = \["psycopg2-binary>=[\d.]+", "mlflow\[auth\]', pyproject)
+
+
+def test_servers_run_the_server_image_and_the_worker_reports_its_health():
+    services = compose()["services"]
+    for name in ("mlflow", "prefect-server"):
+        assert services[name]["build"]["target"] == "server", name
+    assert services["worker"]["build"]["target"] == "worker"
+    assert services["mlflow"]["image"] != services["worker"]["image"]
+    command = services["worker"]["command"][-1]
+    assert command.endswith("prefect worker start --pool tfnn --with-healthcheck")
+    check = services["worker"]["healthcheck"]["test"]
+    # Prefect's worker webserver: its default port, /health.
+    port = Settings().worker.webserver.port
+    assert f"http://localhost:{port}/health" in check[-1]
+    # Failure alerts: the block named in .env reaches the flows the worker runs.
+    assert services["worker"]["environment"]["TFNN_NOTIFY_BLOCK"] == "${TFNN_NOTIFY_BLOCK:-}"

@@ -293,7 +293,9 @@ def test_prefect_flow_run_and_mlflow_run_point_at_each_other(run):
     assert tags["prefect.flow_run_name"] == flow_run.name
 
     by_key = {artifact.key: artifact for artifact in artifacts}
-    assert sorted(by_key) == ["epoch-metrics", "training-summary"]
+    # No link to a local MLflow store, which has no UI address.
+    assert sorted(by_key) == ["epoch-metrics", "training-progress", "training-summary"]
+    assert by_key["training-progress"].data == 100.0
     summary = by_key["training-summary"].data
     assert run.result.run_id in summary and run.result.model_uri in summary
     accuracy = run.mlflow_run.data.metrics["final_test_accuracy"]

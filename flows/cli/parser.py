@@ -155,11 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _versions() -> str:
     """This package's version and those of the services' libraries, read from their
     metadata: importing them would take seconds."""
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError
+
+    from common.versions import installed_version
 
     def installed(name: str) -> str:
         try:
-            return version(name)
+            return installed_version(name)
         except PackageNotFoundError:
             return "not installed"
 

@@ -100,10 +100,12 @@ def check_tracking() -> None:
     import mlflow
 
     from common.mlflow_client import cap_http_retries, retry_seconds
+    from common.timeouts import check_timeouts
 
     cap_http_retries()
     try:
         retry_seconds()
+        check_timeouts()
     except ValueError as error:
         raise InputError(str(error)) from None
     uri = mlflow.get_tracking_uri()

@@ -1,0 +1,93 @@
+"""Train and retrain never train one registered model at once: two deployment runs served by
+``tfnn schedule`` and triggered together against a real ``prefect server``."""
+
+import subprocess
+import time
+
+from conftest import tfnn_command, tfnn_env
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from servers import VENV_BIN, free_port, start, stop, wait_for
+
+from tasks.model_guard import model_limit_name
+
+MODEL = "guard-model"
+SMALL = ["--epochs", "1", "--hidden-sizes", "16"]
+# Crons that do not fire during the test: only the two runs it triggers run.
+NEVER = ["--train-cron", "0 0 1 1 *", "--retrain-cron", "0 0 1 1 *"]
+
+
+def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
+    home, work = tmp_path / "prefect-home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    private = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server_log = tmp_path / "prefect-server.log"
+    prefect = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
+    server = start([*prefect, "--port", str(port)], server_log, **private)
+    schedule_log = tmp_path / "schedule.log"
+    serving = None
+    try:
+        wait_for(f"{api}/health", server, server_log)
+        env = tfnn_env(
+            **private, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}"
+        )
+        command = tfnn_command("schedule", "--data-dir", str(small_mnist_dir))
+        with open(schedule_log, "wb") as log:
+            # From its own directory, where the flow runs write their outputs.
+            serving = subprocess.Popen(
+                [*command, "--model-name", MODEL, *SMALL, *NEVER],
+                env=env,
+                cwd=work,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 240
+            while len(client.read_deployments()) < 2:
+                assert serving.poll() is None, schedule_log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "tfnn schedule registered no deployments"
+                time.sleep(1)
+            served = client.read_deployments()
+            assert [d.global_concurrency_limit.limit for d in served] == [1, 1]
+            assert {d.concurrency_options.collision_strategy.value for d in served} == {"ENQUEUE"}
+            triggered = [
+                run_deployment("train-mnist/scheduled-train", timeout=0),
+                run_deployment("retrain-mnist/scheduled-retrain", timeout=0),
+            ]
+            deadline = time.monotonic() + 480
+            while True:
+                runs = [client.read_flow_run(run.id) for run in triggered]
+                if all(run.state.is_final() for run in runs):
+                    break
+                assert serving.poll() is None, schedule_log.read_text()[-3000:]
+                assert time.monotonic() < deadline, schedule_log.read_text()[-3000:]
+                time.sleep(2)
+            limit = client.read_global_concurrency_limit_by_name(model_limit_name(MODEL))
+    finally:
+        if serving is not None:
+            stop(serving)
+        stop(server)
+    states = [run.state.type.value for run in runs]
+    assert states == ["COMPLETED", "COMPLETED"], schedule_log.read_text()[-3000:]
+    assert (limit.limit, limit.active_slots) == (1, 0)
+    # Both flow runs were running at once, one of them waiting for the model ...
+    (train_start, train_end), (retrain_start, retrain_end) = [
+        (run.start_time, run.end_time) for run in runs
+    ]
+    assert train_start < retrain_end and retrain_start < train_end
+    # ... yet their MLflow runs, which hold all the training, did not overlap.
+    mlflow = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = mlflow.get_experiment_by_name("tfnn-mnist").experiment_id
+    intervals = []
+    for run in runs:
+        [found] = mlflow.search_runs(
+            [experiment], filter_string=f"tags.`prefect.root_flow_run_id` = '{run.id}'"
+        )
+        intervals.append((found.info.start_time, found.info.end_time))
+    first, second = sorted(intervals)
+    assert first[1] <= second[0]

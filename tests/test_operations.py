@@ -1,0 +1,286 @@
+"""What operations people look for in MLflow and Prefect, on real stores and servers: system
+metrics, the code version, model cards, links both ways, progress, failure alerts."""
+
+import json
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import ROOT, use_mlflow_store
+from mlflow.tracking import MlflowClient
+from prefect import flow
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.settings import PREFECT_UI_URL
+from servers import MLFLOW, free_port, start, stop, wait_for
+
+from common.config import RunOptions, TrainConfig
+from flows.train import train_flow
+from tasks.tracking import tracked_run
+from tfnn.mnist import load_mnist_idx
+from tfnn.preprocessing import preprocess
+
+SYSTEM_KEYS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
+EPOCHS = 2
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def small_config(data_dir: Path) -> TrainConfig:
+    return TrainConfig(hidden_sizes=(16,), epochs=EPOCHS, seed=3, data_source=str(data_dir))
+
+
+@pytest.fixture(scope="module")
+def local_run(prefect_harness, small_mnist_dir, tmp_path_factory):
+    """One registered training run in a local SQLite store, with system metrics sampled
+    every half second."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_mlflow_store(monkeypatch, tmp_path_factory.mktemp("ops-local"))
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+        state = train_flow(
+            small_config(small_mnist_dir), RunOptions(model_name="ops-model"), return_state=True
+        )
+        result = state.result()
+        client = MlflowClient()
+        yield result, str(state.state_details.flow_run_id), client, client.get_run(result.run_id)
+    mlflow.set_tracking_uri(None)
+
+
+def test_finished_run_has_system_metrics(local_run):
+    _, _, client, run = local_run
+    for key in SYSTEM_KEYS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert history, key
+        assert [m.step for m in history] == list(range(len(history)))
+    assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
+
+
+def test_code_version_is_the_checkouts_commit(local_run):
+    tags = local_run[3].data.tags
+    assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    assert tags["mlflow.source.git.dirty"] == str(dirty).lower()
+    assert tags["mlflow.source.name"] == "flows.train:train_flow"
+
+
+def test_model_card_names_the_data_digest_and_the_scores(local_run, small_mnist_dir):
+    result, _, client, run = local_run
+    # Independent of the run's record: the digest of the files, and the registered model's
+    # accuracy on the test set measured here.
+    arrays = load_mnist_idx(small_mnist_dir)
+    x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
+    model = mlflow.pyfunc.load_model(f"models:/ops-model/{result.model_version}")
+    accuracy = float(
+        np.mean(np.asarray(model.predict(x_test)).argmax(axis=1) == arrays.test_labels)
+    )
+    card = client.get_model_version("ops-model", result.model_version).description
+    assert arrays.digest() in card
+    assert f"| test | {accuracy:.4f} |" in card
+    assert f"| validation | {run.data.metrics['final_val_accuracy']:.4f} |" in card
+    assert "no retrain decision" in card
+    assert client.get_registered_model("ops-model").description == card
+    note = run.data.tags["mlflow.note.content"]
+    assert arrays.digest() in note and f"test accuracy {accuracy:.4f}" in note
+
+
+def test_final_metrics_are_linked_to_the_logged_model(local_run):
+    result, _, client, run = local_run
+    model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
+    on_model = {metric.key: metric.value for metric in model.metrics}
+    finals = {k: v for k, v in run.data.metrics.items() if k.startswith("final_")}
+    assert set(finals) == {
+        "final_val_loss",
+        "final_val_accuracy",
+        "final_test_loss",
+        "final_test_accuracy",
+    }
+    assert {k: on_model[k] for k in finals} == finals
+    # Linking logged nothing twice on the run.
+    assert len(client.get_metric_history(run.info.run_id, "final_test_accuracy")) == 1
+
+
+def test_progress_artifact_and_one_log_line_per_epoch(local_run):
+    _, flow_run_id, client, run = local_run
+    with get_client(sync_client=True) as prefect:
+        progress = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=["training-progress"]),
+            )
+        )
+        logs = prefect.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert [artifact.data for artifact in progress] == [100.0]
+    lines = [log.message for log in logs if log.message.startswith("epoch ")]
+    assert len(lines) == EPOCHS
+    for epoch, line in enumerate(lines, start=1):
+        loss = client.get_metric_history(run.info.run_id, "val_loss")[epoch - 1].value
+        assert line.startswith(f"epoch {epoch}/{EPOCHS}: ")
+        assert f"val_loss {loss:.4f}" in line
+
+
+def test_resumed_run_continues_its_system_metrics(prefect_harness, mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.3")
+    params = {"purpose": "resume"}
+
+    @flow
+    def crash() -> None:
+        with tracked_run(params, "ops-resume") as run_id:
+            crash.run_id = run_id
+            time.sleep(1)
+            raise RuntimeError("killed")
+
+    @flow
+    def resume(run_id: str) -> None:
+        with tracked_run(params, "ops-resume", resume_run_id=run_id):
+            time.sleep(1)
+
+    assert crash(return_state=True).is_failed()
+    client = MlflowClient()
+    before = client.get_metric_history(crash.run_id, SYSTEM_KEYS[0])
+    assert before
+    resume(crash.run_id)
+    run = client.get_run(crash.run_id)
+    assert run.info.status == "FINISHED"
+    for key in SYSTEM_KEYS:
+        steps = [m.step for m in client.get_metric_history(crash.run_id, key)]
+        # The resumed monitor goes on after the crashed one's last step: none logged twice.
+        assert steps == list(range(len(steps)))
+        assert len(steps) > len(before)
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Keeps every POST body it receives in ``received``."""
+
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        length = min(int(self.headers["Content-Length"]), 2**20)
+        Receiver.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ops-mlflow-server")
+    port = free_port()
+    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts"]
+    log = directory / "server.log"
+    server = start(command, log, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url + "/health", server, log)
+        yield url
+    finally:
+        stop(server)
+
+
+def test_links_both_ways_against_real_servers(
+    prefect_harness, mlflow_server, small_mnist_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        state = train_flow(
+            small_config(small_mnist_dir), RunOptions(register_model=False), return_state=True
+        )
+        run = MlflowClient().get_run(state.result().run_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+    flow_run_id = str(state.state_details.flow_run_id)
+    ui = PREFECT_UI_URL.value()
+    assert ui.startswith("http://127.0.0.1:")
+    assert run.data.tags["prefect.flow_run_url"] == f"{ui}/runs/flow-run/{flow_run_id}"
+    with get_client(sync_client=True) as prefect:
+        links = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=["mlflow-run"]),
+            )
+        )
+    url = f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    # Prefect keeps a link artifact as the markdown of the link.
+    assert [link.data for link in links] == [f"[MLflow run {run.info.run_id}]({url})"]
+
+
+def test_failure_alert_reaches_the_receiver(prefect_harness, mlflow_server, tmp_path, monkeypatch):
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        CustomWebhookNotificationBlock(
+            name="ops-test-alerts",
+            url=f"http://127.0.0.1:{receiver.server_port}/alert",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            allow_private_urls=True,
+        ).save("ops-test-alerts", overwrite=True)
+        monkeypatch.setenv("TFNN_NOTIFY_BLOCK", "custom-webhook/ops-test-alerts")
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mlflow.set_tracking_uri(mlflow_server)
+        missing = tmp_path / "no-such-data"
+        Receiver.received.clear()
+        try:
+            state = train_flow(small_config(missing), return_state=True)
+            runs = mlflow.search_runs(
+                filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
+                search_all_experiments=True,
+                output_format="list",
+            )
+        finally:
+            mlflow.set_tracking_uri(None)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert state.is_failed()
+    flow_run_id = str(state.state_details.flow_run_id)
+    [run] = runs
+    assert len(Receiver.received) == 1
+    message = Receiver.received[0]
+    assert message["subject"].startswith("tfnn: train-mnist run ")
+    assert message["subject"].endswith(" Failed")
+    body = message["body"]
+    assert str(missing) in body  # the reason
+    assert f"Prefect: {PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}" in body
+    mlflow_url = f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"MLflow: {mlflow_url}" in body
+
+
+def test_no_block_configured_sends_nothing(prefect_harness, mlflow_store, tmp_path, monkeypatch):
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.delenv("TFNN_NOTIFY_BLOCK", raising=False)
+        Receiver.received.clear()
+        state = train_flow(small_config(tmp_path / "absent"), return_state=True)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert state.is_failed()
+    assert Receiver.received == []

@@ -1,0 +1,1 @@
+"""What tasks and flows share that is not a task: typed configs, the MLflow client, runs, locks."""

@@ -8,6 +8,7 @@ from prefect import Task, flow
 
 from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
+from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.model import build_network
 from tasks.plots import plot_run
@@ -102,7 +103,9 @@ def run_training(
         config.as_params(), experiment, parent_run_id, run_name, resume_run_id, takeover
     ) as run_id:
         run_dir = Path(output_dir) / run_id
-        data = step(prepare_data)(step(load_data)(config.data_source), config.validation_fraction)
+        arrays = step(load_data)(config.data_source)
+        data = step(prepare_data)(arrays, config.validation_fraction)
+        step(record_data_profile)(run_id, arrays)  # what the data check compares new data with
         initial = (
             step(download_weights)(run_id, warm_start_from, str(run_dir / "warm_start"))
             if warm_start_from

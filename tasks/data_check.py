@@ -1,0 +1,60 @@
+"""Tasks of the data check: record a training run's data profile, and check new data
+against the champion's (``common.data_check``)."""
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from common.data_check import CheckResult, check_data
+from common.data_profile import PROFILE_ARTIFACT, CheckThresholds, DataProfile, profile_of
+from tasks.tracking import RetryingClient
+from tfnn.data import MnistArrays
+
+DATA_EVENT_TAG = "tfnn.data_event"
+DATA_DIGEST_TAG = "tfnn.data_event_digest"
+
+
+@task(cache_policy=NONE)
+def record_data_profile(run_id: str, arrays: MnistArrays) -> DataProfile:
+    """Log the profile of the data run ``run_id`` trains on as its ``data_profile.json``."""
+    profile = profile_of(arrays)
+    RetryingClient().log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
+    return profile
+
+
+@task(cache_policy=NONE)
+def check_new_data(
+    source: str,
+    model_name: str,
+    thresholds: CheckThresholds,
+    allow_test_change: bool = False,
+    arrays: MnistArrays | None = None,
+) -> CheckResult:
+    """The data check of ``source`` against the champion of ``model_name``."""
+    return check_data(source, model_name, thresholds, allow_test_change, arrays)
+
+
+@task
+def tag_data_event(run_id: str, event_id: str, digest: str | None) -> None:
+    """Note on run ``run_id`` the ``tfnn.data.changed`` event that started it."""
+    client = RetryingClient()
+    client.set_tag(run_id, DATA_EVENT_TAG, event_id)
+    if digest:
+        client.set_tag(run_id, DATA_DIGEST_TAG, digest)
+
+
+def changed_since_check(checked_digest: str | None, digest: str) -> str | None:
+    """Why a retrain started for data ``checked_digest`` must not train on ``digest``: the
+    data changed after the check passed it (the watch checks the new data first)."""
+    if checked_digest and checked_digest != digest:
+        return (
+            f"the data changed since the check passed digest {checked_digest[:12]} (now "
+            f"{digest[:12]}): not trained on unchecked data; the watch will check it"
+        )
+    return None
+
+
+def data_change(event_id: str | None, digest: str | None, source: str) -> str | None:
+    """The data change a retrain answers, in words; None when no event started it."""
+    if not event_id:
+        return None
+    return f"the data change of `{source}` to digest `{digest}` (event `{event_id}`)"

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from flows import lifetime
+from flows.check_data import add_check_data_command, run_check_data
 from flows.crons import default_crons, is_valid_cron
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
         command.add_argument("--model-name", default="tfnn-mnist", help="registered model name")
 
+    add_check_data_command(commands)  # flows/check_data.py
     predict = commands.add_parser("predict", help="predict digits in PNG or IDX files to a CSV")
     predict.add_argument("--model", default=None, help="MLflow model URI (default: the champion)")
     predict.add_argument(
@@ -459,10 +461,13 @@ def _retrain(args: argparse.Namespace, config, activations: tuple[str, ...]) -> 
 
 def _schedule(args: argparse.Namespace, config, activations: tuple[str, ...]) -> list[str]:
     from flows.schedules import build_deployments, serve_schedules
+    from flows.watch import watch_deployment, watch_timing
 
-    serve_schedules(
-        build_deployments(config, args.train_cron, args.retrain_cron, args.model_name, args.margin)
+    deployments = build_deployments(
+        config, args.train_cron, args.retrain_cron, args.model_name, args.margin
     )
+    deployments.append(watch_deployment(config.data_source, args.model_name, *watch_timing()))
+    serve_schedules(deployments)
     return []
 
 
@@ -497,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "check-data":
+        return run_check_data(args)
     from tasks import preflight
     from tasks.config import describe_validation_error
     from tfnn.data import DataError

@@ -1,11 +1,10 @@
-"""Tasks of the data check: record a training run's data profile, and check new data
-against the champion's (``common.data_check``)."""
+"""Tasks of the data check that training and retraining run: record the data profile, and
+name the data change that started a retrain."""
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common.data_check import CheckResult, check_data
-from common.data_profile import PROFILE_ARTIFACT, CheckThresholds, DataProfile, profile_of
+from common.data_profile import PROFILE_ARTIFACT, DataProfile, profile_of
 from tasks.tracking import RetryingClient
 from tfnn.data import MnistArrays
 
@@ -19,18 +18,6 @@ def record_data_profile(run_id: str, arrays: MnistArrays) -> DataProfile:
     profile = profile_of(arrays)
     RetryingClient().log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
     return profile
-
-
-@task(cache_policy=NONE)
-def check_new_data(
-    source: str,
-    model_name: str,
-    thresholds: CheckThresholds,
-    allow_test_change: bool = False,
-    arrays: MnistArrays | None = None,
-) -> CheckResult:
-    """The data check of ``source`` against the champion of ``model_name``."""
-    return check_data(source, model_name, thresholds, allow_test_change, arrays)
 
 
 @task

@@ -6,6 +6,7 @@ from pydantic import NonNegativeFloat
 from flows.train import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, DEFAULT_OUTPUT_DIR, train_flow
 from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
+from tasks.data_check import changed_since_check, data_change, tag_data_event
 from tasks.registry import (
     Decision,
     already_decided,
@@ -25,20 +26,25 @@ def retrain_flow(
     warm_start: bool = False,
     experiment: str = DEFAULT_EXPERIMENT,
     output_dir: str = DEFAULT_OUTPUT_DIR,
+    data_digest: str | None = None,
+    data_event_id: str | None = None,
 ) -> Decision:
     """Train a challenger (fresh, or from the champion's weights with ``warm_start``), score
     it and the champion on the same validation examples of the current data, and promote it
     only if its validation accuracy is higher by at least ``margin``. With nothing new since
-    the last decision it trains nothing."""
+    the last decision it trains nothing. Started by a ``tfnn.data.changed`` event
+    (``data_event_id``), it trains only on the data the check passed (``data_digest``)."""
     if config.validation_fraction == 0:
         raise ValueError("a retrain decides on validation: set validation_fraction > 0")
     data = prepare_data(load_data(config.data_source), config.validation_fraction)
     champion = find_champion(model_name)
     key = retrain_key(config, data.digest, warm_start, margin)
-    skip_reason = already_decided(model_name, key, champion)
+    skip_reason = changed_since_check(data_digest, data.digest) or already_decided(
+        model_name, key, champion
+    )
     if skip_reason:
         decision = Decision(
-            model_name, "skipped", skip_reason, key, champion_version=champion.version
+            model_name, "skipped", skip_reason, key, champion_version=champion and champion.version
         )
     else:
         challenger = train_flow(
@@ -49,6 +55,8 @@ def retrain_flow(
             registered_model_name=model_name,
             warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start and champion else None,
         )
+        if data_event_id:
+            tag_data_event(challenger.run_id, data_event_id, data_digest)
         if challenger.warning:  # not registered, so not a candidate
             decision = Decision(
                 model_name,
@@ -69,6 +77,6 @@ def retrain_flow(
                 key,
             )
             record_decision(decision)
-    publish_decision(decision)
+    publish_decision(decision, data_change(data_event_id, data_digest, data.source))
     print(f"{decision.action}: {decision.reason}")
     return decision

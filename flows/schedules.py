@@ -10,6 +10,7 @@ from prefect.deployments.runner import RunnerDeployment
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
 from flows.train import DEFAULT_MODEL_NAME, train_flow
+from flows.watch import data_changed_trigger
 from tasks.config import TrainConfig
 
 __all__ = [
@@ -28,7 +29,8 @@ def build_deployments(
     model_name: str = DEFAULT_MODEL_NAME,
     margin: float = 0.0,
 ) -> list[RunnerDeployment]:
-    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises."""
+    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises. The
+    retrain also runs on each ``tfnn.data.changed`` event about ``config.data_source``."""
     config_json = config.model_dump(mode="json")
     return [
         train_flow.to_deployment(
@@ -40,6 +42,7 @@ def build_deployments(
             "scheduled-retrain",
             cron=retrain_cron,
             parameters={"config": config_json, "model_name": model_name, "margin": margin},
+            triggers=[data_changed_trigger(config.data_source)],  # flows/watch.py
         ),
     ]
 

@@ -133,10 +133,10 @@ def check_data(
     reasons = []
     if champion is None:
         notes.append(f"no champion of {model_name!r}: only the files' format was checked")
+    elif champion.digest == profile.digest:  # no rule can fail, and the model need not load
+        notes.append(f"the champion (version {champion.version}) was trained on exactly this data")
     else:
         notes.append(f"compared with champion version {champion.version} (run {champion.run_id})")
-        if champion.digest == profile.digest:
-            notes.append("the champion was trained on exactly this data")
         if champion.profile is None:
             notes.append("the champion's run recorded no data profile: profile rules skipped")
         else:

@@ -89,14 +89,15 @@ def _say(text: str) -> str:
 
 def data_changed_trigger(source: str) -> DeploymentEventTrigger:
     """Run the deployment on each ``tfnn.data.changed`` about ``source``, with the announced
-    digest and the event's id as the flow's ``data_digest`` and ``data_event_id``."""
+    digest and the event's id as the flow's ``data_digest`` and ``data_event_id`` (as a
+    string: the server renders a lone expression to JSON, which has no UUID)."""
     return DeploymentEventTrigger(
         name="retrain on checked new data",
         expect={CHANGED_EVENT},
         match={"prefect.resource.id": resource_id(source)},
         parameters={
             "data_digest": "{{ event.payload.digest }}",
-            "data_event_id": "{{ event.id }}",
+            "data_event_id": "{{ event.id | string }}",
         },
     )
 

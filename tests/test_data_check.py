@@ -283,3 +283,12 @@ def test_the_recorded_profile_is_the_training_data_s(champion_store):
     recorded = DataProfile.from_json(result.stdout)
     assert recorded == profile_of(load_mnist_idx(directory / "data"))
     assert json.loads(result.stdout)["train"]["count"] == 600
+
+
+def test_a_retrain_started_for_checked_data_refuses_data_that_changed_since():
+    from tasks.data_check import changed_since_check
+
+    assert changed_since_check(None, "b" * 64) is None  # a cron retrain: no check to honour
+    assert changed_since_check("a" * 64, "a" * 64) is None
+    reason = changed_since_check("a" * 64, "b" * 64)
+    assert "changed since the check passed digest aaaaaaaaaaaa (now bbbbbbbbbbbb)" in reason

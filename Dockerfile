@@ -10,6 +10,7 @@ WORKDIR /app
 # Dependencies first, so editing the code does not reinstall TensorFlow.
 COPY pyproject.toml README.md ./
 COPY tfnn ./tfnn
+COPY common ./common
 COPY tasks ./tasks
 COPY flows ./flows
 RUN pip install ".[server]"

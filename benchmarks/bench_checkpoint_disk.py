@@ -20,11 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from common.epoch_logger import EpochLogger
 from tasks.config import TrainConfig
-from tasks.tracking import EpochLogger
-from tfnn.data import load_dataset, preprocess
-from tfnn.network import build_mlp
-from tfnn.optimizers import SGD
+from tasks.model import fit_arguments, network_for
+from tfnn.mnist import load_dataset
+from tfnn.preprocessing import preprocess
 from tfnn.training import fit
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -39,17 +39,15 @@ def tracked_run(epochs: int, data, workdir: Path) -> tuple[int, int, int]:
     config = TrainConfig()
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment(f"disk-{epochs}")).info.run_id
-    network = build_mlp(config.layer_sizes(784, 10), seed=config.seed)
+    network = network_for(config, 784, 10)
     steps = math.ceil(len(data[0][0]) / config.batch_size)
     checkpoints = workdir / run_id / "checkpoints"
     with EpochLogger(run_id, network, checkpoints, steps) as logger:
         fit(
             network,
-            SGD(config.learning_rate),
-            *data,
-            epochs=epochs,
-            batch_size=config.batch_size,
-            seed=config.seed,
+            train=data[0],
+            test=data[1],
+            **fit_arguments(config.model_copy(update={"epochs": epochs}), validation=False),
             callbacks=[logger],
             history=logger.history,
         )

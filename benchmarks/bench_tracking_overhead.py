@@ -48,8 +48,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.train import train_flow
 from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
-from tasks.model import build_network
-from tfnn.optimizers import SGD
+from tasks.model import fit_arguments, network_for
 from tfnn.training import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,16 +63,13 @@ def per_epoch(total_seconds: float, epoch_seconds: list[float]) -> float:
 
 def bare_run(config: TrainConfig, data) -> tuple[float, float]:
     """(fit's per-epoch time, wall per-epoch time) of tfnn.fit with no callbacks."""
-    network = build_network.fn(config, data.input_dim, data.num_classes)
+    network = network_for(config, data.input_dim, data.num_classes)
     started = time.perf_counter()
     history = fit(
         network,
-        SGD(config.learning_rate),
-        (data.x_train, data.y_train),
-        (data.x_test, data.y_test),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
+        train=(data.x_train, data.y_train),
+        test=(data.x_test, data.y_test),
+        **fit_arguments(config, validation=False),
     )
     wall = time.perf_counter() - started
     seconds = history.epoch_seconds

@@ -36,7 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 import tfnn
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
+from tfnn.preprocessing import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO / ".." / "shared" / "data" / "mnist"

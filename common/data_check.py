@@ -21,7 +21,10 @@ from common.data_profile import (
     compare_profiles,
     profile_of,
 )
-from tfnn.data import DataError, MnistArrays, flatten_and_scale, load_dataset
+from common.data_source import load_source
+from tfnn.errors import DataError
+from tfnn.mnist import MnistArrays
+from tfnn.preprocessing import flatten_and_scale
 
 CHAMPION_ALIAS = "champion"
 # Enough examples to see a 5-point accuracy drop (its standard error at 10k is under 0.5
@@ -119,7 +122,7 @@ def check_data(
     on the new training examples."""
     start = time.perf_counter()
     try:
-        arrays = arrays or load_dataset(source)
+        arrays = arrays or load_source(source)
     except DataError as error:
         report = CheckReport(reasons=(f"malformed data: {error}",))
         return CheckResult(report, None, None, time.perf_counter() - start)

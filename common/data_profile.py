@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from tfnn.data import NUM_CLASSES, MnistArrays
+from tfnn.mnist import NUM_CLASSES, MnistArrays
 
 PROFILE_ARTIFACT = "data_profile.json"
 # A profile is ten counts and a few floats per split; anything larger is not ours.

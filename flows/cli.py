@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from flows import lifetime
+from flows import lifetime, timings
 from flows.check_data import add_check_data_command, run_check_data
 from flows.crons import default_crons, is_valid_cron
 
@@ -258,13 +258,14 @@ def _add_evaluate_command(commands) -> None:
 
 def _evaluate(args: argparse.Namespace) -> list[str]:
     """The test loss and accuracy of a saved network."""
+    from common.data_source import load_source
     from tasks.config import default_data_source
     from tasks.preflight import InputError
-    from tfnn.data import load_dataset, preprocess
+    from tfnn.preprocessing import preprocess
     from tfnn.serialization import load_network
 
     network = load_network(args.weights)
-    arrays = load_dataset(args.data_source or default_data_source())
+    arrays = load_source(args.data_source or default_data_source())
     x, y = preprocess(arrays.test_images, arrays.test_labels)
     shape = (network.input_dim, int(network.layers[-1].w.shape[1]))
     if shape != (x.shape[1], y.shape[1]):
@@ -313,8 +314,8 @@ def _check_inputs(args: argparse.Namespace, config) -> None:
     preflight.check_data(config)
     preflight.check_output_dir(args.output_dir)
     preflight.check_tracking()
-    lifetime.wait_for_prefect_server()
-    preflight.check_orchestration()
+    timings.mark("mlflow_ready")
+    lifetime.check_prefect_api()
     if getattr(args, "resume", None):
         preflight.check_resume(args.resume, config, args.experiment, args.takeover)
     elif getattr(args, "takeover", False):
@@ -337,8 +338,7 @@ def _check_predict(args: argparse.Namespace) -> None:
     preflight.check_tracking()
     # The command's own server may still be starting: its start-up timeout applies, not the
     # few seconds a configured server gets to answer.
-    lifetime.wait_for_prefect_server()
-    preflight.check_orchestration()
+    lifetime.check_prefect_api()
     if not args.model:
         from flows.predict import DEFAULT_MODEL_URI
 
@@ -403,6 +403,7 @@ def _train(args: argparse.Namespace, config, activations: tuple[str, ...]) -> li
     from flows.compare import compare_flow
     from flows.train import train_flow
 
+    timings.mark("flow_imported")
     if args.command == "train":
         model_name = None if args.no_register else args.model_name
         show_progress = sys.stderr.isatty() and not args.no_progress
@@ -495,18 +496,21 @@ _CHECKED = {"train", "compare", "retrain", "schedule"}
 
 @lifetime.handles_interrupts
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line: this process is the command
+        lifetime.exit_without_finalizing()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     # The ephemeral server's telemetry heartbeat races the flow for its SQLite database
     # and logs "database is locked" tracebacks; a user's own setting still wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    timings.mark("parsed")
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "check-data":
         return run_check_data(args)
     from tasks import preflight
     from tasks.config import describe_validation_error
-    from tfnn.data import DataError
+    from tfnn.errors import DataError
 
     config, activations = None, ()
     resume = getattr(args, "resume", None)
@@ -525,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "evaluate":  # it starts while the rest imports and checks the input
         lifetime.start_prefect_server()
     _start_tensorflow_quietly()
+    timings.mark("tensorflow")
     from tfnn.serialization import ModelFileError
 
     try:
@@ -554,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_tracebacks()
     try:
         lines = _COMMANDS[args.command](args, config, activations)
+        timings.mark("flow_done")
     except DidNotLearn as flagged:
         print("\n".join(flagged.lines))
         for warning in flagged.warnings:

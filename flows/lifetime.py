@@ -15,7 +15,9 @@ line and exits 128 + the signal number.
 Run as ``python -m flows.lifetime SOCKET_FD PIPE_FD PARENT_PID``, this module is that server.
 """
 
+import atexit
 import functools
+import logging
 import os
 import re
 import select
@@ -30,6 +32,8 @@ from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from flows import timings
+
 # The environment Prefect gives its ephemeral server: no UI, ephemeral-mode services.
 _SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",
@@ -40,6 +44,7 @@ _START_LOCK = "tfnn-server-start.lock"
 _STOP_SECONDS = 5.0
 _server: "PrefectServer | None" = None
 _server_ready = False
+_exit_code: int | None = None  # what the command's main returned
 
 
 class PrefectServer:
@@ -132,11 +137,17 @@ def start_prefect_server() -> None:
     """Start a private Prefect server and point this process (and its children) at it, unless
     a Prefect API is configured already."""
     global _server
+    if _server is not None or os.environ.get("PREFECT_API_URL"):
+        return
+    # Started before this process imports Prefect (seconds) to read its settings: the server
+    # boots meanwhile. A URL from a profile or a settings file stops it again at once.
+    server = PrefectServer()
     from prefect.settings import get_current_settings
 
-    if _server is not None or get_current_settings().api.url:
+    if get_current_settings().api.url:
+        server.stop()
         return
-    _server = PrefectServer()
+    _server = server
     # The environment reaches threads that Prefect starts outside this context and child
     # processes (Dask workers, `serve`'s flow runs); the settings reach this thread.
     os.environ["PREFECT_API_URL"] = _server.url
@@ -180,6 +191,19 @@ def wait_for_prefect_server() -> None:
     _server_ready = True
 
 
+def check_prefect_api() -> None:
+    """Refuse (``InputError``) a Prefect API that does not answer: the private server gets its
+    start-up timeout; a configured one, the preflight's quick health and login checks. The
+    private server's own health check is enough: asking it again costs a second."""
+    from tasks.preflight import check_orchestration
+
+    if _server is not None:
+        wait_for_prefect_server()
+    else:
+        check_orchestration()
+    timings.mark("prefect_ready")
+
+
 def _on_sigterm(signum: int, frame) -> None:
     """Raise Prefect's ``TerminationSignal``, as Prefect's own handler does during a flow run.
     That handler re-sends SIGTERM to the process (to this handler) once it has unwound the
@@ -207,9 +231,11 @@ def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def guarded(*args, **kwargs) -> int:
+        global _exit_code
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return main(*args, **kwargs)
+            _exit_code = main(*args, **kwargs)
+            return _exit_code
         except BaseException as error:
             signum = _interrupt_signal(error)
             if signum is None:
@@ -217,12 +243,34 @@ def handles_interrupts(main: Callable[..., int]) -> Callable[..., int]:
             runs = "; ".join(getattr(error, "__notes__", [])) or "no run was started"
             name = signal.Signals(signum).name
             print(f"tfnn: interrupted by {name}: {runs}", file=sys.stderr)
-            return 128 + signum
+            _exit_code = 128 + signum
+            return _exit_code
         finally:
             stop_prefect_server()
+            timings.mark("stopped")
             signal.signal(signal.SIGTERM, previous)
 
     return guarded
+
+
+def exit_without_finalizing() -> None:
+    """Once the command has returned its exit code, Python has joined its threads and run
+    every exit handler registered after this call (MLflow's, Prefect's log and event workers'
+    drains, temporary directories' clean-up), end the process there: the interpreter's
+    finalization, tearing down TensorFlow's and everyone's modules object by object, takes
+    seconds and leaves nothing behind that matters. Call it first thing, and only in the
+    process the command owns (not when a test calls ``main`` in its own process)."""
+    atexit.register(_end_now)
+
+
+def _end_now() -> None:
+    if _exit_code is None:  # an exception escaped main: Python reports it and ends as usual
+        return
+    logging.shutdown()  # registered before this: it would have run after
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(_exit_code)
 
 
 def _die_with_parent(parent: int) -> None:

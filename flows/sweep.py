@@ -18,11 +18,11 @@ from flows.train import DEFAULT_EXPERIMENT, DEFAULT_OUTPUT_DIR, TrainResult, run
 from tasks.config import TrainConfig
 from tasks.grid import SweepSpec
 from tasks.plots import plot_comparison
+from tasks.registry import register_model
 from tasks.sweep import (
     portable_tracking_uri,
     prepare_worker,
     rank_configurations,
-    register_model,
     sweep_params,
     tag_best,
 )
@@ -121,5 +121,5 @@ def sweep_flow(
         model_uri = finished[best["configuration"]].model_uri
         tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
         if register_as:
-            register_model(model_uri, register_as)
+            register_model(register_as, model_uri, best["run_id"])
     return SweepResult(parent_id, ranking, outcomes)

@@ -10,13 +10,13 @@ from tasks.config import TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
+from tasks.lineage import log_dataset
 from tasks.model import build_network
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
 from tasks.tracking import (
     flag_if_not_learning,
-    log_dataset,
     log_evaluation,
     log_trained_model,
     tracked_run,

@@ -278,7 +278,8 @@ print("row sums =", tf.reduce_sum(probabilities, axis=1).numpy())
 # for minutes, so tfnn checks first and fails at once with a hint to set `TFNN_DATA_DIR`.
 
 # %%
-from tfnn.data import load_dataset, preprocess  # noqa: E402
+from tfnn.mnist import load_dataset  # noqa: E402
+from tfnn.preprocessing import preprocess  # noqa: E402
 
 source = os.environ.get("TFNN_DATA_DIR") or "tfds:mnist"
 mnist = load_dataset(source)

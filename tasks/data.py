@@ -6,7 +6,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tfnn.data import DataError, MnistArrays, load_dataset, preprocess, validation_split
+from common.data_source import load_source
+from tfnn.errors import DataError
+from tfnn.mnist import MnistArrays
+from tfnn.preprocessing import preprocess, validation_split
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,13 +56,14 @@ def _download_may_succeed_on_retry(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_download_may_succeed_on_retry)
 def load_data(source: str) -> MnistArrays:
     """MNIST as uint8 arrays from ``tfds:NAME`` or a directory of IDX files."""
-    return load_dataset(source)
+    return load_source(source)
 
 
 @task(cache_policy=NONE)
 def prepare_data(arrays: MnistArrays, validation_fraction: float = 0.0) -> PreparedData:
     """Flatten and scale the images and one-hot the labels, as the notebook does, holding out
-    the last ``validation_fraction`` of the training split (``tfnn.data.validation_split``)."""
+    the last ``validation_fraction`` of the training split
+    (``tfnn.preprocessing.validation_split``)."""
     x, y = preprocess(arrays.train_images, arrays.train_labels)
     x_test, y_test = preprocess(arrays.test_images, arrays.test_labels)
     # The held-out rows are the last ones: slices, not copies.

@@ -5,8 +5,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from common.data_profile import PROFILE_ARTIFACT, DataProfile, profile_of
-from tasks.tracking import RetryingClient
-from tfnn.data import MnistArrays
+from common.mlflow_client import RetryingClient
+from tfnn.mnist import MnistArrays
 
 DATA_EVENT_TAG = "tfnn.data_event"
 DATA_DIGEST_TAG = "tfnn.data_event_digest"

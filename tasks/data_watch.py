@@ -16,7 +16,7 @@ from prefect.variables import Variable
 
 from common.data_check import CheckResult, check_data
 from common.data_profile import CheckThresholds
-from tfnn.data import MNIST_FILES
+from tfnn.mnist import MNIST_FILES
 
 CHANGED_EVENT, REJECTED_EVENT = "tfnn.data.changed", "tfnn.data.rejected"
 

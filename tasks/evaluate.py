@@ -7,7 +7,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.data import PreparedData
-from tfnn.metrics import confusion_matrix, per_class_accuracy
+from tfnn.metrics import accuracy, confusion_matrix, per_class_accuracy
 from tfnn.network import Sequential
 
 
@@ -46,16 +46,15 @@ def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
     confusion = confusion_matrix(data.test_labels, predicted, data.num_classes)
     return Evaluation(
         test_loss=float(network.loss(data.x_test, data.y_test)),
-        test_accuracy=float(np.trace(confusion) / confusion.sum()),
+        test_accuracy=accuracy(predicted, data.test_labels),
         probabilities=probabilities,
         predicted_labels=predicted,
         confusion=confusion,
         class_accuracy=per_class_accuracy(confusion),
         val_loss=float(network.loss(data.x_val, data.y_val)) if data.validation else None,
-        val_accuracy=_accuracy(network, data.x_val, data.y_val) if data.validation else None,
+        val_accuracy=(
+            accuracy(network.predict(data.x_val).numpy().argmax(axis=1), data.y_val.argmax(axis=1))
+            if data.validation
+            else None
+        ),
     )
-
-
-def _accuracy(network: Sequential, x: np.ndarray, y: np.ndarray) -> float:
-    # In float64, as the test accuracy: a float32 mean would differ in the 8th digit.
-    return float(np.mean(network.predict(x).numpy().argmax(axis=1) == y.argmax(axis=1)))

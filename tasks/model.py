@@ -1,20 +1,20 @@
-"""The task that builds the network a configuration describes."""
+"""What a configuration makes: its network and the arguments of ``tfnn.fit``, and the task
+that builds the network of a run."""
+
+from typing import Any
 
 from prefect import task
 
 from tasks.config import TrainConfig
 from tfnn.network import Sequential, build_mlp
+from tfnn.optimizers import SGD
 from tfnn.serialization import load_network
+from tfnn.training import EarlyStopping
 
 
-@task
-def build_network(
-    config: TrainConfig, input_dim: int, num_classes: int, initial_weights_dir: str | None = None
-) -> Sequential:
-    """A fresh ``input_dim -> hidden... -> num_classes`` network seeded by ``config.seed``, or,
-    given ``initial_weights_dir`` (``architecture.json`` + ``weights.npz``), that saved network,
-    which must have the architecture the configuration describes (a warm start)."""
-    network = build_mlp(
+def network_for(config: TrainConfig, input_dim: int, num_classes: int) -> Sequential:
+    """A fresh ``input_dim -> hidden... -> num_classes`` network seeded by ``config.seed``."""
+    return build_mlp(
         config.layer_sizes(input_dim, num_classes),
         hidden_activation=config.activation,
         output_activation=config.output_activation,
@@ -22,6 +22,32 @@ def build_network(
         initializer=config.initializer,
         seed=config.seed,
     )
+
+
+def fit_arguments(config: TrainConfig, validation: bool) -> dict[str, Any]:
+    """The keyword arguments of ``tfnn.fit`` that ``config`` sets: the optimizer, epochs,
+    batch size and seed, and, when there is a ``validation`` set, early stopping."""
+    return {
+        "optimizer": SGD(config.learning_rate),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "early_stopping": (
+            EarlyStopping(config.early_stopping_patience, config.restore_best)
+            if validation
+            else None
+        ),
+    }
+
+
+@task
+def build_network(
+    config: TrainConfig, input_dim: int, num_classes: int, initial_weights_dir: str | None = None
+) -> Sequential:
+    """``network_for(config, ...)``, or, given ``initial_weights_dir`` (``architecture.json`` +
+    ``weights.npz``), that saved network, which must have the architecture the configuration
+    describes (a warm start)."""
+    network = network_for(config, input_dim, num_classes)
     if initial_weights_dir is None:
         return network
     saved = load_network(initial_weights_dir)

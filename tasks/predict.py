@@ -16,13 +16,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tfnn.data import (
-    DataError,
-    flatten_and_scale,
-    load_idx_images,
-    load_idx_labels,
-    load_png_images,
-)
+from tfnn.errors import DataError
+from tfnn.idx import load_idx_images, load_idx_labels
+from tfnn.png import load_png_images
+from tfnn.preprocessing import flatten_and_scale
 
 # models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID (MLflow 3 logged models) and
 # runs:/RUN_ID/PATH, all resolved by the configured tracking server; "models://PROFILE@..."

@@ -12,17 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.data_source import check_tfds_source, load_source
 from tasks.config import TrainConfig, check_utf8
 from tasks.locking import exclusive_lock
-from tfnn.data import (
-    DataError,
-    check_png,
-    check_tfds_source,
-    load_dataset,
-    load_idx_images,
-    load_idx_labels,
-    validation_split,
-)
+from tfnn.errors import DataError
+from tfnn.idx import load_idx_images, load_idx_labels
+from tfnn.png import check_png
+from tfnn.preprocessing import validation_split
 
 
 class InputError(ValueError):
@@ -59,7 +55,7 @@ def check_data(config: TrainConfig) -> None:
     if config.data_source.startswith("tfds:"):
         check_tfds_source(config.data_source.removeprefix("tfds:"))
         return
-    examples = len(load_dataset(config.data_source).train_labels)
+    examples = len(load_source(config.data_source).train_labels)
     train_rows, validation_rows = validation_split(examples, config.validation_fraction)
     if config.validation_fraction > 0 and len(validation_rows) == 0:
         raise InputError(
@@ -106,8 +102,9 @@ def check_tracking() -> None:
     ``$TFNN_TRACKING_RETRY_SECONDS``."""
     import mlflow
 
-    from tasks.tracking import retry_seconds
+    from common.mlflow_client import cap_http_retries, retry_seconds
 
+    cap_http_retries()
     try:
         retry_seconds()
     except ValueError as error:
@@ -143,7 +140,7 @@ def _sqlite_file(uri: str) -> Path | None:
 def _open_store(database: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line
+    from common.errors import one_line
 
     try:
         with _quiet("mlflow", "alembic"):
@@ -161,7 +158,7 @@ def _ask_tracking_server(uri: str) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line  # also caps MLflow's own HTTP retries
+    from common.errors import one_line
 
     quick = {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
@@ -209,7 +206,7 @@ def check_orchestration() -> None:
         temporary_settings,
     )
 
-    from tasks.tracking import one_line
+    from common.errors import one_line
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -281,7 +278,7 @@ def check_model(model_uri: str) -> None:
     from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line
+    from common.errors import one_line
 
     client = MlflowClient()
     try:
@@ -311,10 +308,10 @@ def check_resume(
 ) -> None:
     """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, was
     started with ``config`` and this machine's library versions, and is not held by a live
-    process (unless ``takeover``), as resuming it will."""
+    process (unless ``takeover``); the flow then reopens it without checking it again."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import ResumeError, check_resumable, library_versions
+    from common.runs import ResumeError, check_run_to_resume
 
     run = _resumed_run(run_id)
     if experiment is not None:
@@ -325,9 +322,13 @@ def check_resume(
                 "leave out --experiment to resume it where it is"
             )
     try:
-        check_resumable(run, {**config.as_params(), **library_versions()}, takeover)
+        check_run_to_resume(run, config.as_params(), takeover)
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
+
+
+# The command reads a resumed run once: for its configuration and for its checks.
+_resumed_runs: dict = {}
 
 
 def _resumed_run(run_id: str):
@@ -335,12 +336,15 @@ def _resumed_run(run_id: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import one_line
+    from common.errors import one_line
 
+    if run_id in _resumed_runs:
+        return _resumed_runs[run_id]
     check_tracking()  # the run's store may not exist yet, or be unreachable
     try:
-        return MlflowClient().get_run(run_id)
+        run = _resumed_runs[run_id] = MlflowClient().get_run(run_id)
     except MlflowException as error:
         raise InputError(
             f"--resume {run_id}: no such run at {mlflow.get_tracking_uri()} ({one_line(error)})"
         ) from None
+    return run

@@ -18,12 +18,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
+from common.mlflow_client import RetryingClient, retry_tracking
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
+from tfnn.metrics import accuracy
 
 CHAMPION_ALIAS = "champion"
 KEY_TAG = "tfnn.retrain_key"
@@ -105,14 +106,16 @@ def _is_missing(error: MlflowException) -> bool:
 @task
 def register_model(name: str, model_uri: str, run_id: str) -> str:
     """Register the logged model ``models:/<model_id>`` of run ``run_id`` as a new version of
-    ``name`` (created if needed); returns the version number once it is READY."""
-    client = MlflowClient()
+    ``name`` (created if needed), note it on the run (``tfnn.registered_model``); returns the
+    version number once it is READY."""
+    client = RetryingClient()
     try:
         client.create_registered_model(name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    created = client.create_model_version(
+    # Not retried: a retry after a lost reply would make a second version.
+    created = client.once.create_model_version(
         name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/")
     )
     version = client.get_model_version(name, created.version)
@@ -126,7 +129,7 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
 def find_champion(name: str) -> Champion | None:
     """The version that ``models:/<name>@champion`` points at, or None when there is none."""
     try:
-        version = MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
+        version = RetryingClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException as error:
         if _is_missing(error):
             return None
@@ -140,7 +143,7 @@ def already_decided(name: str, key: str, champion: Champion | None) -> str | Non
     if champion is None:
         return None
     query = f"name = '{name}' and tags.`{KEY_TAG}` = '{key}'"
-    for version in MlflowClient().search_model_versions(query):
+    for version in RetryingClient().search_model_versions(query):
         if str(version.version) == champion.version:
             return f"nothing new: champion version {champion.version} came from this retrain"
         if version.tags.get(COMPARED_WITH_TAG) == champion.version:
@@ -156,8 +159,10 @@ def download_weights(run_id: str, source_uri: str, directory: str) -> str:
     """Download a saved network (``architecture.json`` + ``weights.npz``, e.g.
     ``runs:/<id>/weights``) into ``directory`` and note the source on run ``run_id``."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    path = mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=directory)
-    MlflowClient().set_tag(run_id, WARM_START_TAG, source_uri)
+    path = retry_tracking(
+        lambda: mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=directory)
+    )
+    RetryingClient().set_tag(run_id, WARM_START_TAG, source_uri)
     return path
 
 
@@ -181,16 +186,17 @@ def challenge(
         "val": (data.x_val, data.y_val.argmax(axis=1)),
         "test": (data.x_test, data.test_labels),
     }
-    accuracy = {}
+    scores = {}
     for version in filter(None, (champion and champion.version, challenger_version)):
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        uri = f"models:/{name}/{version}"
+        model = retry_tracking(lambda uri=uri: mlflow.pyfunc.load_model(uri))
         for split, (x, labels) in splits.items():
             predicted = np.asarray(model.predict(x)).argmax(axis=1)
-            accuracy[version, split] = float(np.mean(predicted == labels))
+            scores[version, split] = accuracy(predicted, labels)
     champion_accuracy = {
-        split: accuracy[champion.version, split] if champion else None for split in splits
+        split: scores[champion.version, split] if champion else None for split in splits
     }
-    promote, reason = decide(champion_accuracy["val"], accuracy[challenger_version, "val"], margin)
+    promote, reason = decide(champion_accuracy["val"], scores[challenger_version, "val"], margin)
     return Decision(
         model_name=name,
         action="promoted" if promote else "kept",
@@ -199,9 +205,9 @@ def challenge(
         champion_version=champion.version if champion else None,
         challenger_version=challenger_version,
         champion_val_accuracy=champion_accuracy["val"],
-        challenger_val_accuracy=accuracy[challenger_version, "val"],
+        challenger_val_accuracy=scores[challenger_version, "val"],
         champion_test_accuracy=champion_accuracy["test"],
-        challenger_test_accuracy=accuracy[challenger_version, "test"],
+        challenger_test_accuracy=scores[challenger_version, "test"],
         challenger_run_id=challenger_run_id,
     )
 
@@ -214,7 +220,7 @@ def record_decision(decision: Decision) -> None:
     The retrain key, which makes a repeat a no-op, is written last: a retrain killed before
     the alias moved is not mistaken for one already decided, so its winner is not lost.
     """
-    client = MlflowClient()
+    client = RetryingClient()
     tags = decision.tags()
     key = tags.pop(KEY_TAG)
 

@@ -1,5 +1,5 @@
 """Tasks around a sweep: ready a worker to train one configuration, rank the configurations
-on the parent MLflow run, tag it with the best and register the best model."""
+on the parent MLflow run and tag it with the best."""
 
 import json
 import time
@@ -9,14 +9,14 @@ from typing import Any
 import mlflow
 import tensorflow as tf
 from mlflow.entities import Metric, RunTag
-from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from common.mlflow_client import RetryingClient
+from common.runs import ERROR_TAG
 from tasks.config import TrainConfig
 from tasks.grid import SweepSpec
-from tasks.tracking import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."
 SQLITE_LOCK_TIMEOUT_S = 60
@@ -82,7 +82,7 @@ def rank_configurations(
     table to the parent run (``ranking.json``) and to Prefect. The test accuracy is shown
     beside it, never used to rank. ``outcomes`` maps each name to its ``TrainResult`` or to the
     exception it failed with. Returns the rows, best first."""
-    client = MlflowClient()
+    client = RetryingClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     child_by_name = {run.info.run_name: run for run in children}
@@ -127,7 +127,7 @@ def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, mode
     """Tag the parent run with the best configuration's fields, run, model and validation and
     test accuracy (``tfnn.best.*``) and log them as the metrics ``best_final_val_accuracy``
     and ``best_final_test_accuracy``."""
-    client = MlflowClient()
+    client = RetryingClient()
     tags = {
         **config.as_params(),
         "configuration": best["configuration"],
@@ -146,9 +146,3 @@ def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, mode
         ],
         tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()],
     )
-
-
-@task
-def register_model(model_uri: str, name: str) -> str:
-    """Register ``model_uri`` as a new version of the registered model ``name``; returns it."""
-    return mlflow.register_model(model_uri, name).version

@@ -8,12 +8,12 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
+from common.epoch_logger import EpochLogger
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
-from tasks.tracking import EpochLogger
+from tasks.model import fit_arguments
 from tfnn.network import Sequential
-from tfnn.optimizers import SGD
-from tfnn.training import EarlyStopping, History, StepCallback, fit
+from tfnn.training import History, StepCallback, fit
 
 
 @task(cache_policy=NONE)
@@ -37,11 +37,8 @@ def train(
     checkpoint (see ``EpochLogger.resume``), exactly as an uninterrupted run would.
     """
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
-    early_stopping = (
-        EarlyStopping(config.early_stopping_patience, config.restore_best)
-        if data.validation
-        else None
-    )
+    arguments = fit_arguments(config, validation=data.validation is not None)
+    early_stopping = arguments["early_stopping"]
     with (
         EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping) as logger,
         _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance,
@@ -49,14 +46,10 @@ def train(
         completed_epochs = logger.resume() if resume else 0
         return fit(
             network,
-            SGD(config.learning_rate),
-            (data.x_train, data.y_train),
-            (data.x_test, data.y_test),
-            epochs=config.epochs,
+            train=(data.x_train, data.y_train),
+            test=(data.x_test, data.y_test),
             validation=data.validation,
-            early_stopping=early_stopping,
-            batch_size=config.batch_size,
-            seed=config.seed,
+            **arguments,
             callbacks=[logger],
             initial_epoch=completed_epochs,
             history=logger.history,

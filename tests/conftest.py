@@ -2,8 +2,10 @@
 directories, and MNIST-format data (small synthetic files, or the real shared digits)."""
 
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +21,12 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("TFNN_DATA_DIR", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfnn.data import (
-    load_dataset,
-    preprocess,
-    validation_split,
-    write_idx_images,
-    write_idx_labels,
-)
-from tfnn.network import build_mlp
-from tfnn.optimizers import SGD
+from tasks.model import fit_arguments, network_for
+from tfnn.idx import write_idx_images, write_idx_labels
+from tfnn.mnist import load_dataset
+from tfnn.preprocessing import preprocess, validation_split
 from tfnn.serialization import weights_digest
-from tfnn.training import EarlyStopping, fit
+from tfnn.training import fit
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,26 +51,13 @@ def train_uninterrupted(config) -> tuple:
     kept = len(validation_split(len(x), config.validation_fraction)[0])
     train, validation = (x[:kept], y[:kept]), (x[kept:], y[kept:])
     test = preprocess(arrays.test_images, arrays.test_labels)
-    network = build_mlp(
-        config.layer_sizes(784, 10),
-        hidden_activation=config.activation,
-        output_activation=config.output_activation,
-        loss=config.loss,
-        initializer=config.initializer,
-        seed=config.seed,
-    )
+    network = network_for(config, 784, 10)
     history = fit(
         network,
-        SGD(config.learning_rate),
-        train,
-        test,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
+        train=train,
+        test=test,
         validation=validation if kept < len(x) else None,
-        early_stopping=EarlyStopping(config.early_stopping_patience, config.restore_best)
-        if kept < len(x)
-        else None,
+        **fit_arguments(config, validation=kept < len(x)),
     )
     return history, weights_digest(network)
 
@@ -87,6 +71,40 @@ def tfnn_env(**extra: str) -> dict[str, str]:
     """This process's environment (the test's MLflow store, a private Prefect home) with this
     checkout importable and ``extra`` on top, for a ``tfnn`` subprocess."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def run_tfnn(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``tfnn ARGS`` run to its end (15 minutes at most) in ``cwd``, its output captured."""
+    return subprocess.run(
+        tfnn_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def wait_for_file(pattern: str, directory: Path, process: subprocess.Popen, log: Path) -> None:
+    """Wait (5 minutes at most) until ``directory`` holds a file matching ``pattern``; fail
+    with the end of ``log`` if ``process`` ends first."""
+    give_up = time.monotonic() + 300
+    while not list(directory.glob(pattern)):
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < give_up, f"no {pattern} within 5 minutes"
+        time.sleep(0.02)
+
+
+def train_killed_after_epoch(epoch: int, flags: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run ``tfnn train FLAGS`` in ``cwd`` and SIGKILL it as soon as the checkpoint of
+    ``epoch`` is written (the next epoch is training); returns the id of the run it left."""
+    log = cwd / "killed.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            tfnn_command("train", *flags), cwd=cwd, env=env, stdout=output, stderr=output
+        )
+    try:
+        wait_for_file(f"outputs/*/checkpoints/ckpt-{epoch}.index", cwd, process, log)
+    finally:
+        process.kill()
+        process.wait()
+    (run_dir,) = (cwd / "outputs").iterdir()
+    return run_dir.name
 
 
 @pytest.fixture(scope="session")

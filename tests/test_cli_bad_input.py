@@ -19,9 +19,9 @@ from conftest import crafted_model, tfnn_command, tfnn_env
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from common.mlflow_client import library_versions
 from tasks.config import TrainConfig
-from tasks.tracking import library_versions
-from tfnn.data import write_idx_images, write_idx_labels
+from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network
 

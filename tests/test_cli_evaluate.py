@@ -5,9 +5,10 @@ import subprocess
 import numpy as np
 from conftest import tfnn_command, tfnn_env
 
-from tfnn.data import load_dataset, preprocess
+from tfnn.mnist import load_dataset
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
+from tfnn.preprocessing import preprocess
 from tfnn.serialization import save_network
 from tfnn.training import fit
 

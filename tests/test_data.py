@@ -1,4 +1,6 @@
-"""Tests for tfnn.data: IDX reading and writing, MNIST loaders, tfds offline behaviour."""
+"""Tests for the data readers (tfnn.idx, tfnn.mnist, tfnn.preprocessing) and the command's
+data source (common.data_source): IDX reading and writing, MNIST loaders, tfds offline
+behaviour."""
 
 import gzip
 import hashlib
@@ -10,19 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfnn import data
-from tfnn.data import (
-    DataError,
-    MnistArrays,
-    load_dataset,
-    load_idx_images,
-    load_idx_labels,
-    load_mnist_idx,
-    load_mnist_tfds,
-    preprocess,
-    write_idx_images,
-    write_idx_labels,
-)
+from common import data_source
+from common.data_source import DATA_DIR_HINT, check_tfds_source, load_source
+from tfnn.errors import DataError, MissingSourceError
+from tfnn.idx import load_idx_images, load_idx_labels, write_idx_images, write_idx_labels
+from tfnn.mnist import MnistArrays, load_dataset, load_mnist_idx, load_mnist_tfds
+from tfnn.preprocessing import preprocess
 
 REAL_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 # Copied from shared/data/README.md, in sha256sum's format.
@@ -358,11 +353,11 @@ def tfds_mock(monkeypatch):
     with tfds.testing.mock_data(num_examples=6):
         # mock_data patches download_and_prepare but not is_prepared, and (with no metadata
         # shipped) points builders at a non-existent data_dir, so is_prepared() is False and
-        # our code would probe the network. Say "reachable" and check the download is a no-op.
+        # the command would probe the network. Say "reachable" and check the download is a no-op.
         assert dataset_builder.DatasetBuilder.download_and_prepare.__name__ == (
             "mock_download_and_prepare"
         )
-        monkeypatch.setattr(data, "tfds_reachable", lambda *args, **kwargs: True)
+        monkeypatch.setattr(data_source, "tfds_reachable", lambda *args, **kwargs: True)
         yield
 
 
@@ -381,13 +376,14 @@ def test_load_mnist_tfds_under_mock(tfds_mock, tmp_path):
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_load_dataset_tfds_under_mock(tfds_mock, name):
     _check_mock_arrays(load_dataset(f"tfds:{name}"), f"tfds:{name}")
+    _check_mock_arrays(load_source(f"tfds:{name}"), f"tfds:{name}")
 
 
-def test_load_mnist_tfds_fails_fast_offline(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "tfds_reachable", lambda *args, **kwargs: False)
+def test_an_unreachable_tfds_source_is_refused_at_once(monkeypatch, tmp_path):
+    monkeypatch.setattr(data_source, "tfds_reachable", lambda *args, **kwargs: False)
     start = time.monotonic()
     with pytest.raises(DataError) as excinfo:
-        load_mnist_tfds("mnist", data_dir=tmp_path / "tfds")
+        check_tfds_source("mnist", data_dir=tmp_path / "tfds")
     assert time.monotonic() - start < 10
     message = str(excinfo.value)
     assert "tensorflow-datasets cannot download 'mnist'" in message
@@ -401,13 +397,24 @@ def test_load_mnist_tfds_wraps_download_errors(monkeypatch, tmp_path):
     def fail(*args, **kwargs):
         raise ConnectionError("connection reset\nby peer")
 
-    monkeypatch.setattr(data, "tfds_reachable", lambda *args, **kwargs: True)
     monkeypatch.setattr(dataset_builder.DatasetBuilder, "download_and_prepare", fail)
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(MissingSourceError) as excinfo:
         load_mnist_tfds("mnist", data_dir=tmp_path / "tfds")
-    message = str(excinfo.value)
-    assert "cannot download 'mnist' (ConnectionError: connection reset by peer)" in message
-    assert "--data-dir DIR" in message and "\n" not in message
+    assert str(excinfo.value) == (
+        "tfds:mnist: tensorflow-datasets cannot download 'mnist' "
+        "(ConnectionError: connection reset by peer)"
+    )
+
+
+def test_a_missing_source_names_the_commands_way_out(tmp_path):
+    # The library says what is missing; the command adds its own flags.
+    with pytest.raises(MissingSourceError) as excinfo:
+        load_mnist_idx(tmp_path / "absent")
+    assert str(excinfo.value) == f"{tmp_path / 'absent'}: does not exist"
+    with pytest.raises(DataError) as excinfo:
+        load_source(str(tmp_path / "absent"))
+    assert str(excinfo.value) == f"{tmp_path / 'absent'}: does not exist; {DATA_DIR_HINT}"
+    assert "--data-dir DIR" in DATA_DIR_HINT and "TFNN_DATA_DIR" in DATA_DIR_HINT
 
 
 def test_tfds_reachable_probe_against_local_ports():
@@ -415,10 +422,10 @@ def test_tfds_reachable_probe_against_local_ports():
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        assert data.tfds_reachable("127.0.0.1", port, timeout=1.0)
+        assert data_source.tfds_reachable("127.0.0.1", port, timeout=1.0)
     # The port is closed now: refused at once, no waiting for the timeout.
     start = time.monotonic()
-    assert not data.tfds_reachable("127.0.0.1", port, timeout=1.0)
+    assert not data_source.tfds_reachable("127.0.0.1", port, timeout=1.0)
     assert time.monotonic() - start < 1.0
 
 

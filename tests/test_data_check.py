@@ -20,12 +20,8 @@ from common.data_profile import (
     split_digest,
 )
 from tests.conftest import tfnn_command, tfnn_env, write_mnist_dir
-from tfnn.data import (
-    MnistArrays,
-    load_mnist_idx,
-    write_idx_images,
-    write_idx_labels,
-)
+from tfnn.idx import write_idx_images, write_idx_labels
+from tfnn.mnist import MnistArrays, load_mnist_idx
 
 
 def split(count=1000, counts=(100,) * 10, mean=33.0, std=78.0) -> SplitProfile:

@@ -18,7 +18,8 @@ import pytest
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
 from tests.conftest import tfnn_command, tfnn_env, write_mnist_dir
-from tfnn.data import MNIST_FILES, load_mnist_idx, write_idx_images, write_idx_labels
+from tfnn.idx import write_idx_images, write_idx_labels
+from tfnn.mnist import MNIST_FILES, load_mnist_idx
 
 MODEL = "tfnn-mnist"
 INTERVAL, SETTLE = 2, 5

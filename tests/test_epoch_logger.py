@@ -7,10 +7,11 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import MAX_PENDING_EPOCHS, EpochLogger
-from tfnn.data import load_dataset, preprocess
+from common.epoch_logger import MAX_PENDING_EPOCHS, EpochLogger
+from tfnn.mnist import load_dataset
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
+from tfnn.preprocessing import preprocess
 from tfnn.training import fit
 
 

@@ -3,15 +3,18 @@ SGD lr 0.1, batch 32, 5 epochs. Skipped only when ../shared/data/mnist is absent
 
 The shared folder holds the first 10,000 training digits (the notebook trained on 60,000)
 and the full 10,000-digit test set, so 5 epochs here are 1,565 steps: fewer than the
-notebook's first epoch, after which it printed test accuracy 0.9364.
+notebook's first epoch, after which it printed test accuracy 0.9364. The defaults' floor
+(seed 42: 0.94) is asserted once, on a real run of the training flow
+(``tests/test_train_flow.py``).
 """
 
 import numpy as np
 import pytest
 
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
+from tfnn.preprocessing import preprocess
 from tfnn.training import fit
 
 
@@ -27,15 +30,6 @@ def train_like_the_notebook(mnist, initializer: str, seed: int):
     network = build_mlp([784, 100, 50, 10], "relu", "softmax", initializer=initializer, seed=seed)
     history = fit(network, SGD(0.1), *mnist, epochs=5, batch_size=32, seed=seed)
     return network, history
-
-
-def test_the_default_run_reaches_0_94(mnist):
-    # The pipeline's defaults: He-normal weights and seed 42 (tasks.config.TrainConfig).
-    network, history = train_like_the_notebook(mnist, "he_normal", seed=42)
-    predicted = network.predict(mnist[1][0]).numpy().argmax(1)
-    accuracy = np.mean(predicted == mnist[1][1].argmax(1))
-    np.testing.assert_allclose(history.test_accuracy[-1], accuracy, rtol=1e-6)
-    assert accuracy >= 0.94
 
 
 # Over seeds 0-19 and 42 the final test accuracy measured 0.925-0.948 (mean 0.939) with

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from flows.train import train_flow
 from tasks.config import TrainConfig
 from tasks.tracking import WEIGHTS_TAG
-from tfnn.data import load_dataset
+from tfnn.mnist import load_dataset
 
 COMPARED = [name for name in EPOCH_METRICS if name != "epoch_seconds"]
 COMPARED += ["step_loss", "final_test_loss", "final_test_accuracy"]

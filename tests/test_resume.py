@@ -10,20 +10,21 @@ import subprocess
 import time
 
 import pytest
-from conftest import EPOCH_METRICS, tfnn_command, tfnn_env, train_uninterrupted
+from conftest import (
+    EPOCH_METRICS,
+    run_tfnn,
+    tfnn_command,
+    tfnn_env,
+    train_killed_after_epoch,
+    train_uninterrupted,
+    wait_for_file,
+)
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
+from common.runs import LEASE_TAG, LeaseLostError, ResumeError, check_lease, check_resumable
 from tasks.config import TrainConfig
-from tasks.tracking import (
-    LEASE_TAG,
-    WEIGHTS_TAG,
-    LeaseLostError,
-    ResumeError,
-    check_lease,
-    check_resumable,
-    tracked_run,
-)
+from tasks.tracking import WEIGHTS_TAG, tracked_run
 
 
 def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mnist_dir, tmp_path):
@@ -31,32 +32,13 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
     flags += ["--seed", "7", "--no-progress"]
     # The session's Prefect server, so that the subprocesses start no temporary one.
     env = tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value())
-    with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(
-            tfnn_command("train", *flags), cwd=tmp_path, env=env, stdout=log, stderr=log
-        )
-        # Epoch 2's checkpoint is written while epoch 3 trains: kill then.
-        give_up = time.monotonic() + 300
-        while not list(tmp_path.glob("outputs/*/checkpoints/ckpt-2.index")):
-            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < give_up, "no checkpoint of epoch 2 within 5 minutes"
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    (run_dir,) = (tmp_path / "outputs").iterdir()
-    run_id = run_dir.name
+    # Epoch 2's checkpoint is written while epoch 3 trains: killed then.
+    run_id = train_killed_after_epoch(2, flags, tmp_path, env)
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "RUNNING"
-    assert not (run_dir / "checkpoints" / "ckpt-5.index").exists()
+    assert not (tmp_path / "outputs" / run_id / "checkpoints" / "ckpt-5.index").exists()
 
-    resumed = subprocess.run(
-        tfnn_command("train", *flags, "--resume", run_id),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = run_tfnn("train", *flags, "--resume", run_id, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"mlflow run id: {run_id}" in resumed.stdout
 
@@ -84,14 +66,6 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
     assert uploaded == {"checkpoints/latest", "checkpoints/best"}
 
 
-def wait_for(path_pattern: str, directory, process, log) -> None:
-    give_up = time.monotonic() + 300
-    while not list(directory.glob(path_pattern)):
-        assert process.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < give_up, f"no {path_pattern} within 5 minutes"
-        time.sleep(0.05)
-
-
 def test_a_live_run_is_not_resumed_until_its_process_dies(
     prefect_harness, mlflow_store, large_mnist_dir, tmp_path
 ):
@@ -109,17 +83,12 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
             stderr=output,
         )
     try:
-        wait_for("outputs/*/checkpoints/ckpt-1.index", tmp_path, first, log)
+        wait_for_file("outputs/*/checkpoints/ckpt-1.index", tmp_path, first, log)
         # Paused, it stays alive mid-training however long the refused command takes to start.
         first.send_signal(signal.SIGSTOP)
         (run_dir,) = (tmp_path / "outputs").iterdir()
-        refused = subprocess.run(
-            tfnn_command("train", "--resume", run_dir.name, "--no-progress"),
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
+        refused = run_tfnn(
+            "train", "--resume", run_dir.name, "--no-progress", cwd=tmp_path, env=env
         )
         assert first.poll() is None
     finally:
@@ -133,14 +102,7 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
     assert line.endswith("if that process is dead, wait for its lease to expire or add --takeover")
 
     # SIGKILLed, it renews nothing, and being on this host its death is seen at once.
-    resumed = subprocess.run(
-        tfnn_command("train", "--resume", run_dir.name, "--no-progress"),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = run_tfnn("train", "--resume", run_dir.name, "--no-progress", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = MlflowClient()
     run = client.get_run(run_dir.name)

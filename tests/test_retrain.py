@@ -13,8 +13,9 @@ from flows.cli import main
 from flows.retrain import retrain_flow
 from tasks.config import TrainConfig
 from tasks.registry import decide
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
 from tfnn.optimizers import SGD
+from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network
 from tfnn.training import fit
 

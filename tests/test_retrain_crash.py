@@ -17,7 +17,8 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.retrain import retrain_flow
 from tasks.config import TrainConfig
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
+from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network
 
 NAME = "tfnn-mnist"

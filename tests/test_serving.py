@@ -16,13 +16,10 @@ from servers import MLFLOW, free_port, start, stop, wait_for
 from flows.cli import main
 from flows.retrain import retrain_flow
 from tasks.config import TrainConfig
-from tfnn.data import (
-    DataError,
-    flatten_and_scale,
-    load_idx_images,
-    load_idx_labels,
-    load_png_images,
-)
+from tfnn.errors import DataError
+from tfnn.idx import load_idx_images, load_idx_labels
+from tfnn.png import load_png_images
+from tfnn.preprocessing import flatten_and_scale
 from tfnn.serialization import load_network
 
 NAME = "tfnn-mnist"

@@ -24,7 +24,8 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import PrefectHTTPStatusError
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
+from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network
 
 ROOT = Path(__file__).resolve().parents[1]

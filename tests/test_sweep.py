@@ -13,7 +13,7 @@ import yaml
 from flows.cli import main
 from flows.sweep import sweep_flow, sweep_task_runner
 from tasks.grid import SweepError, SweepSpec, load_sweep_file
-from tfnn.data import load_mnist_idx
+from tfnn.mnist import load_mnist_idx
 
 # relu at this rate overflows on the first steps (NonFiniteLossError); tanh saturates and stays
 # finite, so the grid below has exactly one failing configuration.

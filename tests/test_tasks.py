@@ -9,8 +9,9 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from tasks.data import PreparedData
-from tasks.tracking import log_dataset
-from tfnn.data import MnistArrays, preprocess
+from tasks.lineage import log_dataset
+from tfnn.mnist import MnistArrays
+from tfnn.preprocessing import preprocess
 
 
 def prepared(source: str) -> PreparedData:

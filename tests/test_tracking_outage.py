@@ -20,9 +20,10 @@ import pytest
 from conftest import EPOCH_METRICS, train_uninterrupted
 from mlflow.tracking import MlflowClient
 
+from common.mlflow_client import RETRY_SECONDS_ENV, TrackingUnavailableError
 from flows.train import train_flow
 from tasks.config import TrainConfig
-from tasks.tracking import RETRY_SECONDS_ENV, WEIGHTS_TAG, TrackingUnavailableError
+from tasks.tracking import WEIGHTS_TAG
 
 
 class MlflowServer:

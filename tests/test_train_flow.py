@@ -20,9 +20,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.train import TrainResult, train_flow
 from tasks.config import TrainConfig
-from tfnn.data import load_mnist_idx, preprocess
+from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD
+from tfnn.preprocessing import preprocess
 from tfnn.serialization import TrainingCheckpoint, load_network
 from tfnn.training import fit
 

@@ -46,6 +46,15 @@ def wait_until_gone(marker: str, seconds: float = 10) -> list[str]:
     return left
 
 
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The one line of a command that refused (exit 2): its last line on stderr, the only
+    one of tfnn's own."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
+    assert line == result.stderr.splitlines()[-1]
+    return line
+
+
 def kill_all(marker: str) -> None:
     for line in processes_with(marker):
         os.kill(int(line.split()[0]), signal.SIGKILL)
@@ -110,9 +119,7 @@ def test_a_broken_prefect_database_is_refused_naming_it(small_mnist_dir, tmp_pat
         )
     finally:
         kill_all(f"PREFECT_HOME={home}")
-    assert result.returncode == 2, result.stderr[-3000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
-    assert line == result.stderr.splitlines()[-1]
+    line = refusal(result)
     assert re.fullmatch(
         r"tfnn: error: Prefect's temporary server exited with code \d+ \(.*file is not a "
         rf"database.*\); its database is {home}/prefect\.db",
@@ -243,10 +250,8 @@ def test_a_server_that_never_answers_is_refused_in_seconds(
         )
     finally:
         silent.close()
-    assert result.returncode == 2, result.stderr[-3000:]
     assert silent.connections  # it was asked, and kept silent
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
-    assert line == result.stderr.splitlines()[-1]
+    line = refusal(result)
     assert line.startswith(f"tfnn: error: {service} {url} is unreachable or did not answer")
 
 
@@ -285,9 +290,7 @@ def test_a_read_only_working_directory_is_refused_at_once(small_mnist_dir, tmp_p
     finally:
         kill_all(f"PREFECT_HOME={home}")
         work.chmod(0o755)
-    assert result.returncode == 2, result.stderr[-3000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
-    assert line == result.stderr.splitlines()[-1]
+    line = refusal(result)
     assert re.fullmatch(
         rf"tfnn: error: {work}/mlflow\.db: the MLflow store needs a writable directory "
         r"\(Permission denied\); run from a writable directory or set MLFLOW_TRACKING_URI",

@@ -2,17 +2,20 @@
 weights, and sweeps and retrains that decide on validation even where the test set would
 decide otherwise. Expected values come from hand rules, the logged histories and NumPy."""
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import EPOCH_METRICS, synthetic_digits, tfnn_command, tfnn_env, train_uninterrupted
+from conftest import (
+    EPOCH_METRICS,
+    run_tfnn,
+    synthetic_digits,
+    tfnn_env,
+    train_killed_after_epoch,
+    train_uninterrupted,
+)
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
@@ -23,14 +26,10 @@ from tasks.config import TrainConfig
 from tasks.data import prepare_data
 from tasks.grid import SweepSpec
 from tasks.tracking import BEST_EPOCH_TAG, WEIGHTS_TAG
-from tfnn.data import (
-    load_mnist_idx,
-    preprocess,
-    validation_split,
-    write_idx_images,
-    write_idx_labels,
-)
+from tfnn.idx import write_idx_images, write_idx_labels
+from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential
+from tfnn.preprocessing import preprocess, validation_split
 from tfnn.serialization import load_network, weights_digest
 
 NAME = "tfnn-mnist"
@@ -197,30 +196,11 @@ def test_sigkill_mid_run_with_early_stopping_resumes_to_the_same_stop_and_weight
     flags += ["--validation-fraction", "0.25", "--early-stopping-patience", "3", "--no-progress"]
     env = tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value())
     kill_after = 4  # after the best epoch and before the stop: the best comes from a checkpoint
-    with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(
-            tfnn_command("train", *flags), cwd=tmp_path, env=env, stdout=log, stderr=log
-        )
-        give_up = time.monotonic() + 300
-        while not list(tmp_path.glob(f"outputs/*/checkpoints/ckpt-{kill_after}.index")):
-            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < give_up, "no checkpoint within 5 minutes"
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    (run_dir,) = (tmp_path / "outputs").iterdir()
-    run_id = run_dir.name
+    run_id = train_killed_after_epoch(kill_after, flags, tmp_path, env)
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run(
-        tfnn_command("train", *flags, "--resume", run_id),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = run_tfnn("train", *flags, "--resume", run_id, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run_id)
     config = TrainConfig(**TrainConfig.fields_from_params(run.data.params))

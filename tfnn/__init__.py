@@ -1,7 +1,7 @@
 """tfnn: a small fully-connected neural network in TensorFlow 2, without Keras.
 
 Its names load on first use (PEP 562), so that importing a TensorFlow-free module such as
-``tfnn.names`` or ``tfnn.data`` does not import TensorFlow.
+``tfnn.names`` or the data readers (``tfnn.idx``, ``tfnn.mnist``) does not import TensorFlow.
 """
 
 import importlib

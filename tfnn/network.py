@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfnn.layers import Dense
 from tfnn.losses import get_loss, softmax_cross_entropy_from_logits
+from tfnn.metrics import correct_predictions
 from tfnn.names import MAX_LAYERS, MAX_UNITS
 
 SPEC_FORMAT = "tfnn.sequential/1"
@@ -85,8 +86,9 @@ class Sequential(tf.Module):
 
     def accuracy(self, x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
         """Fraction of rows whose arg-max prediction equals the arg-max of one-hot ``target``."""
-        hits = tf.equal(tf.argmax(self.predict(x), axis=1), tf.argmax(target, axis=1))
-        return tf.reduce_mean(tf.cast(hits, tf.float32))
+        return tf.cast(correct_predictions(self.predict(x), target), tf.float32) / tf.cast(
+            tf.shape(x)[0], tf.float32
+        )
 
     def gradient(self, x: tf.Tensor, target: tf.Tensor) -> list[tf.Tensor]:
         """d loss / d weight for every weight, in ``all_weights`` order."""

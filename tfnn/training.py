@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfnn.metrics import correct_predictions
 from tfnn.network import Sequential
 from tfnn.optimizers import SGD
 
@@ -183,22 +184,16 @@ class Trainer:
                 break
             grads = tape.gradient(loss, variables)
             self.optimizer.apply_gradients(zip(grads, variables))
-            correct += _count_correct(logits, y_batch)
+            correct += correct_predictions(logits, y_batch)
         return losses.stack(), correct
 
     def _evaluate(self, x, y):
         """``(loss, accuracy)`` of the network on all of ``x``, ``y``."""
         logits = self.network.logits(x)
-        accuracy = tf.cast(_count_correct(logits, y), tf.float32) / tf.cast(
+        accuracy = tf.cast(correct_predictions(logits, y), tf.float32) / tf.cast(
             tf.shape(x)[0], tf.float32
         )
         return self.network.loss_from_logits(logits, y), accuracy
-
-
-def _count_correct(logits: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    # arg-max of the logits is the arg-max of every monotone output activation.
-    hits = tf.equal(tf.argmax(logits, axis=1), tf.argmax(target, axis=1))
-    return tf.reduce_sum(tf.cast(hits, tf.int32))
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> tf.Tensor:
@@ -223,7 +218,6 @@ def fit(
     steps_per_call: int | None = None,
     initial_epoch: int = 0,
     history: History | None = None,
-    trainer: Trainer | None = None,
 ) -> History:
     """Train ``network`` with minibatch ``optimizer`` steps for epochs ``initial_epoch+1..epochs``.
 
@@ -249,7 +243,7 @@ def fit(
             raise ValueError("the validation set must not be empty")
     elif early_stopping is not None:
         raise ValueError("early stopping needs a validation set")
-    trainer = trainer or Trainer(network, optimizer)
+    trainer = Trainer(network, optimizer)
     history = history or History()
     steps_per_epoch = math.ceil(num_examples / batch_size)
     chunk = steps_per_call or steps_per_epoch

@@ -1,0 +1,263 @@
+"""The ``tfnn.fit`` callback that checkpoints each epoch and logs it to MLflow in the
+background, with bounded memory, so that a crashed run can be resumed."""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Metric
+
+from common.mlflow_client import RetryingClient, TrackingUnavailableError
+from common.runs import ResumeError, check_lease
+from tfnn.network import Sequential
+from tfnn.serialization import TrainingCheckpoint
+from tfnn.training import EarlyStopping, History
+
+# Per-step losses are logged at most this many times an epoch, in the same batch as the
+# epoch's metrics, so tracking cost stays flat however many steps an epoch has.
+STEP_LOSS_POINTS_PER_EPOCH = 100
+KEEP_CHECKPOINTS_ENV = "TFNN_KEEP_CHECKPOINTS"
+DEFAULT_KEEP_CHECKPOINTS = 3
+# Epochs that may wait for the tracking thread: one being tracked and one queued.
+MAX_PENDING_EPOCHS = 2
+CHECKPOINT_PREFIX = "ckpt"  # uploaded checkpoints' fixed file names: ckpt.index, ckpt.data-*
+CHECKPOINT_MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 2**20
+
+
+def keep_checkpoints() -> int:
+    """How many of the newest checkpoints a run keeps locally: ``$TFNN_KEEP_CHECKPOINTS``
+    (default 3), besides the best epoch's."""
+    text = os.environ.get(KEEP_CHECKPOINTS_ENV, str(DEFAULT_KEEP_CHECKPOINTS))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{KEEP_CHECKPOINTS_ENV}: expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+class EpochLogger:
+    """A ``tfnn.fit`` callback that tracks each epoch without slowing training down.
+
+    After each epoch it snapshots the weights (a fast copy) and the epoch's record, and
+    hands them to one background thread, in order: write a ``TrainingCheckpoint`` of the
+    snapshot, log the epoch's metrics (``step=epoch``) with a sample of its step losses in
+    one batch, and upload the checkpoint to ``checkpoints/latest/`` (and ``checkpoints/best/``
+    when it is the best so far), overwriting the previous one. At most
+    ``MAX_PENDING_EPOCHS`` epochs wait for that thread: past that, training waits too, so a
+    slow tracking server slows training rather than filling memory. Use it as a context
+    manager: leaving waits for the queue, so every completed epoch is on disk and in MLflow,
+    and re-raises the first tracking error (unless training itself already failed).
+    With ``early_stopping`` each checkpoint also holds its state, and ``resume`` restores it
+    with the best epoch's weights (from the best checkpoint).
+
+    That order makes a crash recoverable by ``resume``: a local checkpoint may hold
+    epochs whose metrics never reached MLflow (they are logged then), and an uploaded
+    checkpoint may lag the metrics (those epochs are retrained but not logged again).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        network: Sequential,
+        checkpoint_dir: str | Path,
+        steps_per_epoch: int,
+        early_stopping: EarlyStopping | None = None,
+    ):
+        self.client = RetryingClient()
+        self.run_id = run_id
+        self.network = network
+        self.early_stopping = early_stopping
+        self.history = History()
+        self.logged_epochs = 0
+        self.steps_per_epoch = steps_per_epoch
+        self.stride = max(1, steps_per_epoch // STEP_LOSS_POINTS_PER_EPOCH)
+        # The background thread checkpoints this twin, so training can go on
+        # changing the real weights meanwhile.
+        self._snapshot = Sequential.from_spec(network.spec())
+        self.checkpoint = TrainingCheckpoint(self._snapshot, checkpoint_dir, keep_checkpoints())
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfnn-tracking")
+        self._free_slots = threading.Semaphore(MAX_PENDING_EPOCHS)
+        self._pending: list[Future] = []
+        self.peak_pending = 0  # the most epochs that ever waited for the background thread
+        self._tracking_failed = False
+
+    def __enter__(self) -> "EpochLogger":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self._worker.shutdown(wait=True)
+        if error_type is None:
+            for done in self._pending:
+                self._result(done)
+
+    def __call__(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
+        check_lease(self.run_id)
+        self._free_slots.acquire()  # back-pressure: wait while the queue is full
+        for done in [future for future in self._pending if future.done()]:
+            self._pending.remove(done)
+            self._result(done)
+        weights = [w.numpy() for w in network.all_weights]
+        record = self.history.epoch_record(epoch, self.steps_per_epoch)
+        stopping = self.early_stopping.state() if self.early_stopping else None
+        future = self._worker.submit(self._log_epoch, epoch, metrics, weights, record, stopping)
+        future.add_done_callback(lambda _: self._free_slots.release())
+        self._pending.append(future)
+        self.peak_pending = max(self.peak_pending, len(self._pending))
+
+    def resume(self) -> int:
+        """Load the run's newest checkpoint into the network and ``history`` (from the
+        checkpoint directory, else from the run's ``checkpoints/`` artifacts and metrics) and
+        log the restored epochs MLflow lacks; returns how many epochs are complete (0: none)."""
+        if self.checkpoint.manager.latest_checkpoint is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self._adopt_uploaded_checkpoint(Path(tmp))
+        epoch, self.history = self.checkpoint.restore_latest()
+        for variable, restored in zip(self.network.all_weights, self._snapshot.all_weights):
+            variable.assign(restored)
+        if self.early_stopping and epoch:
+            self._resume_early_stopping()
+        logged = self.client.get_metric_history(self.run_id, "train_loss")
+        self.logged_epochs = max((metric.step for metric in logged), default=0)
+        for missing in range(self.logged_epochs + 1, epoch + 1):
+            first = (missing - 1) * self.steps_per_epoch
+            losses = self.history.step_loss[first : first + self.steps_per_epoch]
+            self._log_metrics(missing, self.history.epoch_metrics(missing), losses)
+        self.logged_epochs = max(self.logged_epochs, epoch)
+        if epoch:  # the crash may have come before this checkpoint's upload
+            self._upload(epoch, self.checkpoint.manager.latest_checkpoint, "latest")
+            best = self.checkpoint.best_manager.latest_checkpoint
+            if best:
+                self._upload(self.checkpoint.best_epoch, best, "best")
+        return epoch
+
+    def _resume_early_stopping(self) -> None:
+        state = self.checkpoint.early_stopping_state()
+        best, weights = int(state["best_epoch"]), None
+        if self.early_stopping.restore_best and best:
+            # Kept as the best checkpoint, locally or (adopted from) in the artifacts.
+            weights = self.checkpoint.weights_of(best)
+            if weights is None:
+                raise ResumeError(
+                    f"run {self.run_id}: the checkpoint of its best epoch {best} is neither in "
+                    f"{self.checkpoint.directory} nor in its artifacts; it cannot restore it"
+                )
+        self.early_stopping.load_state(state, weights)
+
+    def _result(self, done: Future) -> None:
+        try:
+            done.result()
+        except TrackingUnavailableError as error:
+            raise TrackingUnavailableError(
+                f"{error}; the checkpoints are kept in {self.checkpoint.directory}: "
+                f"continue with tfnn train --resume {self.run_id}"
+            ) from error
+
+    def _log_epoch(
+        self,
+        epoch: int,
+        metrics: dict[str, float],
+        weights: list[np.ndarray],
+        record: dict,
+        stopping: dict[str, float] | None,
+    ) -> None:
+        for variable, value in zip(self._snapshot.all_weights, weights):
+            variable.assign(value)
+        prefix = self.checkpoint.save(epoch, record, stopping)
+        # After a tracking failure, epochs still queued are only checkpointed: the failure
+        # is reported once, without waiting out the retries again, and resume logs the rest.
+        if self._tracking_failed:
+            return
+        try:
+            if epoch > self.logged_epochs:
+                self._log_metrics(epoch, metrics, record["step_loss"])
+            self._upload(epoch, prefix, "latest")
+            if self.checkpoint.best_epoch == epoch:
+                self._upload(epoch, prefix, "best")
+        except Exception:
+            self._tracking_failed = True
+            raise
+
+    def _log_metrics(self, epoch: int, metrics: dict[str, float], losses: list[float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(name, value, now, epoch) for name, value in metrics.items()]
+        first_step = (epoch - 1) * self.steps_per_epoch
+        batch += [
+            Metric("step_loss", losses[i], now, first_step + i)
+            for i in range(0, len(losses), self.stride)
+        ]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def _upload(self, epoch: int, prefix: str, name: str) -> None:
+        """Upload the checkpoint at ``prefix`` to ``checkpoints/<name>/``, over the previous
+        one, under fixed file names, so the run's artifacts hold two checkpoints however long
+        it trains. The manifest (epoch and digests) goes last: files that match it are one
+        complete checkpoint, and a torn upload is detected on download."""
+        prefix = Path(prefix)
+        with tempfile.TemporaryDirectory() as staging:
+            digests = {}
+            for path in sorted(prefix.parent.glob(prefix.name + ".*")):
+                staged = Path(staging) / (CHECKPOINT_PREFIX + path.name.removeprefix(prefix.name))
+                shutil.copyfile(path, staged)
+                digests[staged.name] = _sha256(staged)
+                self.client.log_artifact(self.run_id, str(staged), f"checkpoints/{name}")
+            manifest = Path(staging) / CHECKPOINT_MANIFEST
+            manifest.write_text(json.dumps({"epoch": epoch, "sha256": digests}))
+            self.client.log_artifact(self.run_id, str(manifest), f"checkpoints/{name}")
+
+    def _download(self, name: str, into: Path) -> tuple[str, int] | None:
+        """The uploaded checkpoint ``checkpoints/<name>/`` as ``(local prefix, epoch)``, or
+        None when it is absent or torn (its files do not match its manifest)."""
+        folder = f"checkpoints/{name}"
+        listed = self.client.list_artifacts(self.run_id, folder)
+        listed = {Path(f.path).name: f.file_size for f in listed}
+        if listed.get(CHECKPOINT_MANIFEST, MAX_MANIFEST_BYTES + 1) > MAX_MANIFEST_BYTES:
+            return None
+        local = Path(self.client.download_artifacts(self.run_id, folder, str(into / name)))
+        manifest = json.loads((local / CHECKPOINT_MANIFEST).read_text())
+        for file, digest in manifest["sha256"].items():
+            if not (local / file).is_file() or _sha256(local / file) != digest:
+                return None
+        return str(local / CHECKPOINT_PREFIX), int(manifest["epoch"])
+
+    def _adopt_uploaded_checkpoint(self, tmp: Path) -> None:
+        """Make the run's uploaded checkpoints the local ones, with the history of their
+        epochs rebuilt from the run's metrics (the step losses: the logged sample)."""
+        best = self._download("best", tmp)
+        latest = self._download("latest", tmp) or best
+        if latest is None:
+            return
+        self.checkpoint.adopt(latest[0], self._records_from_metrics(latest[1]), best and best[0])
+        # A new manager, since a manager reads the directory's state once, when made.
+        self.checkpoint = TrainingCheckpoint(
+            self._snapshot, self.checkpoint.directory, keep_checkpoints()
+        )
+
+    def _records_from_metrics(self, epochs: int) -> list[dict]:
+        records = [{"epoch": epoch, "step_loss": []} for epoch in range(1, epochs + 1)]
+        for name in (f.name for f in fields(History) if f.name != "step_loss"):
+            for metric in self.client.get_metric_history(self.run_id, name):
+                if 1 <= metric.step <= epochs:
+                    records[metric.step - 1][name] = metric.value
+        steps = sorted(
+            (m.step, m.value) for m in self.client.get_metric_history(self.run_id, "step_loss")
+        )
+        for step, value in steps:
+            epoch = step // self.steps_per_epoch + 1
+            if epoch <= epochs:
+                records[epoch - 1]["step_loss"].append(value)
+        return records
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()

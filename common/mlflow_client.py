@@ -1,0 +1,100 @@
+"""The one MLflow client: every call that is safe to repeat survives tracking-server
+outages, retrying refused connections and 5xx replies with backoff for up to
+``$TFNN_TRACKING_RETRY_SECONDS`` (default 300).
+
+MLflow's "active run" lives in a thread-local, and Prefect runs each task in a worker
+thread, so nothing relies on it: every call names its run explicitly.
+"""
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any, TypeVar
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from common.errors import one_line
+
+RETRY_SECONDS_ENV = "TFNN_TRACKING_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 300.0
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+LIBRARIES = ("tensorflow", "numpy", "prefect", "mlflow")
+T = TypeVar("T")
+
+
+class TrackingUnavailableError(ConnectionError):
+    """The tracking server kept failing for the whole retry budget."""
+
+
+def cap_http_retries() -> None:
+    """Keep MLflow's own HTTP retries to two quick ones, unless the user chose otherwise.
+
+    MLflow backs off up to two minutes per attempt (about four minutes on a refused
+    connection), which would outlast any budget of ours: ``retry_tracking`` does the waiting.
+    MLflow reads the variable at every request, so this holds from the next one on."""
+    os.environ.setdefault(HTTP_RETRIES_ENV, "2")
+
+
+def _transient(error: MlflowException) -> bool:
+    # MLflow reports a refused connection as INTERNAL_ERROR (HTTP 500), like a 5xx reply.
+    status = error.get_http_status_code()
+    return status >= 500 or status == 429
+
+
+def retry_seconds() -> float:
+    """``$TFNN_TRACKING_RETRY_SECONDS`` (default 300); ``ValueError`` unless a number >= 0."""
+    text = os.environ.get(RETRY_SECONDS_ENV, str(DEFAULT_RETRY_SECONDS))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{RETRY_SECONDS_ENV}={text!r}: expected a number of seconds >= 0")
+    return seconds
+
+
+def retry_tracking(call: Callable[[], T]) -> T:
+    """Run ``call`` (MLflow requests that are safe to repeat), retrying transient failures
+    with backoff (0.5 s doubling to 10 s) for up to ``$TFNN_TRACKING_RETRY_SECONDS``."""
+    budget = retry_seconds()
+    deadline, delay = time.monotonic() + budget, 0.5
+    while True:
+        try:
+            return call()
+        except MlflowException as error:
+            if not _transient(error):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TrackingUnavailableError(
+                    f"MLflow tracking at {mlflow.get_tracking_uri()} still failing after "
+                    f"{budget:g} s ({one_line(error)}); set {RETRY_SECONDS_ENV} to wait longer"
+                ) from error
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose every method call goes through ``retry_tracking``.
+
+    ``once`` is the same client without our retries: for calls that a retry could repeat
+    (creating a run, an experiment, a registered model or a version)."""
+
+    def __init__(self) -> None:
+        cap_http_retries()
+        self.once = MlflowClient()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.once, name)
+        return lambda *args, **kwargs: retry_tracking(lambda: method(*args, **kwargs))
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a run depends on, as MLflow params ``version.<library>``."""
+    versions = {"python": platform.python_version()}
+    versions |= {name: version(name) for name in LIBRARIES}
+    return {f"version.{name}": value for name, value in versions.items()}

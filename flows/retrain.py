@@ -6,6 +6,7 @@ from common.config import RunOptions, TrainConfig
 from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from flows.train import train_flow
 from tasks.data import load_data, prepare_data
+from tasks.data_check import changed_since_check, data_change, tag_data_event
 from tasks.model_card import publish_model_card
 from tasks.model_guard import one_run_per_model
 from tasks.notify import FAILURE_HOOKS
@@ -30,21 +31,27 @@ from tasks.reporting import publish_decision
 def retrain_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
+    data_digest: str | None = None,
+    data_event_id: str | None = None,
 ) -> Decision:
     """Train a challenger (fresh, or from the champion's weights with ``options.warm_start``),
     score it and the champion of ``options.model_name`` on the same validation examples of the
     current data, and promote it only if its validation accuracy is higher by at least
-    ``options.margin``. With nothing new since the last decision it trains nothing."""
+    ``options.margin``. With nothing new since the last decision it trains nothing. Started
+    by a ``tfnn.data.changed`` event (``data_event_id``), it trains only on the data the check
+    passed (``data_digest``)."""
     if config.validation_fraction == 0:
         raise ValueError("a retrain decides on validation: set validation_fraction > 0")
     data = prepare_data(load_data(config.data_source), config.validation_fraction)
     model_name, margin, warm_start = options.model_name, options.margin, options.warm_start
     champion = find_champion(model_name)
     key = retrain_key(config, data.digest, warm_start, margin)
-    skip_reason = already_decided(model_name, key, champion)
+    skip_reason = changed_since_check(data_digest, data.digest) or already_decided(
+        model_name, key, champion
+    )
     if skip_reason:
         decision = Decision(
-            model_name, "skipped", skip_reason, key, champion_version=champion.version
+            model_name, "skipped", skip_reason, key, champion_version=champion and champion.version
         )
     else:
         challenger = train_flow(
@@ -54,6 +61,8 @@ def retrain_flow(
             run_name="challenger",
             warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start and champion else None,
         )
+        if data_event_id:
+            tag_data_event(challenger.run_id, data_event_id, data_digest)
         if challenger.warning:  # not registered, so not a candidate
             decision = Decision(
                 model_name,
@@ -78,6 +87,6 @@ def retrain_flow(
             publish_model_card(
                 challenger.run_id, challenger.model_uri, model_name, challenger.model_version
             )
-    publish_decision(decision)
+    publish_decision(decision, data_change(data_event_id, data_digest, data.source))
     print(f"{decision.action}: {decision.reason}")
     return decision

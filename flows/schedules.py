@@ -12,6 +12,7 @@ from common.config import RunOptions, TrainConfig
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
 from flows.train import train_flow
+from flows.watch import data_changed_trigger
 
 __all__ = [
     "DEFAULT_RETRAIN_CRON",
@@ -29,7 +30,8 @@ def build_deployments(
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen
 ) -> list[RunnerDeployment]:
     """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises.
-    Their parameters hold only what differs from the flows' defaults. Each runs one flow run
+    Their parameters hold only what differs from the flows' defaults. The retrain also runs
+    on each ``tfnn.data.changed`` event about ``config.data_source``. Each runs one flow run
     at a time (a late one waits for the previous); the flows themselves hold their model's
     slot (``tasks.model_guard``), so a train and a retrain never overlap on one model either."""
     parameters = {
@@ -49,6 +51,7 @@ def build_deployments(
             cron=retrain_cron,
             parameters=parameters,
             concurrency_limit=one_at_a_time,
+            triggers=[data_changed_trigger(config.data_source)],  # flows/watch.py
         ),
     ]
 

@@ -5,6 +5,7 @@ from prefect import flow
 from common.config import RunOptions, TrainConfig
 from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.data import load_data, prepare_data
+from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network
@@ -56,7 +57,9 @@ def train_flow(
         options.takeover,
     ) as run_id:
         run_dir = run_directory(options, run_id)
-        data = prepare_data(load_data(config.data_source), config.validation_fraction)
+        arrays = load_data(config.data_source)
+        data = prepare_data(arrays, config.validation_fraction)
+        record_data_profile(run_id, arrays)  # what the data check compares new data with
         initial = (
             download_weights(run_id, warm_start_from, str(run_dir / "warm_start"))
             if warm_start_from

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
+from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network
@@ -56,7 +57,9 @@ def train_pipeline(
     inside whatever task calls this."""
     with tracked_run(config.as_params(), options.experiment, parent_run_id, run_name) as run_id:
         run_dir = run_directory(options, run_id)
-        data = prepare_data.fn(load_data.fn(config.data_source), config.validation_fraction)
+        arrays = load_data.fn(config.data_source)
+        data = prepare_data.fn(arrays, config.validation_fraction)
+        record_data_profile.fn(run_id, arrays)
         network = build_network.fn(config, data.input_dim, data.num_classes)
         log_dataset.fn(run_id, data, network.num_parameters)
         history = train.fn(

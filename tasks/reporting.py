@@ -34,8 +34,9 @@ def publish_summary(run_id: str, model_uri: str, history: History, evaluation: E
 
 
 @task
-def publish_decision(decision: Decision) -> None:
-    """A markdown artifact stating the retrain's decision, both scores and the reason."""
+def publish_decision(decision: Decision, cause: str | None = None) -> None:
+    """A markdown artifact stating the retrain's decision, both scores and the reason, and
+    ``cause``, the data change that started it (None: a schedule or a person)."""
 
     def score(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
@@ -46,6 +47,7 @@ def publish_decision(decision: Decision) -> None:
         markdown=(
             f"# Retrain of `{decision.model_name}`: {decision.action}\n\n"
             f"{decision.reason}\n\n"
+            f"{f'Started by {cause}' if cause else ''}\n\n"
             "| | version | validation accuracy (decides) | test accuracy |\n|---|---|---|---|\n"
             f"| champion before | {decision.champion_version or '-'} | "
             f"{score(decision.champion_val_accuracy)} | "

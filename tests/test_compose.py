@@ -23,15 +23,18 @@ from dotenv import dotenv_values
 from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME
 from mlflow.server.auth.config import read_auth_config
 from mlflow.server.security_utils import is_allowed_host_header
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import Settings
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
+from pydantic import TypeAdapter
 from servers import free_port, stop
 
 from common.config import TrainConfig
 from flows.schedules import build_deployments
+from flows.watch import watch_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = str(ROOT / "docker/entrypoint.sh")
@@ -518,7 +521,9 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
             return value
         return re.sub(r"\{\{ \$(\w+) \}\}", lambda m: env[m.group(1)], value)
 
-    served = {d.name: d for d in build_deployments(TrainConfig(), "0 2 * * *", "0 3 * * 0")}
+    config = TrainConfig(data_source="/data/mnist")
+    served = {d.name: d for d in build_deployments(config, "0 2 * * *", "0 3 * * 0")}
+    served["watch-data"] = watch_deployment("/data/mnist", "tfnn-mnist", 60, 30)
     assert {d["name"] for d in spec["deployments"]} == set(served)
     for deployment in spec["deployments"]:
         assert f"--pool {deployment['work_pool']['name']}" in worker_command
@@ -529,9 +534,23 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
         # What the server enforces when deploying, then what the flow run checks.
         schema = parameter_schema(flow).model_dump_for_openapi()
         validate(parameters, schema, raise_on_error=True, ignore_required=True)
-        assert flow.validate_parameters(parameters)["config"].data_source == "/data/mnist"
+        checked = flow.validate_parameters(parameters)
+        source = checked["config"].data_source if "config" in checked else checked["data_source"]
+        assert source == "/data/mnist"
         for schedule in deployment["schedules"]:
-            CronSchedule(cron=resolve(schedule["cron"]))
+            if "interval" in schedule:
+                IntervalSchedule(interval=schedule["interval"])
+            else:
+                CronSchedule(cron=resolve(schedule["cron"]))
+        # The triggers `tfnn schedule` creates, as `prefect deploy` reads them from the file.
+        triggers = [
+            TypeAdapter(DeploymentTriggerTypes).validate_python({**t, "match": resolve(t["match"])})
+            for t in deployment.get("triggers", [])
+        ]
+        assert triggers == served[deployment["name"]].triggers
+        if "concurrency_limit" in deployment:
+            limit = served[deployment["name"]].concurrency_options
+            assert deployment["concurrency_limit"]["collision_strategy"] == limit.collision_strategy
     assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == (
         "/app"
     )

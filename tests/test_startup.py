@@ -32,6 +32,7 @@ HELP = {
     "train help": ["train", "--help"],
     "schedule help": ["schedule", "--help"],
     "sweep help": ["sweep", "--help"],
+    "check-data help": ["check-data", "--help"],
     "version": ["--version"],
 }
 REFUSALS = {
@@ -57,6 +58,11 @@ REFUSALS = {
     "sweep bad vary": (["sweep", "--vary", "activation", "swish"], "unknown activation"),
     "grid not YAML": (["sweep", "--grid", "{grid}/broken.yaml"], "not valid YAML"),
     "grid bad value": (["sweep", "--grid", "{grid}/negative.yaml"], "learning_rate"),
+    "check-data bad threshold": (
+        ["check-data", "--data-dir", "{grid}", "--max-shrink", "-1"],
+        "--max-shrink: must be a number >= 0",
+    ),
+    "check-data no directory": (["check-data", "--data-dir", "{grid}/absent"], "not a directory"),
 }
 
 

@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     timings.mark("parsed")
     set_output_environment(args.verbose)
+    if args.command == "check-data":  # no run, no Prefect: its own report and exit codes
+        from flows.check_data import run_check_data
+
+        return run_check_data(args)
     # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs
     # nothing. A resumed run's configuration needs its MLflow run, so it is checked later.
     try:

@@ -79,10 +79,15 @@ def retrain(args: argparse.Namespace, inputs: Inputs) -> list[str]:
 
 def schedule(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     from flows.schedules import build_deployments, serve_schedules
+    from flows.watch import watch_deployment, watch_timing
 
-    serve_schedules(
-        build_deployments(inputs.config, args.train_cron, args.retrain_cron, inputs.options)
+    deployments = build_deployments(
+        inputs.config, args.train_cron, args.retrain_cron, inputs.options
     )
+    deployments.append(
+        watch_deployment(inputs.config.data_source, inputs.options.model_name, *watch_timing())
+    )
+    serve_schedules(deployments)
     return []
 
 

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_flags(subparsers["sweep"])
     _add_predict_flags(subparsers["predict"])
     _add_evaluate_flags(subparsers["evaluate"])
+    from flows.check_data import add_check_data_command
+
+    _add_output_flags(add_check_data_command(commands), argparse.SUPPRESS)
     return parser
 
 

@@ -1,0 +1,121 @@
+"""The data watch: notices new data, checks it, and announces it as an event. It never trains:
+the retrain deployment's trigger on ``tfnn.data.changed`` does.
+
+A burst of writes (files copied one at a time) is one change: the watch waits until the
+directory's fingerprint has stayed the same for ``settle_seconds`` before it reads the data.
+"""
+
+import os
+import time
+
+from prefect import flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+from common.config import default_data_source
+from common.data_profile import CheckThresholds
+from flows.check_data import DEFAULT_MODEL_NAME
+from tasks.data_watch import (
+    CHANGED_EVENT,
+    announce,
+    check_new_data,
+    read_watch_state,
+    resource_id,
+    save_watch_state,
+    source_fingerprint,
+)
+
+WATCH_INTERVAL_ENV, WATCH_SETTLE_ENV = "TFNN_WATCH_INTERVAL", "TFNN_WATCH_SETTLE"
+DEFAULT_WATCH_INTERVAL, DEFAULT_SETTLE_SECONDS = 60.0, 30.0
+
+
+def watch_timing() -> tuple[float, float]:
+    """``(interval, settle)`` seconds from ``$TFNN_WATCH_INTERVAL`` / ``$TFNN_WATCH_SETTLE``."""
+    return (
+        float(os.environ.get(WATCH_INTERVAL_ENV) or DEFAULT_WATCH_INTERVAL),
+        float(os.environ.get(WATCH_SETTLE_ENV) or DEFAULT_SETTLE_SECONDS),
+    )
+
+
+@flow(name="watch-data", log_prints=True)
+def watch_data_flow(
+    data_source: str | None = None,
+    model_name: str = DEFAULT_MODEL_NAME,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    thresholds: dict[str, float] | None = None,
+    allow_test_change: bool = False,
+) -> str:
+    """Look at ``data_source`` (default ``$TFNN_DATA_DIR``) once: when its files have changed
+    and then stayed unchanged for ``settle_seconds``, check the data against the champion of
+    ``model_name`` and emit ``tfnn.data.changed`` or ``tfnn.data.rejected``. Returns what it
+    found, in words."""
+    source = data_source or default_data_source()
+    if source.startswith("tfds:"):
+        return _say(f"{source}: a tensorflow-datasets source does not change; nothing to watch")
+    fingerprint = source_fingerprint(source)
+    state = read_watch_state(source)
+    now = time.time()
+    if fingerprint != state.get("fingerprint"):
+        save_watch_state(source, {**state, "fingerprint": fingerprint, "since": now})
+        return _say(f"{source}: files changed; waiting {settle_seconds:g} s for them to settle")
+    if now - state["since"] < settle_seconds:
+        return _say(f"{source}: settling ({now - state['since']:.0f} of {settle_seconds:g} s)")
+    if state.get("checked_fingerprint") == fingerprint:
+        return _say(f"{source}: unchanged")
+    limits = CheckThresholds.from_environment(**(thresholds or {}))
+    result = check_new_data(source, model_name, limits, allow_test_change)
+    digest = result.profile and result.profile.digest
+    state = {**state, "checked_fingerprint": fingerprint}
+    if result.champion and digest and result.champion.digest == digest:
+        outcome = f"{source}: the champion was trained on this data (digest {digest[:12]})"
+    elif digest and digest == state.get("announced"):
+        outcome = f"{source}: files rewritten with the same data (digest {digest[:12]})"
+    else:
+        event_id = announce(source, result.report.passed, result.payload())
+        state["announced"] = digest
+        verdict = "changed" if result.report.passed else "rejected"
+        outcome = f"{source}: tfnn.data.{verdict} (event {event_id}): " + "; ".join(
+            result.report.reasons or result.report.notes
+        )
+    save_watch_state(source, state)
+    return _say(outcome)
+
+
+def _say(text: str) -> str:
+    print(text)
+    return text
+
+
+def data_changed_trigger(source: str) -> DeploymentEventTrigger:
+    """Run the deployment on each ``tfnn.data.changed`` about ``source``, with the announced
+    digest and the event's id as the flow's ``data_digest`` and ``data_event_id`` (as a
+    string: the server renders a lone expression to JSON, which has no UUID)."""
+    return DeploymentEventTrigger(
+        name="retrain on checked new data",
+        expect={CHANGED_EVENT},
+        match={"prefect.resource.id": resource_id(source)},
+        parameters={
+            "data_digest": "{{ event.payload.digest }}",
+            "data_event_id": "{{ event.id | string }}",
+        },
+    )
+
+
+def watch_deployment(
+    source: str, model_name: str, interval: float, settle_seconds: float
+) -> RunnerDeployment:
+    """The ``watch-data`` deployment: every ``interval`` seconds, one run at a time (a run
+    that would overlap a slow check is cancelled, so one change is never announced twice)."""
+    return watch_data_flow.to_deployment(
+        "watch-data",
+        interval=interval,
+        parameters={
+            "data_source": source,
+            "model_name": model_name,
+            "settle_seconds": settle_seconds,
+        },
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        ),
+    )

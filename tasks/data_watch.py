@@ -1,0 +1,81 @@
+"""Tasks of the data watch: a cheap fingerprint of a data directory, the data check, the
+watch's durable state (a Prefect Variable per source), and the events it announces.
+
+Nothing here imports TensorFlow: the watch runs every minute in a fresh process, and only a
+check against a champion loads it."""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.events import emit_event
+from prefect.variables import Variable
+
+from common.data_check import CheckResult, check_data
+from common.data_profile import CheckThresholds
+from tfnn.mnist import MNIST_FILES
+
+CHANGED_EVENT, REJECTED_EVENT = "tfnn.data.changed", "tfnn.data.rejected"
+
+
+def resource_id(source: str) -> str:
+    """The event resource of a data source: ``tfnn.data.<source>``."""
+    return f"tfnn.data.{source}"
+
+
+def _state_name(source: str) -> str:
+    # Variable names allow letters, digits, dashes and underscores only.
+    return "tfnn_data_watch_" + hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@task
+def source_fingerprint(source: str) -> str:
+    """Sha256 hex of the names, sizes and modification times of the MNIST files in directory
+    ``source``: it changes whenever a file is written, without reading any of them."""
+    entries = []
+    for name in MNIST_FILES:
+        for candidate in (f"{name}.gz", name):
+            path = Path(source) / candidate
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            entries.append([candidate, stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+@task(cache_policy=NONE)
+def check_new_data(
+    source: str, model_name: str, thresholds: CheckThresholds, allow_test_change: bool = False
+) -> CheckResult:
+    """The data check of ``source`` against the champion of ``model_name``."""
+    return check_data(source, model_name, thresholds, allow_test_change)
+
+
+@task
+def read_watch_state(source: str) -> dict:
+    """What the watch last saw and announced for ``source`` (empty the first time)."""
+    return dict(Variable.get(_state_name(source), default=None) or {})
+
+
+@task
+def save_watch_state(source: str, state: dict) -> None:
+    """Keep ``state`` for the next watch run, on the Prefect server (it outlives processes)."""
+    Variable.set(_state_name(source), state, overwrite=True)
+
+
+@task
+def announce(source: str, passed: bool, payload: dict) -> str:
+    """Emit ``tfnn.data.changed`` (``passed``) or ``tfnn.data.rejected`` about ``source``
+    with ``payload``; the event's id."""
+    event = emit_event(
+        CHANGED_EVENT if passed else REJECTED_EVENT,
+        resource={"prefect.resource.id": resource_id(source), "prefect.resource.name": source},
+        payload={**payload, "source": source, "announced_at": time.time()},
+    )
+    if event is None:
+        raise RuntimeError("Prefect did not emit the event: is PREFECT_API_URL a server?")
+    return str(event.id)

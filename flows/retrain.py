@@ -4,12 +4,12 @@ from prefect import flow
 
 from common.config import RunOptions, TrainConfig
 from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
+from flows.model_guard import one_run_per_model
+from flows.notify import FAILURE_HOOKS
 from flows.train import train_flow
 from tasks.data import load_data, prepare_data
 from tasks.data_check import changed_since_check, data_change, tag_data_event
 from tasks.model_card import publish_model_card
-from tasks.model_guard import one_run_per_model
-from tasks.notify import FAILURE_HOOKS
 from tasks.registry import (
     Decision,
     already_decided,

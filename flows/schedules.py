@@ -33,7 +33,7 @@ def build_deployments(
     Their parameters hold only what differs from the flows' defaults. The retrain also runs
     on each ``tfnn.data.changed`` event about ``config.data_source``. Each runs one flow run
     at a time (a late one waits for the previous); the flows themselves hold their model's
-    slot (``tasks.model_guard``), so a train and a retrain never overlap on one model either."""
+    slot (``flows.model_guard``), so a train and a retrain never overlap on one model either."""
     parameters = {
         "config": config.model_dump(mode="json"),
         "options": options.model_dump(mode="json", exclude_defaults=True),

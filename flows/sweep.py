@@ -17,7 +17,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from common.config import RunOptions, TrainConfig
 from common.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
 from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
-from tasks.notify import FAILURE_HOOKS
+from flows.notify import FAILURE_HOOKS
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import register_model

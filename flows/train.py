@@ -4,14 +4,14 @@ from prefect import flow
 
 from common.config import RunOptions, TrainConfig
 from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
+from flows.model_guard import one_run_per_model
+from flows.notify import FAILURE_HOOKS
 from tasks.data import load_data, prepare_data
 from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network
 from tasks.model_card import publish_model_card
-from tasks.model_guard import one_run_per_model
-from tasks.notify import FAILURE_HOOKS
 from tasks.pipeline import TrainResult, run_directory
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model

@@ -11,7 +11,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from tasks.model_guard import model_limit_name
+from flows.model_guard import model_limit_name
 
 MODEL = "guard-model"
 SMALL = ["--epochs", "1", "--hidden-sizes", "16"]

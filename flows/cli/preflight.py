@@ -15,7 +15,7 @@ from pathlib import Path
 from common.config import TrainConfig, check_utf8
 from common.data_source import check_tfds_source, load_source
 from common.errors import InputError, one_line
-from tasks.locking import exclusive_lock
+from common.locking import exclusive_lock
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import check_png

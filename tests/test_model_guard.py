@@ -14,7 +14,7 @@ from servers import VENV_BIN, free_port, start, stop, wait_for
 from flows.model_guard import model_limit_name
 
 MODEL = "guard-model"
-SMALL = ["--epochs", "1", "--hidden-sizes", "16"]
+SMALL = ["--epochs", "3", "--hidden-sizes", "16"]
 # Crons that do not fire during the test: only the two runs it triggers run.
 NEVER = ["--train-cron", "0 0 1 1 *", "--retrain-cron", "0 0 1 1 *"]
 
@@ -34,7 +34,12 @@ def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
     try:
         wait_for(f"{api}/health", server, server_log)
         env = tfnn_env(
-            **private, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}"
+            **private,
+            PREFECT_API_URL=api,
+            MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+            # Both triggered runs are picked up by one poll, so that they run at once (one
+            # waiting for the model) instead of one after the other by chance.
+            PREFECT_RUNNER_POLL_FREQUENCY="1",
         )
         command = tfnn_command("schedule", "--data-dir", str(small_mnist_dir))
         with open(schedule_log, "wb") as log:

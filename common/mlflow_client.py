@@ -6,7 +6,6 @@ MLflow's "active run" lives in a thread-local, and Prefect runs each task in a w
 thread, so nothing relies on it: every call names its run explicitly.
 """
 
-import math
 import os
 import platform
 import time
@@ -18,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from common.errors import one_line
+from common.timeouts import env_seconds
 from common.versions import installed_version
 
 RETRY_SECONDS_ENV = "TFNN_TRACKING_RETRY_SECONDS"
@@ -48,14 +48,7 @@ def _transient(error: MlflowException) -> bool:
 
 def retry_seconds() -> float:
     """``$TFNN_TRACKING_RETRY_SECONDS`` (default 300); ``ValueError`` unless a number >= 0."""
-    text = os.environ.get(RETRY_SECONDS_ENV, str(DEFAULT_RETRY_SECONDS))
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds < math.inf:
-        raise ValueError(f"{RETRY_SECONDS_ENV}={text!r}: expected a number of seconds >= 0")
-    return seconds
+    return env_seconds(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
 
 
 def retry_tracking(call: Callable[[], T]) -> T:

@@ -130,6 +130,7 @@ def watched(tmp_path_factory):
             served = subprocess.Popen(
                 tfnn_command(
                     "schedule",
+                    "-v",  # the watch's INFO lines, which the test reads, on the terminal too
                     "--data-dir",
                     str(data),
                     *TRAINING,

@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import TypeVar
 
+from prefect import runtime
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -72,14 +73,22 @@ def model_slot(model_name: str | None) -> Iterator[None]:
 
 
 def one_run_per_model(model_of: Callable[[dict], str | None]) -> Callable[[F], F]:
-    """Decorate a flow function (under ``@flow``) so that each call holds the slot of the
-    model that ``model_of(arguments)`` names (see ``model_slot``) while it runs."""
+    """Decorate a flow function (under ``@flow``) so that each run started by a deployment
+    holds the slot of the model that ``model_of(arguments)`` names (see ``model_slot``)
+    while it runs.
+
+    Only deployment runs: they run against a real Prefect server, whose repossessor frees
+    the slot of a run that was killed once its lease (300 s) expires. A private or test
+    server runs no repossessor, so a run killed there (SIGKILL) would hold the slot for
+    ever and its own ``--resume`` would wait on it."""
 
     def decorate(function: F) -> F:
         signature = inspect.signature(function)
 
         @functools.wraps(function)
         def guarded(*args, **kwargs):
+            if runtime.deployment.id is None:
+                return function(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             with model_slot(model_of(bound.arguments)):

@@ -57,10 +57,12 @@ def test_diverging_run_fails_in_mlflow_and_prefect(prefect_harness, mlflow_store
     )
     epoch, step = assert_failed_with_reason(state, mlflow_run)
     assert epoch == 1 and 0 <= step < math.ceil(600 / 32)
-    # Nothing of the failed epoch is recorded: no checkpoint, no epoch metric, no model.
+    # Nothing of the failed epoch is recorded: no checkpoint, no epoch metric, no model; only
+    # the profile of the data, logged before training started.
     client = MlflowClient()
     assert client.get_metric_history(mlflow_run.info.run_id, "train_loss") == []
-    assert client.list_artifacts(mlflow_run.info.run_id) == []
+    artifacts = [a.path for a in client.list_artifacts(mlflow_run.info.run_id)]
+    assert artifacts == ["data_profile.json"]
     assert not list(checkpoints.glob("ckpt-*"))
 
 

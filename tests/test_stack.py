@@ -245,11 +245,9 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     assert retrain.work_pool_name == "tfnn"
     assert retrain.entrypoint == "flows/retrain.py:retrain_flow"
     assert retrain.schedules[0].schedule.cron == "30 5 * * 1"
-    assert retrain.parameters == {
-        "config": {"data_source": str(small_mnist_dir)},
-        "model_name": NAME,
-        "margin": 0.0,
-    }
+    # Only what differs from TrainConfig's and RunOptions' defaults (model name, margin: the
+    # defaults, written once in common/config.py).
+    assert retrain.parameters == {"config": {"data_source": str(small_mnist_dir)}}
     assert deployed["scheduled-train"].schedules[0].schedule.cron == "0 5 * * *"
 
     # MLflow: two finished runs, two versions, the retrain's challenger is champion.
@@ -284,8 +282,13 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     # MLflow run names its Prefect flow run.
     flow_runs = [r for r in prefect_call(env, lambda c: c.read_flow_runs()) if not r.deployment_id]
     assert len(flow_runs) == 3 and {r.state_type.value for r in flow_runs} == {"COMPLETED"}
-    [retrain_run] = [r for r in flow_runs if r.parameters.get("warm_start")]
-    assert retrain_run.parameters["margin"] == 0.005
+    # The retrain's own run (its challenger subflow has the same options and a run name).
+    [retrain_run] = [
+        r
+        for r in flow_runs
+        if r.parameters.get("options", {}).get("warm_start") and not r.parameters.get("run_name")
+    ]
+    assert retrain_run.parameters["options"]["margin"] == 0.005
     assert {r.data.tags["prefect.flow_run_id"] for r in runs} < {str(r.id) for r in flow_runs}
 
     # Without credentials nothing moves: not the champion, not a deployment; the command
@@ -304,7 +307,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     with pytest.raises(PrefectHTTPStatusError) as refused:
         prefect_call(anonymous, lambda c: c.delete_deployment(deployed["scheduled-train"].id))
     assert refused.value.response.status_code == 401
-    assert set(deployments(env)) == {"scheduled-train", "scheduled-retrain"}
+    assert set(deployments(env)) == {"scheduled-train", "scheduled-retrain", "watch-data"}
     for drop, named in (
         ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
         ("PREFECT_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"),

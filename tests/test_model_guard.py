@@ -40,6 +40,9 @@ def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
             # Both triggered runs are picked up by one poll, so that they run at once (one
             # waiting for the model) instead of one after the other by chance.
             PREFECT_RUNNER_POLL_FREQUENCY="1",
+            # The data watch is served too; it must not announce the data (and so trigger a
+            # third run) while the test runs.
+            TFNN_WATCH_SETTLE="86400",
         )
         command = tfnn_command("schedule", "--data-dir", str(small_mnist_dir))
         with open(schedule_log, "wb") as log:
@@ -53,13 +56,19 @@ def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
             )
         with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 240
-            while len(client.read_deployments()) < 2:
+            while len(client.read_deployments()) < 3:
                 assert serving.poll() is None, schedule_log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "tfnn schedule registered no deployments"
                 time.sleep(1)
-            served = client.read_deployments()
-            assert [d.global_concurrency_limit.limit for d in served] == [1, 1]
-            assert {d.concurrency_options.collision_strategy.value for d in served} == {"ENQUEUE"}
+            served = {
+                d.name: (d.global_concurrency_limit.limit, d.concurrency_options.collision_strategy)
+                for d in client.read_deployments()
+            }
+            assert {name: (limit, how.value) for name, (limit, how) in served.items()} == {
+                "scheduled-train": (1, "ENQUEUE"),
+                "scheduled-retrain": (1, "ENQUEUE"),
+                "watch-data": (1, "CANCEL_NEW"),
+            }
             triggered = [
                 run_deployment("train-mnist/scheduled-train", timeout=0),
                 run_deployment("retrain-mnist/scheduled-retrain", timeout=0),

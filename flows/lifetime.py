@@ -151,9 +151,17 @@ def start_prefect_server() -> None:
     # The environment reaches threads that Prefect starts outside this context and child
     # processes (Dask workers, `serve`'s flow runs); the settings reach this thread.
     os.environ["PREFECT_API_URL"] = _server.url
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
-    _server.settings.enter_context(temporary_settings(updates={PREFECT_API_URL: _server.url}))
+    # No flow-run heartbeats: only a proactive automation acts on them (marks a silent run
+    # crashed), which an ephemeral-mode server does not run, and their thread holds every
+    # flow's end for up to a second.
+    updates = {PREFECT_API_URL: _server.url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    _server.settings.enter_context(temporary_settings(updates=updates))
 
 
 def stop_prefect_server() -> None:

@@ -77,21 +77,35 @@ def plot_confusion(confusion: np.ndarray, path: Path) -> str:
 
 
 def plot_digits(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, path: Path) -> str:
-    """Test digits titled ``predicted (true)``: the first mistakes in red, then correct ones."""
+    """Test digits labelled ``predicted (true)``: the first mistakes in red, then correct ones.
+    One image of tiles on one axes: a grid of subplots costs matplotlib a second."""
     wrong = np.flatnonzero(predicted != true)[: DIGITS_SHOWN // 2]
     right = np.flatnonzero(predicted == true)[: DIGITS_SHOWN - len(wrong)]
     shown = np.concatenate([wrong, right])
-    figure, grid = plt.subplots(4, DIGITS_SHOWN // 4, figsize=(9, 6.5))
-    for axes, index in zip(grid.flat, shown):
-        axes.imshow(images[index], cmap="gray")
-        axes.set_title(
+    rows, columns = 4, DIGITS_SHOWN // 4
+    height, width = images.shape[1:3]
+    label_band, gap = height // 2, 2  # room above each tile for its label
+    tile_height, tile_width = label_band + height + gap, width + gap
+    canvas = np.zeros((rows * tile_height, columns * tile_width), dtype=np.float32)
+    figure, axes = plt.subplots(figsize=(9, 6.5))
+    for position, index in enumerate(shown):
+        row, column = divmod(position, columns)
+        top, left = row * tile_height + label_band, column * tile_width
+        image = images[index].reshape(height, width).astype(np.float32)
+        span = image.max() - image.min()
+        canvas[top : top + height, left : left + width] = (image - image.min()) / (span or 1)
+        axes.text(
+            left + width / 2,
+            top - 2,
             f"{predicted[index]} ({true[index]})",
+            ha="center",
+            va="bottom",
             fontsize=9,
-            color="red" if predicted[index] != true[index] else "black",
+            color="tomato" if predicted[index] != true[index] else "white",
         )
-    for axes in grid.flat:
-        axes.axis("off")
-    figure.suptitle("Test digits: predicted (true); mistakes in red")
+    axes.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    axes.axis("off")
+    axes.set_title("Test digits: predicted (true); mistakes in red")
     return _save(figure, path)
 
 

@@ -103,10 +103,13 @@ def tfnn_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
-def run_tfnn(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``tfnn ARGS`` run to its end (15 minutes at most) in ``cwd``, its output captured."""
+def run_tfnn(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """``tfnn ARGS`` run to its end (``timeout`` seconds at most) in ``cwd``, its output
+    captured as text."""
     return subprocess.run(
-        tfnn_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+        tfnn_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 

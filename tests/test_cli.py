@@ -3,12 +3,11 @@ main job on embedded defaults (a local MLflow store and Prefect's ephemeral serv
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TERMINAL_CODE, run_on_a_terminal, tfnn_command, tfnn_env
+from conftest import TERMINAL_CODE, run_on_a_terminal, run_tfnn, tfnn_env
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -130,14 +129,7 @@ def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = tfnn_env(MLFLOW_TRACKING_URI=store, PREFECT_HOME=str(tmp_path / "prefect"))
     flags = ["--data-dir", str(small_mnist_dir), "--hidden-sizes", "8", "--no-register"]
-    result = subprocess.run(
-        tfnn_command("train", *flags, "--learning-rate", "1e30"),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_tfnn("train", *flags, "--learning-rate", "1e30", cwd=tmp_path, env=env)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     ours = [

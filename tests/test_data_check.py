@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_tfnn, tfnn_env, write_mnist_dir
 
 from common.data_profile import (
     CheckThresholds,
@@ -19,7 +20,6 @@ from common.data_profile import (
     profile_of,
     split_digest,
 )
-from tests.conftest import tfnn_command, tfnn_env, write_mnist_dir
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import MnistArrays, load_mnist_idx
 
@@ -175,24 +175,9 @@ def champion_store(tmp_path_factory):
         MLFLOW_TRACKING_URI=f"sqlite:///{directory / 'mlflow.db'}",
         PREFECT_HOME=str(directory / "prefect"),
     )
-    trained = subprocess.run(
-        tfnn_command(
-            "retrain",
-            "--data-dir",
-            str(data),
-            "--hidden-sizes",
-            "32",
-            "--epochs",
-            "3",
-            "--validation-fraction",
-            "0.2",
-            "--no-progress",
-        ),
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    flags = ["--hidden-sizes", "32", "--epochs", "3", "--validation-fraction", "0.2"]
+    trained = run_tfnn(
+        "retrain", "--data-dir", str(data), *flags, "--no-progress", cwd=directory, env=env
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     arrays = load_mnist_idx(data)
@@ -209,13 +194,8 @@ def champion_store(tmp_path_factory):
 
 def check(champion_store, name, *flags):
     directory, env = champion_store
-    result = subprocess.run(
-        tfnn_command("check-data", "--data-dir", str(directory / name), *flags),
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tfnn(
+        "check-data", "--data-dir", str(directory / name), *flags, cwd=directory, env=env
     )
     return result.returncode, result.stdout, result.stderr
 

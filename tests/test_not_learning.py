@@ -1,9 +1,7 @@
 """A run that learned nothing finishes but is flagged and not registered: a real ``tfnn train``
 whose learning rate is far too high for the network to learn, yet not high enough to diverge."""
 
-import subprocess
-
-from conftest import tfnn_command, tfnn_env, train_uninterrupted
+from conftest import run_tfnn, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
@@ -18,13 +16,12 @@ def test_a_run_at_chance_is_flagged_and_not_registered(
     # At lr 10 the first steps blow the loss up to ~1e9 and kill the relus: the loss then falls
     # back to ~2.5 but accuracy stays at the 10% of always answering one class.
     flags = ["--data-dir", str(small_mnist_dir), "--learning-rate", "10", "--epochs", "2"]
-    finished = subprocess.run(
-        tfnn_command("train", *flags, "--no-progress"),
+    finished = run_tfnn(
+        "train",
+        *flags,
+        "--no-progress",
         cwd=tmp_path,
         env=tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value()),
-        capture_output=True,
-        text=True,
-        timeout=900,
     )
     assert finished.returncode == 1, finished.stderr[-3000:]
     warnings = [line for line in finished.stderr.splitlines() if line.startswith("tfnn: ")]

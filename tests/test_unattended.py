@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tfnn_command, tfnn_env
+from conftest import run_tfnn, tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 
 SMALL_RUN = ("--epochs", "1", "--hidden-sizes", "4", "--no-progress", "--no-register")
@@ -109,13 +109,13 @@ def test_a_broken_prefect_database_is_refused_naming_it(small_mnist_dir, tmp_pat
     home.mkdir()
     (home / "prefect.db").write_bytes(b"half a migration " * 100)
     try:
-        result = subprocess.run(
-            tfnn_command("train", "--data-dir", str(small_mnist_dir), *SMALL_RUN),
+        result = run_tfnn(
+            "train",
+            "--data-dir",
+            str(small_mnist_dir),
+            *SMALL_RUN,
             cwd=tmp_path,
             env=tfnn_env(PREFECT_HOME=str(home)),
-            capture_output=True,
-            text=True,
-            timeout=600,
         )
     finally:
         kill_all(f"PREFECT_HOME={home}")
@@ -240,12 +240,13 @@ def test_a_server_that_never_answers_is_refused_in_seconds(
     silent = SilentServer()
     url = url.format(port=silent.port)
     try:
-        result = subprocess.run(
-            tfnn_command("train", "--data-dir", str(small_mnist_dir), *SMALL_RUN),
+        result = run_tfnn(
+            "train",
+            "--data-dir",
+            str(small_mnist_dir),
+            *SMALL_RUN,
             cwd=tmp_path,
             env=tfnn_env(**{variable: url}),
-            capture_output=True,
-            text=True,
             timeout=120,  # MLflow's and Prefect's own timeouts are 120 s and 60 s with retries
         )
     finally:

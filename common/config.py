@@ -33,6 +33,7 @@ DATA_DIR_ENV = "TFNN_DATA_DIR"
 # The defaults of the other commands' own flags, shared with their flows.
 COMPARED_ACTIVATIONS = ("relu", "tanh")  # the notebook's second experiment
 PREDICTIONS_FILE = "predictions.csv"
+CHAMPION_ALIAS = "champion"  # the registered version that serving, retrain and checks use
 
 
 def default_data_source() -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import CHAMPION_ALIAS
 from common.data_profile import (
     MAX_PROFILE_BYTES,
     PROFILE_ARTIFACT,
@@ -26,7 +27,6 @@ from tfnn.errors import DataError
 from tfnn.mnist import MnistArrays
 from tfnn.preprocessing import flatten_and_scale
 
-CHAMPION_ALIAS = "champion"
 # Enough examples to see a 5-point accuracy drop (its standard error at 10k is under 0.5
 # points) while a 60k set costs one batch of predictions.
 MAX_ACCURACY_EXAMPLES = 10_000
@@ -48,15 +48,13 @@ def find_champion_record(model_name: str) -> ChampionRecord | None:
     accuracy; None when the model has no champion."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+    from common.mlflow_client import RetryingClient, champion_version
+
+    client = RetryingClient()
+    version = champion_version(client, model_name)
+    if version is None:
+        return None
     run = client.get_run(version.run_id)
     profile = None
     try:

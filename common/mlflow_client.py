@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from common.config import CHAMPION_ALIAS
 from common.errors import one_line
 from common.timeouts import env_seconds
 from common.versions import installed_version
@@ -24,6 +26,8 @@ RETRY_SECONDS_ENV = "TFNN_TRACKING_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 300.0
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 LIBRARIES = ("tensorflow", "numpy", "prefect", "mlflow")
+# How MLflow's stores say "no such registered model, version or alias".
+MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 T = TypeVar("T")
 
 
@@ -84,6 +88,17 @@ class RetryingClient:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.once, name)
         return lambda *args, **kwargs: retry_tracking(lambda: method(*args, **kwargs))
+
+
+def champion_version(client: RetryingClient, model_name: str) -> ModelVersion | None:
+    """The version that ``models:/<model_name>@champion`` points at; None when the model or
+    its alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException as error:
+        if error.error_code in MISSING_CODES:
+            return None
+        raise
 
 
 def library_versions() -> dict[str, str]:

@@ -2,9 +2,8 @@
 
 from prefect import flow
 
-from common.config import PREDICTIONS_FILE, RunOptions
+from common.config import CHAMPION_ALIAS, PREDICTIONS_FILE, RunOptions
 from tasks.predict import Predictions, load_digits, predict, write_predictions
-from tasks.registry import CHAMPION_ALIAS
 
 DEFAULT_MODEL_URI = f"models:/{RunOptions().model_name}@{CHAMPION_ALIAS}"
 

@@ -21,17 +21,15 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common.config import TrainConfig
-from common.mlflow_client import RetryingClient, retry_tracking
+from common.config import CHAMPION_ALIAS, TrainConfig
+from common.mlflow_client import RetryingClient, champion_version, retry_tracking
 from common.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tfnn.metrics import accuracy
 
-CHAMPION_ALIAS = "champion"
 KEY_TAG = "tfnn.retrain_key"
 COMPARED_WITH_TAG = "tfnn.compared_with_version"
 WARM_START_TAG = "tfnn.warm_start_from"
-_MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -100,10 +98,6 @@ def decide(
     return False, f"{comparison}: the challenger does not beat the champion by the margin"
 
 
-def _is_missing(error: MlflowException) -> bool:
-    return error.error_code in _MISSING
-
-
 @task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def register_model(name: str, model_uri: str, run_id: str) -> str:
     """Register the logged model ``models:/<model_id>`` of run ``run_id`` as a new version of
@@ -129,13 +123,8 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
 @task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def find_champion(name: str) -> Champion | None:
     """The version that ``models:/<name>@champion`` points at, or None when there is none."""
-    try:
-        version = RetryingClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException as error:
-        if _is_missing(error):
-            return None
-        raise
-    return Champion(str(version.version), version.run_id)
+    version = champion_version(RetryingClient(), name)
+    return version and Champion(str(version.version), version.run_id)
 
 
 @task

@@ -80,14 +80,24 @@ class DataProfile:
             raise ValueError(f"not a data profile: {error!r}") from None
 
 
+def _pixel_mean_std(images: np.ndarray) -> tuple[float, float]:
+    if images.dtype == np.uint8:
+        # From the 256-bin histogram: exact sums, no float copy of millions of pixels.
+        counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+        values = np.arange(256, dtype=np.float64)
+        mean = counts @ values / counts.sum()
+        return float(mean), float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
+    pixels = images.astype(np.float64)  # float32 sums lose digits over millions of pixels
+    return float(pixels.mean()), float(pixels.std())
+
+
 def _split_profile(images: np.ndarray, labels: np.ndarray) -> SplitProfile:
-    # float64 sums: float32 loses digits over millions of pixels.
-    pixels = images.astype(np.float64)
+    mean, std = _pixel_mean_std(images)
     return SplitProfile(
         count=len(labels),
         label_counts=tuple(int(c) for c in np.bincount(labels, minlength=NUM_CLASSES)),
-        pixel_mean=float(pixels.mean()),
-        pixel_std=float(pixels.std()),
+        pixel_mean=mean,
+        pixel_std=std,
     )
 
 

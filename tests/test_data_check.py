@@ -50,6 +50,16 @@ def test_profile_is_the_hand_computed_counts_and_pixel_statistics():
     assert DataProfile.from_json(p.to_json()) == p
 
 
+def test_pixel_statistics_of_uint8_images_are_numpy_s_in_float64():
+    # The profile counts a histogram of uint8 pixels; NumPy averages every pixel.
+    images = np.random.default_rng(4).integers(0, 256, (500, 28, 28)).astype(np.uint8)
+    arrays = MnistArrays(images, np.zeros(500, np.uint8), images[:2], np.zeros(2, np.uint8), "")
+    train = profile_of(arrays).train
+    pixels = images.astype(np.float64)
+    assert train.pixel_mean == pytest.approx(pixels.mean(), rel=1e-12)
+    assert train.pixel_std == pytest.approx(pixels.std(), rel=1e-12)
+
+
 def test_split_digest_tells_test_sets_apart():
     images, labels = np.zeros((2, 28, 28), np.uint8), np.array([1, 2], np.uint8)
     assert split_digest(images, labels) == split_digest(images.copy(), labels.copy())

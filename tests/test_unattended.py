@@ -11,12 +11,18 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_tfnn, tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 
 SMALL_RUN = ("--epochs", "1", "--hidden-sizes", "4", "--no-progress", "--no-register")
+
+
+def train_small(data_dir: Path, **run: Any) -> subprocess.CompletedProcess:
+    """``tfnn train`` of one tiny epoch on ``data_dir``; ``run``: ``run_tfnn``'s keywords."""
+    return run_tfnn("train", "--data-dir", str(data_dir), *SMALL_RUN, **run)
 
 
 def processes_with(marker: str) -> list[str]:
@@ -109,14 +115,7 @@ def test_a_broken_prefect_database_is_refused_naming_it(small_mnist_dir, tmp_pat
     home.mkdir()
     (home / "prefect.db").write_bytes(b"half a migration " * 100)
     try:
-        result = run_tfnn(
-            "train",
-            "--data-dir",
-            str(small_mnist_dir),
-            *SMALL_RUN,
-            cwd=tmp_path,
-            env=tfnn_env(PREFECT_HOME=str(home)),
-        )
+        result = train_small(small_mnist_dir, cwd=tmp_path, env=tfnn_env(PREFECT_HOME=str(home)))
     finally:
         kill_all(f"PREFECT_HOME={home}")
     line = refusal(result)
@@ -240,11 +239,8 @@ def test_a_server_that_never_answers_is_refused_in_seconds(
     silent = SilentServer()
     url = url.format(port=silent.port)
     try:
-        result = run_tfnn(
-            "train",
-            "--data-dir",
-            str(small_mnist_dir),
-            *SMALL_RUN,
+        result = train_small(
+            small_mnist_dir,
             cwd=tmp_path,
             env=tfnn_env(**{variable: url}),
             timeout=120,  # MLflow's and Prefect's own timeouts are 120 s and 60 s with retries

@@ -1,8 +1,8 @@
 """How long the ``tfnn`` command takes to start, next to ``import tensorflow`` and to a bare
 script doing the same training.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_startup.py [--repeat 3] [--root DIR]
-        [--data-dir DIR] [--no-train] [--baseline DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_startup.py [--repeat 3] [--rounds 3]
+        [--root DIR] [--data-dir DIR] [--no-train] [--baseline DIR]
 
 Part one: ``--help``, ``--version`` and a refusal (the median of ``--repeat`` runs) beside
 ``python -c "import tensorflow"``; they import none of TensorFlow, MLflow or Prefect.
@@ -20,7 +20,9 @@ default configuration, side by side in one run,
   databases (or, against servers, the experiment and registered model); the next run, like
   every later run of a person's, finds them;
 - with ``--baseline DIR``, both commands of that checkout as well (before and after a
-  change, measured under the same load).
+  change, measured under the same load);
+- all of it ``--rounds`` times, interleaved, and each figure the median of its rounds: one
+  run of a command on this kind of shared machine moves by seconds.
 
 Targets (issue 11): embedded at most 2.0x the bare script, servers at most 1.6x. Each
 command writes the times of its phases (``TFNN_TIMINGS``, see ``flows.timings``), printed
@@ -198,8 +200,18 @@ def print_breakdown(name: str, phases: dict[str, float]) -> None:
             print(f"    {label:<36}{phases[last] - phases[first]:>7.2f} s")
 
 
+def median_run(runs: list[tuple[float, dict[str, float]]]) -> tuple[float, dict[str, float]]:
+    """The run of median wall time (its own breakdown, so the phases add up)."""
+    return sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+
+
 def bench_training(
-    root: Path, baseline: Path | None, data_dir: Path, env: dict[str, str], scratch: Path
+    root: Path,
+    baseline: Path | None,
+    data_dir: Path,
+    env: dict[str, str],
+    scratch: Path,
+    rounds: int,
 ) -> None:
     sys.path.insert(0, str(root))
     from common.config import TrainConfig  # pydantic only: no TensorFlow here
@@ -209,44 +221,55 @@ def bench_training(
     command += ["--epochs", "1"]
     env = {k: v for k, v in env.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     # The checkouts whose command is timed, each in its own directory and Prefect home.
-    checkouts = {"": root} | ({" (baseline)": baseline} if baseline else {})
-    results: dict[str, tuple[float, dict[str, float]]] = {}
-    (scratch / "bare").mkdir()
+    checkouts = {"": root} | ({", baseline": baseline} if baseline else {})
+    results: dict[str, list[tuple[float, dict[str, float]]]] = {}
     bare = [sys.executable, "-c", BARE, str(data_dir), json.dumps(config)]
-    results["bare script (tfnn.fit)"] = timed_run(bare, env, scratch / "bare")
-    # Embedded: the local SQLite store in a fresh working directory, a fresh Prefect home;
-    # then again in the same place, as a person's next run there (both stores exist).
-    for suffix, checkout in checkouts.items():
-        work = scratch / f"embedded{suffix.strip(' ()')}"
-        work.mkdir()
-        embedded_env = {**env, "PYTHONPATH": str(checkout), "PREFECT_HOME": str(work / "prefect")}
-        for which in RUNS:
-            label = f"tfnn train, embedded ({which}{suffix.strip(' ()') and ', baseline'})"
-            results[label] = timed_run(command, embedded_env, work)
     with ExitStack() as stack:
         (scratch / "servers").mkdir()
         served = start_servers(stack, scratch / "servers", env)
-        for suffix, checkout in checkouts.items():
-            work = scratch / f"servers{suffix.strip(' ()')}"
-            work.mkdir(exist_ok=True)
-            client_env = {**served, "PYTHONPATH": str(checkout)}
-            client_env["PREFECT_HOME"] = str(work / "prefect-client")
-            for which in RUNS:
-                label = f"tfnn train, servers ({which}{suffix.strip(' ()') and ', baseline'})"
-                results[label] = timed_run(command, client_env, work)
-    reference = results["bare script (tfnn.fit)"][0]
+        # Rounds interleave the commands, so that a slow minute of this shared machine
+        # slows all of them; each figure is the median of its rounds.
+        for round_ in range(rounds):
+            (scratch / f"bare-{round_}").mkdir()
+            results.setdefault("bare script (tfnn.fit)", []).append(
+                timed_run(bare, env, scratch / f"bare-{round_}")
+            )
+            for suffix, checkout in checkouts.items():
+                tag = f"{round_}{suffix.removeprefix(', ')}"
+                # Embedded: the local SQLite store in a fresh working directory, a fresh
+                # Prefect home; then again in the same place, as a person's next run there.
+                work = scratch / f"embedded-{tag}"
+                work.mkdir()
+                embedded = {**env, "PYTHONPATH": str(checkout), "PREFECT_HOME": str(work / "ph")}
+                # Servers: this round's own experiment and model, so its first run creates them.
+                names = ["--experiment", f"bench-{tag}", "--model-name", f"bench-{tag}"]
+                client = {**served, "PYTHONPATH": str(checkout)}
+                client["PREFECT_HOME"] = str(work / "prefect-client")
+                for mode, argv, mode_env in (
+                    ("embedded", command, embedded),
+                    ("servers", command + names, client),
+                ):
+                    for which in RUNS:
+                        label = f"tfnn train, {mode} ({which}{suffix})"
+                        results.setdefault(label, []).append(timed_run(argv, mode_env, work))
+    medians = {name: median_run(runs) for name, runs in results.items()}
+    reference = medians["bare script (tfnn.fit)"][0]
     targets = {"embedded": 2.0, "servers": 1.6}
-    print(f"\none epoch of the default configuration on {data_dir}")
+    print(f"\none epoch of the default configuration on {data_dir}, median of {rounds} rounds")
     if baseline:
         print(f"baseline checkout: {baseline}")
     # CPU seconds vary less with the machine's load than wall seconds do.
-    print(f"{'command':<46}{'seconds':>9}{'/ bare':>9}{'target':>9}{'CPU s':>9}")
-    for name, (took, phases) in results.items():
+    print(f"{'command':<46}{'seconds':>9}{'/ bare':>9}{'target':>9}{'CPU s':>9}  every round")
+    for name, (took, phases) in medians.items():
         mode = next((mode for mode in targets if f", {mode}" in name), None)
         target = f"{targets[mode]:.1f}" if mode else ""
-        print(f"{name:<46}{took:>9.2f}{took / reference:>9.2f}{target:>9}{phases['cpu']:>9.1f}")
-    print("breakdown (from the command's TFNN_TIMINGS):")
-    for name, (_, phases) in results.items():
+        each = " ".join(f"{run[0]:.1f}" for run in results[name])
+        print(
+            f"{name:<46}{took:>9.2f}{took / reference:>9.2f}{target:>9}{phases['cpu']:>9.1f}"
+            f"  {each}"
+        )
+    print("breakdown of each median run (from the command's TFNN_TIMINGS):")
+    for name, (_, phases) in medians.items():
         if name.startswith("tfnn"):
             print_breakdown(name, phases)
     print(f"load at the end: {os.getloadavg()[0]:.2f} (1 min)")
@@ -258,6 +281,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("TFNN_DATA_DIR"))
     parser.add_argument("--no-train", action="store_true", help="only the quick commands")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the training runs")
     parser.add_argument(
         "--baseline", type=Path, help="another checkout whose train command is timed alongside"
     )
@@ -284,7 +308,7 @@ def main() -> None:
         # The commands run in the scratch directory: PYTHONPATH must find the checkout.
         shutil.rmtree(f"{scratch}/prefect", ignore_errors=True)
         baseline = args.baseline.resolve() if args.baseline else None
-        bench_training(root, baseline, args.data_dir.resolve(), env, Path(scratch))
+        bench_training(root, baseline, args.data_dir.resolve(), env, Path(scratch), args.rounds)
 
 
 if __name__ == "__main__":

@@ -292,6 +292,14 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _build_routes(port: int) -> None:
+    """FastAPI builds a router's routes on the first request that reaches it: the command's
+    first calls to a fresh server waited most of a second for that. A path that no route
+    matches builds them all, now, while the command is still importing TensorFlow."""
+    with suppress(OSError):  # the expected 404, or a server already stopping
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tfnn-build-routes", timeout=30)
+
+
 def _serve(fd: int, locked: int, parent: int) -> int:
     """Serve Prefect's API on the listening socket ``fd``. Servers sharing a Prefect home
     start one at a time (then write to the pipe ``locked``): starting migrates the database,
@@ -321,9 +329,12 @@ def _serve(fd: int, locked: int, parent: int) -> int:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         fcntl.flock(lock, fcntl.LOCK_UN)
+        if server.started:
+            _build_routes(listening.getsockname()[1])
 
+    listening = socket.socket(fileno=fd)
     threading.Thread(target=unlock_once_started, daemon=True).start()
-    server.run(sockets=[socket.socket(fileno=fd)])
+    server.run(sockets=[listening])
     return 0 if server.started else 3
 
 

@@ -20,7 +20,6 @@ CONFIG_PARAMS = (
     "early_stopping_patience",
     "restore_best",
 )
-SCORES = ("final_val_accuracy", "final_val_loss", "final_test_accuracy", "final_test_loss")
 CLASS_ACCURACY_PREFIX = "test_accuracy_class_"
 
 

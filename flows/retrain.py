@@ -84,9 +84,7 @@ def retrain_flow(
             )
             record_decision(decision)
             # The card written at registration did not know the decision yet.
-            publish_model_card(
-                challenger.run_id, challenger.model_uri, model_name, challenger.model_version
-            )
+            publish_model_card(challenger.run_id, model_name, challenger.model_version)
     publish_decision(decision, data_change(data_event_id, data_digest, data.source))
     print(f"{decision.action}: {decision.reason}")
     return decision

@@ -79,13 +79,13 @@ def train_flow(
         warning = flag_if_not_learning(run_id, history, data)
         evaluation = evaluate(network, data)
         plots = plot_run(history, evaluation, data, str(run_dir / "plots"))
-        log_evaluation(run_id, evaluation, plots)
         model_uri = log_trained_model(run_id, network, data, history.best_epoch)
+        log_evaluation(run_id, evaluation, plots, model_uri)
         version = (
             register_model(options.registered_model_name, model_uri, run_id)
             if options.registered_model_name and warning is None
             else None
         )
-        publish_model_card(run_id, model_uri, version and options.registered_model_name, version)
+        publish_model_card(run_id, version and options.registered_model_name, version)
         publish_summary(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

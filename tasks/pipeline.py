@@ -73,13 +73,13 @@ def train_pipeline(
         warning = flag_if_not_learning.fn(run_id, history, data)
         evaluation = evaluate.fn(network, data)
         plots = plot_run.fn(history, evaluation, data, str(run_dir / "plots"))
-        log_evaluation.fn(run_id, evaluation, plots)
         model_uri = log_trained_model.fn(run_id, network, data, history.best_epoch)
+        log_evaluation.fn(run_id, evaluation, plots, model_uri)
         version = (
             register_model.fn(options.registered_model_name, model_uri, run_id)
             if options.registered_model_name and warning is None
             else None
         )
-        publish_model_card.fn(run_id, model_uri, version and options.registered_model_name, version)
+        publish_model_card.fn(run_id, version and options.registered_model_name, version)
         publish_summary.fn(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

@@ -118,16 +118,22 @@ def log_trained_model(
 
 
 @task(cache_policy=NONE)
-def log_evaluation(run_id: str, evaluation: Evaluation, plot_paths: list[str]) -> None:
-    """Log the final test metrics (those a resumed run does not hold yet), the confusion
-    matrix and the plots."""
+def log_evaluation(
+    run_id: str, evaluation: Evaluation, plot_paths: list[str], model_uri: str
+) -> None:
+    """Log the final scores (those a resumed run does not hold yet), linked to the logged
+    model ``model_uri`` (``models:/m-...``) as well, so that MLflow's *Models* view ranks
+    models by them; then the confusion matrix and the plots."""
     client = RetryingClient()
     held = client.get_run(run_id).data.metrics
     now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in evaluation.metrics().items() if k not in held],
-    )
+    model_id = model_uri.removeprefix("models:/")
+    finals = [
+        Metric(k, v, now, 0, model_id=model_id)
+        for k, v in evaluation.metrics().items()
+        if k not in held
+    ]
+    client.log_batch(run_id, metrics=finals)
     client.log_dict(
         run_id,
         {"rows_true_columns_predicted": evaluation.confusion.tolist()},

@@ -310,6 +310,8 @@ def _serve(fd: int, locked: int, parent: int) -> int:
     import uvicorn
     from prefect.settings import get_current_settings
 
+    from flows import prefect_database
+
     _die_with_parent(parent)
     home = Path(get_current_settings().home)
     home.mkdir(parents=True, exist_ok=True)
@@ -324,6 +326,7 @@ def _serve(fd: int, locked: int, parent: int) -> int:
     fcntl.flock(lock, fcntl.LOCK_EX)
     os.write(locked, b"1")
     os.close(locked)
+    prefect_database.prepare()  # a new home's database: copied, not migrated again
 
     def unlock_once_started() -> None:
         while not server.started and not server.should_exit:

@@ -117,7 +117,7 @@ def check_tracking() -> None:
     else:
         try:
             with exclusive_lock(f"{database}.lock"):
-                _open_store(database)
+                _open_new_or_existing_store(database)
         except OSError as error:  # the lock file: _open_store reports its own errors
             raise InputError(
                 f"{database}: the MLflow store needs a writable directory ({error.strerror}); "
@@ -134,6 +134,30 @@ def _sqlite_file(uri: str) -> Path | None:
         return None
     database = make_url(uri).database
     return Path(database).absolute() if database and database != ":memory:" else None
+
+
+def _without_default_experiment(connection) -> None:
+    # The Default experiment records the directory it was created in; MLflow creates it
+    # again, for the directory it opens the store in, when a store has none.
+    connection.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+    connection.execute("DELETE FROM experiments WHERE experiment_id = 0")
+
+
+def _open_new_or_existing_store(database: Path) -> None:
+    """Open the store; a new one starts from the migrated empty store kept for this MLflow
+    version (``common.kept_database``), or is migrated by MLflow and then kept."""
+    import mlflow
+
+    from common.kept_database import keep, kept_path, start_from_kept
+
+    if database.exists():
+        _open_store(database)
+        return
+    kept = kept_path("mlflow", mlflow.__version__)
+    copied = start_from_kept(database, kept)
+    _open_store(database)
+    if not copied:
+        keep(database, kept, _without_default_experiment)
 
 
 def _open_store(database: Path) -> None:

@@ -1,5 +1,6 @@
-"""New Prefect homes start from a kept, migrated database (``flows.prefect_database``)
-instead of migrating their own: real private servers, real SQLite files."""
+"""New Prefect homes and new MLflow stores start from a kept, migrated database
+(``common.kept_database``) instead of migrating their own: real private servers, real
+MLflow stores, real SQLite files."""
 
 import json
 import sqlite3
@@ -8,9 +9,11 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import mlflow
 import prefect
 
-from tests.conftest import tfnn_env
+from flows.cli import preflight
+from tests.conftest import tfnn_env, use_mlflow_store
 
 # Starts the command's private server for $PREFECT_HOME, asks it something, stops it.
 SERVE = """
@@ -79,3 +82,30 @@ def test_a_broken_kept_database_is_replaced_not_copied(tmp_path):
     answer = serve_once(tmp_path / "home", cache)
     assert answer["version"] == prefect.__version__ and answer["block_types"] > 0
     assert migration(kept) == migration(tmp_path / "home" / "prefect.db")
+
+
+def test_a_new_mlflow_store_starts_from_the_kept_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFNN_CACHE_DIR", str(tmp_path / "cache"))
+    kept = tmp_path / "cache" / f"mlflow-{mlflow.__version__}.db"
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+    use_mlflow_store(monkeypatch, first)
+    preflight.check_tracking()
+    assert migration(kept) == migration(first / "mlflow.db")
+    assert tables(kept) == tables(first / "mlflow.db")
+    # The kept store holds no experiment: the Default one records its store's directory.
+    with closing(sqlite3.connect(kept)) as connection, connection:
+        assert connection.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
+        connection.execute("CREATE TABLE tfnn_marker (x)")
+    use_mlflow_store(monkeypatch, second)
+    preflight.check_tracking()
+    assert "tfnn_marker" in tables(second / "mlflow.db")  # the kept copy
+    client = mlflow.MlflowClient()
+    (default,) = client.search_experiments()
+    assert (default.experiment_id, default.name) == ("0", "Default")
+    assert default.artifact_location == str(second / "mlruns" / "0")
+    # The copy is a working store: a run in a new experiment, its metric read back.
+    run = client.create_run(client.create_experiment("kept")).info.run_id
+    client.log_metric(run, "loss", 0.25, step=3)
+    assert [(m.value, m.step) for m in client.get_metric_history(run, "loss")] == [(0.25, 3)]

@@ -19,8 +19,8 @@ default configuration, side by side in one run,
 - each command twice in the same place: its first run there creates the Prefect and MLflow
   databases (or, against servers, the experiment and registered model); the next run, like
   every later run of a person's, finds them; once before the rounds, the machine's first run,
-  which finds no migrated Prefect database kept for new homes (``$TFNN_CACHE_DIR``, private
-  to this script) and keeps one;
+  which finds no migrated Prefect database or MLflow store kept for new ones
+  (``$TFNN_CACHE_DIR``, private to this script) and keeps them;
 - with ``--baseline DIR``, both commands of that checkout as well (before and after a
   change, measured under the same load);
 - all of it ``--rounds`` times, interleaved, and each figure the median of its rounds: one
@@ -226,8 +226,8 @@ def bench_training(
     checkouts = {"": root} | ({", baseline": baseline} if baseline else {})
     results: dict[str, list[tuple[float, dict[str, float]]]] = {"bare script (tfnn.fit)": []}
     bare = [sys.executable, "-c", BARE, str(data_dir), json.dumps(config)]
-    # A machine's first run: no Prefect database kept yet to start a new home from
-    # (``flows.prefect_database``); every later new home, as in the rounds, has one.
+    # A machine's first run: no migrated database kept yet for a new Prefect home or MLflow
+    # store to start from (``common.kept_database``); in the rounds, new ones find them.
     work = scratch / "embedded-machine"
     work.mkdir()
     machine_first = {**env, "PYTHONPATH": str(root), "PREFECT_HOME": str(work / "ph")}

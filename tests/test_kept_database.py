@@ -84,7 +84,8 @@ def test_a_broken_kept_database_is_replaced_not_copied(tmp_path):
     assert migration(kept) == migration(tmp_path / "home" / "prefect.db")
 
 
-def test_a_new_mlflow_store_starts_from_the_kept_one(tmp_path, monkeypatch):
+def test_a_new_mlflow_store_starts_from_the_kept_one(mlflow_store, tmp_path, monkeypatch):
+    # mlflow_store: MLflow's tracking URI set back when the test ends (stores of its own below).
     monkeypatch.setenv("TFNN_CACHE_DIR", str(tmp_path / "cache"))
     kept = tmp_path / "cache" / f"mlflow-{mlflow.__version__}.db"
     first, second = tmp_path / "first", tmp_path / "second"

@@ -300,7 +300,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         # A private Prefect home: a command that starts a server must not touch the user's.
         env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_HOME": f"{scratch}/prefect"}
-        # And a private cache: the migrated Prefect database new homes start from.
+        # And a private cache: the migrated databases new Prefect homes and MLflow stores
+        # start from (common.kept_database).
         env["TFNN_CACHE_DIR"] = f"{scratch}/cache"
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
         print(f"checkout: {root}  load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")

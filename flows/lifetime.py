@@ -125,11 +125,9 @@ class PrefectServer:
 
 def _database() -> str:
     """The Prefect database the server opens (its password hidden)."""
-    from prefect.settings import get_current_settings
-    from sqlalchemy.engine import make_url
+    from flows.prefect_database import database_url
 
-    url = get_current_settings().server.database.connection_url
-    url = make_url(url.get_secret_value() if hasattr(url, "get_secret_value") else str(url))
+    url = database_url()
     return url.database if url.drivername.startswith("sqlite") else url.render_as_string()
 
 

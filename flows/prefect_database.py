@@ -9,13 +9,18 @@ from pathlib import Path
 from common.kept_database import keep, kept_path, start_from_kept
 
 
-def new_sqlite_database() -> Path | None:
-    """The file of the configured Prefect database if it is SQLite and does not exist yet."""
+def database_url():
+    """The configured Prefect database's URL (a SQLAlchemy ``URL``)."""
     from prefect.settings import get_current_settings
     from sqlalchemy.engine import make_url
 
     url = get_current_settings().server.database.connection_url
-    url = make_url(url.get_secret_value() if hasattr(url, "get_secret_value") else str(url))
+    return make_url(url.get_secret_value() if hasattr(url, "get_secret_value") else str(url))
+
+
+def new_sqlite_database() -> Path | None:
+    """The file of the configured Prefect database if it is SQLite and does not exist yet."""
+    url = database_url()
     if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
         return None
     database = Path(url.database)

@@ -18,7 +18,12 @@ from common.errors import one_line
 from common.mlflow_client import RetryingClient, library_versions
 
 ERROR_TAG = "tfnn.error"
+# Who holds a run: written only when a process takes the run (starts or reopens it), so
+# that a holder's renewal can never overwrite another process's takeover (MLflow has no
+# compare-and-set: a renewal is a read, then a write, and a takeover can land in between).
 LEASE_TAG = "tfnn.lease"
+# When the holder last renewed: its lease id and the time, written every period.
+RENEWED_TAG = "tfnn.lease.renewed"
 LEASE_SECONDS_ENV = "TFNN_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 30.0
 # A lease not renewed for this many periods belongs to a process that is gone (or cut off).
@@ -80,7 +85,12 @@ def lease_holder(run: Run) -> str | None:
     if run.info.status != "RUNNING" or not text:
         return None
     lease = json.loads(text)
-    age = time.time() - lease["renewed"]
+    renewed = json.loads(run.data.tags.get(RENEWED_TAG, "{}"))
+    # A renewal by an earlier holder (written as the run was taken over) does not count.
+    if renewed.get("id") == lease.get("id"):
+        age = time.time() - renewed["renewed"]
+    else:
+        age = time.time() - lease.get("taken", lease.get("renewed", 0))
     expires_in = LEASE_PERIODS * lease["period"] - age
     if expires_in <= 0:
         return None
@@ -107,10 +117,10 @@ def _alive(pid: int) -> bool:
 
 
 class RunLease:
-    """The claim of this process on an MLflow run: the ``tfnn.lease`` tag (host, pid, time),
-    renewed every ``period`` seconds by a daemon thread, so that a run whose process died
-    can be told from one still training. If another process takes the run over, the thread
-    stops renewing and ``lost`` says so."""
+    """The claim of this process on an MLflow run: the ``tfnn.lease`` tag (host, pid, id,
+    time taken), renewed every ``period`` seconds in ``tfnn.lease.renewed`` by a daemon
+    thread, so that a run whose process died can be told from one still training. If
+    another process takes the run over, the thread stops renewing and ``lost`` says so."""
 
     def __init__(self, run_id: str, period: float):
         self.run_id, self.period = run_id, period
@@ -118,14 +128,12 @@ class RunLease:
         self.client = RetryingClient().once
         self.lease = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
         self.lost: str | None = None
-        self._renew()
+        self.client.set_tag(
+            run_id, LEASE_TAG, json.dumps({**self.lease, "taken": time.time(), "period": period})
+        )
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="tfnn-lease", daemon=True)
         self._thread.start()
-
-    def _renew(self) -> None:
-        lease = {**self.lease, "renewed": time.time(), "period": self.period}
-        self.client.set_tag(self.run_id, LEASE_TAG, json.dumps(lease))
 
     def _keep(self) -> None:
         while not self._stopped.wait(self.period):
@@ -134,7 +142,8 @@ class RunLease:
                 if held.get("id", self.lease["id"]) != self.lease["id"]:
                     self.lost = f"pid {held['pid']} on {held['host']} took run {self.run_id} over"
                     return
-                self._renew()
+                renewed = {"id": self.lease["id"], "renewed": time.time()}
+                self.client.set_tag(self.run_id, RENEWED_TAG, json.dumps(renewed))
             except Exception:
                 # The tracking server is away: the run's own logging reports that, and
                 # renewing goes on when it is back.

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 from conftest import (
@@ -23,7 +24,14 @@ from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
 from common.config import TrainConfig
-from common.runs import LEASE_TAG, LeaseLostError, ResumeError, check_lease, check_resumable
+from common.runs import (
+    LEASE_TAG,
+    RENEWED_TAG,
+    LeaseLostError,
+    ResumeError,
+    check_lease,
+    check_resumable,
+)
 from tasks.tracking import WEIGHTS_TAG, tracked_run
 
 
@@ -118,7 +126,8 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
 
 
 def write_lease(client, run_id: str, host: str, pid: int, age: float, period: float = 30) -> None:
-    lease = {"host": host, "pid": pid, "id": "other", "renewed": time.time() - age}
+    """Another process takes run ``run_id``: ``age`` seconds ago, not renewed since."""
+    lease = {"host": host, "pid": pid, "id": uuid.uuid4().hex, "taken": time.time() - age}
     client.set_tag(run_id, LEASE_TAG, json.dumps({**lease, "period": period}))
 
 
@@ -135,6 +144,11 @@ def test_a_lease_held_elsewhere_refuses_until_it_expires_or_takeover(mlflow_stor
     ):
         check_resumable(client.get_run(run_id), {})
     check_resumable(client.get_run(run_id), {}, takeover=True)
+    # A renewal by the holder before it, landing just after the takeover, does not count.
+    stale = {"id": uuid.uuid4().hex, "renewed": time.time()}
+    client.set_tag(run_id, RENEWED_TAG, json.dumps(stale))
+    with pytest.raises(ResumeError, match=r"lease renewed 10 s ago, expires in 80 s"):
+        check_resumable(client.get_run(run_id), {})
     # Not renewed for three periods: its holder is gone.
     write_lease(client, run_id, "elsewhere", 1, age=91)
     check_resumable(client.get_run(run_id), {})
@@ -162,10 +176,11 @@ def test_a_lease_is_renewed_and_a_takeover_stops_its_holder(mlflow_store, monkey
         first = json.loads(client.get_run(run_id).data.tags[LEASE_TAG])
         assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
         time.sleep(0.6)
-        renewed = json.loads(client.get_run(run_id).data.tags[LEASE_TAG])
-        assert renewed["renewed"] > first["renewed"]
+        renewed = json.loads(client.get_run(run_id).data.tags[RENEWED_TAG])
+        assert (renewed["id"], renewed["renewed"] > first["taken"]) == (first["id"], True)
         check_lease(run_id)  # still ours
-        # Another process takes the run over: this one stops renewing and writing.
+        # Another process takes the run over: this one stops renewing and writing. Its
+        # renewals keep going right up to the takeover, which none of them overwrites.
         write_lease(client, run_id, "elsewhere", 1, age=0)
         time.sleep(0.6)
         check_lease(run_id)

@@ -1,12 +1,12 @@
-"""Tasks that draw a run's figures as PNG files with matplotlib (no display needed)."""
+"""Tasks that draw a run's figures as PNG files with matplotlib.
+
+Figures are made with ``matplotlib.figure.Figure``, not pyplot: they are written to files and
+never shown, so they need no display, no backend choice and no global figure to close (the
+way matplotlib advises for servers), and pyplot is not imported at all.
+"""
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: scheduled runs have no display
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from prefect import task
@@ -22,13 +22,13 @@ DIGITS_SHOWN = 24
 def _save(figure: Figure, path: Path) -> str:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return str(path)
 
 
 def plot_step_loss(history: History, path: Path) -> str:
     """The notebook's plot: train loss at every step."""
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     axes.plot(history.step_loss, linewidth=0.6)
     axes.set(xlabel="step", ylabel="train loss", title="Train loss per step")
     return _save(figure, path)
@@ -37,7 +37,8 @@ def plot_step_loss(history: History, path: Path) -> str:
 def plot_accuracy(history: History, path: Path) -> str:
     """Train, validation and test accuracy after each epoch, the best validation epoch marked."""
     epochs = np.arange(1, history.epochs + 1)
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     axes.plot(epochs, history.train_accuracy, "o-", label="train")
     if history.val_accuracy:
         axes.plot(epochs, history.val_accuracy, "^-", label="validation")
@@ -55,7 +56,8 @@ def plot_accuracy(history: History, path: Path) -> str:
 
 def plot_confusion(confusion: np.ndarray, path: Path) -> str:
     """The confusion matrix with counts; rows are true classes."""
-    figure, axes = plt.subplots(figsize=(6, 5.5))
+    figure = Figure(figsize=(6, 5.5))
+    axes = figure.subplots()
     image = axes.imshow(confusion, cmap="Blues")
     classes = np.arange(len(confusion))
     axes.set(
@@ -87,7 +89,8 @@ def plot_digits(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, pat
     label_band, gap = height // 2, 2  # room above each tile for its label
     tile_height, tile_width = label_band + height + gap, width + gap
     canvas = np.zeros((rows * tile_height, columns * tile_width), dtype=np.float32)
-    figure, axes = plt.subplots(figsize=(9, 6.5))
+    figure = Figure(figsize=(9, 6.5))
+    axes = figure.subplots()
     for position, index in enumerate(shown):
         row, column = divmod(position, columns)
         top, left = row * tile_height + label_band, column * tile_width
@@ -131,7 +134,8 @@ def plot_comparison(histories: dict[str, History], path: str) -> str:
     """Step loss and accuracy per epoch of several runs, labelled by name, on one figure:
     validation accuracy solid and test accuracy dashed in the run's colour (test solid
     when a run has no validation split)."""
-    figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure = Figure(figsize=(12, 4.5))
+    losses, accuracy = figure.subplots(1, 2)
     for name, history in histories.items():
         (line,) = losses.plot(history.step_loss, linewidth=0.6, label=name)
         epochs = np.arange(1, history.epochs + 1)

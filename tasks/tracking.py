@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NONE
@@ -26,6 +26,7 @@ from common.runs import mlflow_run
 from common.source_info import code_version_tags, mlflow_run_url
 from common.system_metrics import system_metrics
 from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
+from tasks import tf_flavor
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.network import Sequential
@@ -105,13 +106,17 @@ def log_trained_model(
         client.set_tag(run_id, BEST_EPOCH_TAG, str(best_epoch))
     example = data.x_test[:5]
     info = retry_tracking(
-        lambda: mlflow.tensorflow.log_model(
-            network,
+        lambda: Model.log(
+            artifact_path=None,  # deprecated for name, but still a required argument
             name="model",
+            flavor=tf_flavor,  # mlflow.tensorflow's model, saved without importing Keras
+            flavor_name="mlflow.tensorflow",
+            model=network,
             run_id=run_id,
             signature=infer_signature(example, network.predict(example).numpy()),
             input_example=example,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
+            validate_serving_input=False,  # tf_flavor checks the saved model itself
         )
     )
     return info.model_uri

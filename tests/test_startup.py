@@ -9,13 +9,15 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import tfnn_env
 
 HEAVY = ("tensorflow", "mlflow", "prefect", "pandas", "sqlalchemy", "keras")
-# Runs the command in-process, then prints its exit code and the heavy packages it loaded.
+# Runs the command in-process, then prints its exit code and which of the WATCHED modules
+# (or packages, by their top-level name) it loaded.
 PROBE = """
 import json, sys
 from flows.cli import main
@@ -23,9 +25,29 @@ try:
     code = main(sys.argv[1:])
 except SystemExit as stop:
     code = stop.code
-loaded = sorted({name.split(".")[0] for name in sys.modules} & set(HEAVY_NAMES))
-print("PROBE " + json.dumps([code, loaded]))
+names = set(sys.modules) | {name.split(".")[0] for name in sys.modules}
+print("PROBE " + json.dumps([code, sorted(names & set(WATCHED))]))
 """
+
+
+def run_probe(
+    argv: list[str], watched: tuple[str, ...], cwd: Path, env: dict[str, str], timeout: float
+) -> tuple[int, list[str], list[str], str]:
+    """``tfnn ARGV`` in a fresh interpreter: its exit code, the ``watched`` modules it
+    loaded, its stderr lines and its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("WATCHED", repr(watched)), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    report = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+    assert report, result.stderr[-3000:]
+    code, loaded = json.loads(report[-1].removeprefix("PROBE "))
+    return code, loaded, result.stderr.splitlines(), result.stdout
+
 
 HELP = {
     "help": ["--help"],
@@ -76,19 +98,7 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, list[str], list[str], str
     cases = {**HELP, **{name: argv for name, (argv, _) in REFUSALS.items()}}
 
     def run(argv: list[str]) -> tuple[int, list[str], list[str], str]:
-        argv = [arg.format(grid=directory) for arg in argv]
-        result = subprocess.run(
-            [sys.executable, "-c", PROBE.replace("HEAVY_NAMES", repr(HEAVY)), *argv],
-            cwd=directory,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        report = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
-        assert report, result.stderr[-2000:]
-        code, loaded = json.loads(report[-1].removeprefix("PROBE "))
-        return code, loaded, result.stderr.splitlines(), result.stdout
+        return run_probe([arg.format(grid=directory) for arg in argv], HEAVY, directory, env, 120)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(cases, pool.map(run, cases.values())))
@@ -136,3 +146,21 @@ def test_lazy_package_still_exports_its_names():
     assert set(tfnn.__all__) <= set(dir(tfnn))
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         tfnn.missing  # noqa: B018 - the lookup is what is tested
+
+
+# Loaded only through Keras, which TensorFlow imports as it starts unless told otherwise.
+KERAS_AND_ITS_IMPORTS = ("keras", "sklearn", "scipy.stats", "matplotlib.pyplot")
+
+
+def test_training_loads_no_keras(small_mnist_dir, tmp_path):
+    """A whole training run, model logged and registered, without importing Keras: tfnn has
+    none, and TensorFlow's own import of it (with scikit-learn, SciPy and pyplot) was a third
+    of the command's TensorFlow import."""
+    argv = ["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--no-progress"]
+    env = tfnn_env(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    code, loaded, stderr, stdout = run_probe(argv, KERAS_AND_ITS_IMPORTS, tmp_path, env, 600)
+    assert (code, loaded) == (0, []), stderr[-30:]
+    assert "model: models:/m-" in stdout and "registered: models:/tfnn-mnist/1" in stdout

@@ -1,7 +1,7 @@
 """How long the ``tfnn`` command takes to start, next to ``import tensorflow`` and to a bare
 script doing the same training.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_startup.py [--repeat 3] [--rounds 3]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_startup.py [--repeat 3] [--rounds 5]
         [--root DIR] [--data-dir DIR] [--no-train] [--baseline DIR]
 
 Part one: ``--help``, ``--version`` and a refusal (the median of ``--repeat`` runs) beside
@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("TFNN_DATA_DIR"))
     parser.add_argument("--no-train", action="store_true", help="only the quick commands")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the training runs")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the training runs")
     parser.add_argument(
         "--baseline", type=Path, help="another checkout whose train command is timed alongside"
     )

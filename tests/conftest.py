@@ -26,6 +26,8 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("TFNN_DATA_DIR", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from servers import MLFLOW, free_port, start, stop, wait_for
+
 from tasks.model import fit_arguments, network_for
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import load_dataset
@@ -161,6 +163,24 @@ def use_mlflow_store(monkeypatch: pytest.MonkeyPatch, directory: Path) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on a loopback port, its store in a temporary directory; its URL."""
+    directory = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts"]
+    log = directory / "server.log"
+    server = start(command, log, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url + "/health", server, log)
+        yield url
+    finally:
+        stop(server)
 
 
 @pytest.fixture

@@ -45,21 +45,27 @@ def flow_run_log_messages(run_id: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(prefect_harness, small_mnist_dir, tmp_path_factory):
+def runs(prefect_harness, small_mnist_dir, tmp_path_factory, mlflow_server):
     """A quiet and a verbose run with pipes for output, and a run on a terminal without a
-    progress bar (exit code, what the terminal shows), in one store."""
+    progress bar (exit code, what the terminal shows), in one store; a quiet run against an
+    MLflow server."""
     directory = tmp_path_factory.mktemp("output")
     env = train_env(directory)
+    served = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
     results = {
         name: subprocess.run(
             train_command(small_mnist_dir, *flags),
             cwd=directory,
-            env=env,
+            env=run_env,
             capture_output=True,
             text=True,
             timeout=600,
         )
-        for name, flags in {"quiet": (), "verbose": ("-v", "--no-register")}.items()
+        for name, flags, run_env in (
+            ("quiet", (), env),
+            ("verbose", ("-v", "--no-register"), env),
+            ("servers", (), served),
+        )
     }
     # A configured server's first-run telemetry notice is Prefect's to show, not ours.
     results["no progress"] = run_on_a_terminal(
@@ -78,6 +84,17 @@ def test_stdout_is_exactly_the_result_lines(runs):
     # No MLflow "View run" links, no Prefect lines: nothing but warnings and errors, of
     # which a clean run has none.
     assert quiet.stderr == ""
+
+
+def test_against_an_mlflow_server_stderr_stays_empty(runs):
+    served = runs[0]["servers"]
+    assert served.returncode == 0, served.stderr[-3000:]
+    metrics, run, registered = served.stdout.splitlines()
+    assert METRICS.fullmatch(metrics) and RUN.fullmatch(run)
+    assert registered == "registered: models:/tfnn-mnist/1"  # in the server's registry
+    # Not MLflow's INFO line that a server's registry adds to every registration ("Waiting
+    # up to 300 seconds for model version to finish creation").
+    assert served.stderr == ""
 
 
 def test_verbose_shows_prefect_info_lines_and_the_server_gets_them_anyway(runs, monkeypatch):

@@ -25,7 +25,6 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.settings import PREFECT_UI_URL
-from servers import MLFLOW, free_port, start, stop, wait_for
 
 from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
@@ -180,23 +179,6 @@ class Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ops-mlflow-server")
-    port = free_port()
-    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}"]
-    command += ["--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts"]
-    log = directory / "server.log"
-    server = start(command, log, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(url + "/health", server, log)
-        yield url
-    finally:
-        stop(server)
 
 
 def test_links_both_ways_against_real_servers(

@@ -30,6 +30,9 @@ def set_output_environment(verbose: bool) -> None:
         os.environ.setdefault("DO_NOT_TRACK", "1")
     # stdout is the command's result: not MLflow's "View run" links.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Nor MLflow's INFO lines on stderr (against a server, the registry's "Waiting up to
+    # 300 seconds for model version to finish creation" on every registration).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Only the terminal's handler: the API handler still sends every flow-run log line to
     # the Prefect server (and UI).
     if verbose:

@@ -6,12 +6,13 @@ import time
 
 from conftest import tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
+from prefect import flow, runtime
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from flows.model_guard import model_limit_name
+from flows.model_guard import _deployment_id, model_limit_name
 
 MODEL = "guard-model"
 SMALL = ["--epochs", "3", "--hidden-sizes", "16"]
@@ -105,3 +106,18 @@ def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
         intervals.append((found.info.start_time, found.info.end_time))
     first, second = sorted(intervals)
     assert first[1] <= second[0]
+
+
+def test_runs_started_by_hand_hold_no_slot(prefect_harness):
+    """Outside a deployment the guard holds nothing, asking the server nothing: the run's own
+    record says so, as Prefect's ``runtime.deployment.id`` (which asks the server) does."""
+
+    @flow
+    def inner() -> tuple[str | None, str | None]:
+        return _deployment_id(), runtime.deployment.id
+
+    @flow
+    def outer() -> list[tuple[str | None, str | None]]:
+        return [(_deployment_id(), runtime.deployment.id), inner()]
+
+    assert outer() == [(None, None), (None, None)]

@@ -209,4 +209,6 @@ def _serve() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_serve())
+    code = _serve()
+    sys.stderr.flush()
+    os._exit(code)  # unloading matplotlib and NumPy would only keep its parent waiting

@@ -128,10 +128,10 @@ def check_tracking() -> None:
 
 def _sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:`` tracking URI (None for other stores)."""
+    if not uri.startswith("sqlite:"):
+        return None  # nothing else needs SQLAlchemy (0.2-0.3 s of import) in this process
     from sqlalchemy.engine import make_url
 
-    if not uri.startswith("sqlite:"):
-        return None
     database = make_url(uri).database
     return Path(database).absolute() if database and database != ":memory:" else None
 

@@ -85,14 +85,14 @@ class FigureProcess:
         return [path for _, path, _ in calls]
 
     def close(self) -> None:
-        """End the helper: its stdin closed, it exits; killed if it has not in 5 s."""
+        """End the helper now. Between requests it holds no work, so it is killed: waiting
+        for it to see its stdin close would wait for its matplotlib import, when a command
+        that refused its input ends right after starting it."""
         with suppress(OSError):  # a helper that died: nothing to tell it
             self.process.stdin.close()
-        try:
-            self.process.wait(timeout=_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
+        if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
         self.process.stdout.close()
         self._log.close()
 

@@ -123,6 +123,7 @@ OTHER_LINES = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_path):
     # The real command in its own process: Prefect's console handler is on the root logger,
     # where capsys does not look, and it printed two tracebacks (81 lines) here.
@@ -148,6 +149,7 @@ def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     # The README's command in a fresh directory with no servers configured: MLflow's local
     # store appears in the working directory and Prefect runs its ephemeral server.

@@ -25,6 +25,9 @@ from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
 # TensorFlow's C++ start-up log, written before its logging can be configured.

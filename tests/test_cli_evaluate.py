@@ -3,6 +3,7 @@
 import subprocess
 
 import numpy as np
+import pytest
 from conftest import tfnn_command, tfnn_env
 
 from tfnn.mnist import load_dataset
@@ -11,6 +12,9 @@ from tfnn.optimizers import SGD
 from tfnn.preprocessing import preprocess
 from tfnn.serialization import save_network
 from tfnn.training import fit
+
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
 
 
 def test_evaluate_prints_the_saved_networks_test_metrics(small_mnist_dir, tmp_path):

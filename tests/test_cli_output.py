@@ -11,6 +11,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 METRICS = re.compile(
     r"final_val_loss=\d\.\d{4}  final_val_accuracy=\d\.\d{4}  "
     r"final_test_loss=\d\.\d{4}  final_test_accuracy=\d\.\d{4}"

@@ -36,6 +36,9 @@ from common.config import TrainConfig
 from flows.schedules import build_deployments
 from flows.watch import watch_deployment
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = str(ROOT / "docker/entrypoint.sh")
 PLACEHOLDER = "change-me"

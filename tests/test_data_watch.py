@@ -21,6 +21,9 @@ from tests.conftest import tfnn_command, tfnn_env, write_mnist_dir
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import MNIST_FILES, load_mnist_idx
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 MODEL = "tfnn-mnist"
 INTERVAL, SETTLE = 2, 5
 TRAINING = ["--hidden-sizes", "32", "--epochs", "2", "--validation-fraction", "0.2"]

@@ -15,6 +15,9 @@ from common import figure_process, figures
 from common.figure_process import FigureError, FigureProcess
 from tasks.plots import DIGITS_SHOWN, shown_digits
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

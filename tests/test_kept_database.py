@@ -11,9 +11,13 @@ from pathlib import Path
 
 import mlflow
 import prefect
+import pytest
 
 from flows.cli import preflight
 from tests.conftest import tfnn_env, use_mlflow_store
+
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
 
 # Starts the command's private server for $PREFECT_HOME, asks it something, stops it.
 SERVE = """

@@ -1,8 +1,12 @@
 """The README's way to look at runs: `mlflow ui` on the local store shows what a run logged."""
 
+import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from servers import MLFLOW, free_port, start, stop, wait_for
+
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
 
 
 def test_mlflow_ui_serves_the_local_store(mlflow_store, tmp_path):

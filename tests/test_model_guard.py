@@ -4,6 +4,7 @@
 import subprocess
 import time
 
+import pytest
 from conftest import tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 from prefect import flow, runtime
@@ -13,6 +14,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
 from flows.model_guard import _deployment_id, model_limit_name
+
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
 
 MODEL = "guard-model"
 SMALL = ["--epochs", "3", "--hidden-sizes", "16"]

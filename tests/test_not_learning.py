@@ -1,6 +1,7 @@
 """A run that learned nothing finishes but is flagged and not registered: a real ``tfnn train``
 whose learning rate is far too high for the network to learn, yet not high enough to diverge."""
 
+import pytest
 from conftest import run_tfnn, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
@@ -8,6 +9,9 @@ from prefect.settings import PREFECT_API_URL
 from common.config import TrainConfig
 from flows.retrain import retrain_flow
 from tasks.tracking import WARNING_TAG
+
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
 
 
 def test_a_run_at_chance_is_flagged_and_not_registered(

@@ -32,6 +32,9 @@ from tasks.tracking import tracked_run
 from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 SYSTEM_KEYS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
 EPOCHS = 2
 

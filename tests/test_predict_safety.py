@@ -5,10 +5,14 @@ import csv
 import subprocess
 
 import numpy as np
+import pytest
 from conftest import crafted_model, synthetic_digits, tfnn_command, tfnn_env
 from PIL import Image
 
 from tasks.predict import Digits, Predictions, write_predictions
+
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
 
 # File names a spreadsheet would run as formulas, and how the CSV must show them (OWASP).
 FORMULA_NAMES = {

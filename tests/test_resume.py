@@ -34,6 +34,9 @@ from common.runs import (
 )
 from tasks.tracking import WEIGHTS_TAG, tracked_run
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 
 def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mnist_dir, tmp_path):
     flags = ["--data-dir", str(large_mnist_dir), "--epochs", "5", "--hidden-sizes", "256"]

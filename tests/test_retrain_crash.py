@@ -21,6 +21,9 @@ from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 NAME = "tfnn-mnist"
 
 

@@ -22,6 +22,9 @@ from tfnn.png import load_png_images
 from tfnn.preprocessing import flatten_and_scale
 from tfnn.serialization import load_network
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 NAME = "tfnn-mnist"
 
 

@@ -28,6 +28,9 @@ from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # The image's entrypoint: loads a service's secrets from files, then runs its command.
 ENTRYPOINT = str(ROOT / "docker/entrypoint.sh")

@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import tfnn_env
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 HEAVY = ("tensorflow", "mlflow", "prefect", "pandas", "sqlalchemy", "keras")
 # Runs the command in-process, then prints its exit code and which of the WATCHED modules
 # (or packages, by their top-level name) it loaded.

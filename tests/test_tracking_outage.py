@@ -25,6 +25,9 @@ from common.mlflow_client import RETRY_SECONDS_ENV, TrackingUnavailableError
 from flows.train import train_flow
 from tasks.tracking import WEIGHTS_TAG
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 
 class MlflowServer:
     """``mlflow server`` with a SQLite store and served artifacts under ``directory``, on a

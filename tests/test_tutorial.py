@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, tfnn_env
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 NOTEBOOK = ROOT / "notebooks" / "tutorial.py"
 NUMBER = re.compile(r"nan|[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 

@@ -17,6 +17,9 @@ import pytest
 from conftest import run_tfnn, tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 
+# Subprocesses, real servers or signals: the slow lane.
+pytestmark = pytest.mark.slow
+
 SMALL_RUN = ("--epochs", "1", "--hidden-sizes", "4", "--no-progress", "--no-register")
 
 

@@ -184,6 +184,7 @@ def test_an_overfitting_run_stops_where_its_val_loss_says_with_that_epochs_weigh
     assert run.data.metrics["final_val_loss"] == pytest.approx(val_loss[best - 1], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_with_early_stopping_resumes_to_the_same_stop_and_weights(
     prefect_harness, mlflow_store, tmp_path
 ):

@@ -3,8 +3,7 @@
 Figures are made with ``matplotlib.figure.Figure``, not pyplot: they are written to files and
 never shown, so they need no display, no backend choice and no global figure to close (the
 way matplotlib advises for servers), and pyplot is not imported at all. Each ``*_figure``
-function returns the figure; ``draw`` writes one to a PNG file, which is what
-``common.figure_process`` runs in its helper process.
+function returns the figure; ``save`` writes one to a PNG file.
 """
 
 from collections.abc import Mapping, Sequence
@@ -130,20 +129,10 @@ def comparison_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) -> Figu
     return figure
 
 
-FIGURES = {
-    "step_loss": step_loss_figure,
-    "accuracy": accuracy_figure,
-    "confusion": confusion_figure,
-    "digits": digits_figure,
-    "comparison": comparison_figure,
-}
-
-
-def draw(name: str, path: str, arguments: Mapping) -> str:
-    """Draw figure ``name`` of ``FIGURES`` from ``arguments`` into the PNG file ``path``
-    (its directory made if missing); returns ``path``."""
-    figure = FIGURES[name](**arguments)
+def save(figure: Figure, path: str | Path) -> str:
+    """Write ``figure`` to the PNG file ``path`` (its directory made if missing); returns
+    ``path`` as a string."""
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    return path
+    return str(path)

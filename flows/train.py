@@ -78,10 +78,9 @@ def train_flow(
         )
         warning = flag_if_not_learning(run_id, history, data)
         evaluation = evaluate(network, data)
-        # The figures are drawn (in another process) while the model is exported.
-        plots = plot_run.submit(history, evaluation, data, str(run_dir / "plots"))
+        plots = plot_run(history, evaluation, data, str(run_dir / "plots"))
         model_uri = log_trained_model(run_id, network, data, history.best_epoch)
-        log_evaluation(run_id, evaluation, plots.result(), model_uri)
+        log_evaluation(run_id, evaluation, plots, model_uri)
         version = (
             register_model(options.registered_model_name, model_uri, run_id)
             if options.registered_model_name and warning is None

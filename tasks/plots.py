@@ -1,5 +1,5 @@
-"""Tasks that draw a run's figures as PNG files: ``common.figures`` draws them, in the helper
-process of ``common.figure_process``, from the numbers these tasks pick out of a run."""
+"""Tasks that draw a run's figures as PNG files (``common.figures``) from the numbers they
+pick out of a run."""
 
 from pathlib import Path
 
@@ -7,7 +7,14 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common import figure_process
+from common.figures import (
+    accuracy_figure,
+    comparison_figure,
+    confusion_figure,
+    digits_figure,
+    save,
+    step_loss_figure,
+)
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.training import History
@@ -30,25 +37,18 @@ def plot_run(
     """Write the run's four PNG figures into ``directory``; returns their paths."""
     out = Path(directory)
     shown = shown_digits(data.test_labels, evaluation.predicted_labels)
-    accuracy = {
-        "train": history.train_accuracy,
-        "validation": history.val_accuracy,
-        "test": history.test_accuracy,
-        "best_epoch": history.best_epoch,
-    }
-    digits = {
-        "images": data.test_images[shown],
-        "true": data.test_labels[shown],
-        "predicted": evaluation.predicted_labels[shown],
-    }
-    return figure_process.draw(
-        [
-            ("step_loss", str(out / "train_loss.png"), {"step_loss": history.step_loss}),
-            ("accuracy", str(out / "accuracy.png"), accuracy),
-            ("confusion", str(out / "confusion_matrix.png"), {"confusion": evaluation.confusion}),
-            ("digits", str(out / "test_digits.png"), digits),
-        ]
+    accuracy = accuracy_figure(
+        history.train_accuracy, history.val_accuracy, history.test_accuracy, history.best_epoch
     )
+    digits = digits_figure(
+        data.test_images[shown], data.test_labels[shown], evaluation.predicted_labels[shown]
+    )
+    return [
+        save(step_loss_figure(history.step_loss), out / "train_loss.png"),
+        save(accuracy, out / "accuracy.png"),
+        save(confusion_figure(evaluation.confusion), out / "confusion_matrix.png"),
+        save(digits, out / "test_digits.png"),
+    ]
 
 
 @task(cache_policy=NONE)
@@ -63,5 +63,4 @@ def plot_comparison(histories: dict[str, History], path: str) -> str:
         }
         for name, history in histories.items()
     }
-    (drawn,) = figure_process.draw([("comparison", path, {"runs": runs})])
-    return drawn
+    return save(comparison_figure(runs), path)

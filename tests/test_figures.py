@@ -1,24 +1,11 @@
-"""The run's figures show the numbers they are given, and the helper process that draws them
-draws what this process would, names what failed, and ends with the process that started it."""
+"""The run's figures show the numbers they are given."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from common import figure_process, figures
-from common.figure_process import FigureError, FigureProcess
+from common import figures
 from tasks.plots import DIGITS_SHOWN, shown_digits
-
-# Subprocesses, real servers or signals: the slow lane.
-pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_step_loss_and_accuracy_figures_plot_the_history():
@@ -85,135 +72,24 @@ def test_digits_figure_labels_and_scales_each_tile():
     np.testing.assert_allclose(tile, (digit - digit.min()) / (digit.max() - digit.min()), 1e-6)
 
 
-def every_figure(directory: Path) -> list[tuple[str, str, dict]]:
-    rng = np.random.default_rng(2)
-    history = {"step_loss": list(np.linspace(2.3, 0.3, 50)), "val_accuracy": [0.8, 0.9]}
-    history["test_accuracy"] = [0.79, 0.88]
-    arguments = {
-        "step_loss": {"step_loss": history["step_loss"]},
-        "accuracy": {
-            "train": [0.8, 0.9],
-            "validation": [0.78, 0.91],
-            "test": [0.79, 0.88],
-            "best_epoch": 2,
-        },
-        "confusion": {"confusion": rng.integers(0, 90, (10, 10))},
-        "digits": {
-            "images": rng.integers(0, 256, (24, 28, 28), dtype=np.uint8),
-            "true": rng.integers(0, 10, 24),
-            "predicted": rng.integers(0, 10, 24),
-        },
-        "comparison": {"runs": {"relu": history, "tanh": {**history, "val_accuracy": []}}},
+def test_comparison_figure_draws_each_run_in_one_colour_on_both_axes():
+    runs = {
+        "relu": {"step_loss": [2.0, 1.0], "val_accuracy": [0.8, 0.9], "test_accuracy": [0.7, 0.85]},
+        "tanh": {"step_loss": [2.1, 1.2], "val_accuracy": [], "test_accuracy": [0.6, 0.8]},
     }
-    return [(name, str(directory / f"{name}.png"), arguments[name]) for name in figures.FIGURES]
+    losses, accuracy = figures.comparison_figure(runs).axes
+    assert [line.get_label() for line in losses.lines] == ["relu", "tanh"]
+    # relu: validation solid and test dashed; tanh, without validation, test solid.
+    assert [line.get_label() for line in accuracy.lines] == ["relu", "relu (test)", "tanh"]
+    assert [line.get_linestyle() for line in accuracy.lines] == ["-", "--", "-"]
+    np.testing.assert_allclose(accuracy.lines[1].get_ydata(), [0.7, 0.85])
+    assert accuracy.lines[0].get_color() == losses.lines[0].get_color()
 
 
-def test_the_helper_draws_the_same_files_as_this_process(tmp_path):
-    here = every_figure(tmp_path / "here")
-    for name, path, arguments in here:
-        figures.draw(name, path, arguments)
-    there = every_figure(tmp_path / "helper")
-    assert figure_process.draw(there) == [path for _, path, _ in there]
-    for (_, mine, _), (_, helpers, _) in zip(here, there, strict=True):
-        assert Path(helpers).read_bytes() == Path(mine).read_bytes(), helpers
-
-
-def test_a_figure_that_fails_is_named_and_the_helper_goes_on(tmp_path):
-    (tmp_path / "a-file").write_text("")
-    good, _, confusion, *_ = every_figure(tmp_path)
-    bad = ("confusion", str(tmp_path / "a-file" / "c.png"), confusion[2])
-    figure_process.start()
-    helper = figure_process._process.process.pid
-    with pytest.raises(FigureError, match=r"^figure c\.png: (NotADirectory|FileExists)Error: "):
-        figure_process.draw([good, bad])
-    unknown = ("pie", str(tmp_path / "pie.png"), {})
-    with pytest.raises(FigureError, match=r"^figure pie\.png: KeyError: 'pie'$"):
-        figure_process.draw([unknown])
-    assert figure_process.draw([good]) == [good[1]]
-    assert figure_process._process.process.pid == helper
-
-
-def test_a_relative_path_is_this_processs(tmp_path, monkeypatch):
-    figure_process.start()  # in another working directory
-    monkeypatch.chdir(tmp_path)
-    name, _, arguments = every_figure(tmp_path)[0]
-    assert figure_process.draw([(name, "plots/loss.png", arguments)]) == ["plots/loss.png"]
-    assert (tmp_path / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-class ExitOnArrival:
-    """Unpickled in the helper, this ends it (code 3) in the middle of a request."""
-
-    def __reduce__(self):
-        return os._exit, (3,)
-
-
-def test_a_helper_that_dies_is_named_and_started_again(tmp_path):
-    call = every_figure(tmp_path)[0]
-    with pytest.raises(FigureError, match=r"^the figure process failed: it exited with code 3 "):
-        figure_process.draw([("step_loss", call[1], {"step_loss": ExitOnArrival()})])
-    assert figure_process.draw([call]) == [call[1]]
-    # One that died between requests is replaced before the next.
-    helper = figure_process._process.process
-    helper.kill()
-    helper.wait()
-    assert figure_process.draw([call]) == [call[1]]
-    assert figure_process._process.process.pid != helper.pid
-
-
-def test_a_request_interrupted_midway_leaves_no_answer_behind(tmp_path):
-    figure_process.stop()
-    first, second, *_ = every_figure(tmp_path)
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)  # while the new helper imports matplotlib
-        with pytest.raises(KeyboardInterrupt):
-            figure_process.draw([first])
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    # The next request gets its own answer, from a new helper.
-    assert figure_process.draw([second]) == [second[1]]
-    assert Path(second[1]).exists()
-
-
-def test_a_silent_helper_is_stopped_after_its_time(tmp_path):
-    helper = FigureProcess()
-    try:
-        # Its first answer waits for matplotlib's import: far more than 10 ms.
-        with pytest.raises(FigureError, match=r"failed: TimeoutError: no answer within 0\.01 s$"):
-            helper.draw(every_figure(tmp_path)[:1], timeout=0.01)
-        assert helper.process.returncode == -signal.SIGKILL
-    finally:
-        helper.close()
-
-
-def ended(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie nobody has reaped yet counts)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def test_the_helper_ends_with_the_process_that_started_it():
-    started = (
-        "import time; from common import figure_process; figure_process.start(); "
-        "print(figure_process._process.process.pid, flush=True); time.sleep(600)"
-    )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", started], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    helper = int(parent.stdout.readline())
-    assert not ended(helper)
-    parent.kill()  # SIGKILL: no exit handler runs; the helper's stdin closes with the process
-    parent.wait()
-    deadline = time.monotonic() + 60
-    while not ended(helper):
-        assert time.monotonic() < deadline, f"helper {helper} outlived its parent by 60 s"
-        time.sleep(0.1)
-    parent.stdout.close()
+def test_save_writes_a_png_of_the_figures_size_making_its_directory(tmp_path):
+    path = figures.save(figures.step_loss_figure([2.3, 1.1]), tmp_path / "plots" / "loss.png")
+    header = Path(path).read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    # 7 x 4 inches at 100 dpi.
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert (width, height) == (700, 400)

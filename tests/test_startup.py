@@ -152,16 +152,13 @@ def test_lazy_package_still_exports_its_names():
 
 
 # Loaded only through Keras, which TensorFlow imports as it starts unless told otherwise.
-# Keras and what TensorFlow's import of it brings; matplotlib, which the figures' helper
-# process imports instead.
-NOT_IN_THE_COMMAND = ("keras", "sklearn", "scipy.stats", "matplotlib")
+NOT_IN_THE_COMMAND = ("keras", "sklearn", "scipy.stats")
 
 
-def test_training_loads_no_keras_nor_matplotlib(small_mnist_dir, tmp_path):
+def test_training_loads_no_keras(small_mnist_dir, tmp_path):
     """A whole training run, model logged and registered, figures drawn, without importing
     Keras (tfnn has none, and TensorFlow's own import of it, with scikit-learn, SciPy and
-    pyplot, was a third of the command's TensorFlow import) or matplotlib (its figures are
-    drawn by a helper process, ``common.figure_process``)."""
+    pyplot, was a third of the command's TensorFlow import)."""
     argv = ["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--no-progress"]
     env = tfnn_env(
         PREFECT_HOME=str(tmp_path / "prefect"),

@@ -22,8 +22,6 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 _CHECKED = {"train", "compare", "retrain", "schedule"}
 # Commands that start no run: all their work is reading the input, so failing is refusing it.
 _STARTS_NO_RUN = {"evaluate"}
-# Commands that draw figures: their helper process imports matplotlib while TensorFlow loads.
-_DRAWS = {"train", "compare", "retrain", "sweep"}
 
 
 def _refusals() -> tuple[type[BaseException], ...]:
@@ -153,10 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command != "evaluate":  # it starts while the rest imports and checks the input
         lifetime.start_prefect_server()
-    if args.command in _DRAWS:
-        from common import figure_process
-
-        figure_process.start()
     start_tensorflow_quietly()
     timings.mark("tensorflow")
     import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal

@@ -16,9 +16,6 @@ import pytest
 # Before anything imports prefect: a private home, no telemetry, room for a slow start,
 # and no servers inherited from the shell that runs the tests.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tfnn-tests-prefect-")
-# The migrated empty databases new Prefect homes and MLflow stores start from
-# (common.kept_database): the tests' own, not the user's cache.
-os.environ["TFNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfnn-tests-cache-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ.pop("PREFECT_API_URL", None)

@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import tfnn_command, tfnn_env, write_mnist_dir
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from tests.conftest import tfnn_command, tfnn_env, write_mnist_dir
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import MNIST_FILES, load_mnist_idx
 

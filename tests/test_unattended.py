@@ -123,8 +123,9 @@ def test_a_broken_prefect_database_is_refused_naming_it(small_mnist_dir, tmp_pat
         kill_all(f"PREFECT_HOME={home}")
     line = refusal(result)
     assert re.fullmatch(
-        r"tfnn: error: Prefect's temporary server exited with code \d+ \(.*file is not a "
-        rf"database.*\); its database is {home}/prefect\.db",
+        r"tfnn: error: Prefect's temporary server did not start \(.*file is not a "
+        rf"database.*\); its home is {home}: move its database aside, or set PREFECT_HOME to "
+        "another directory or PREFECT_API_URL to a running server",
         line,
     )
 

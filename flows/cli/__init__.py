@@ -7,13 +7,15 @@ result lines; errors are one line on stderr, ``--traceback`` shows the full stac
 """
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 
-from flows import lifetime, timings
 from flows.cli.commands import HANDLERS, DidNotLearn, Inputs
 from flows.cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
 from flows.cli.parser import OPTIONS, build_parser, given_fields
+from flows.cli.prefect_server import PrefectServer, prefect_api
 
 __all__ = ["build_parser", "main"]
 
@@ -104,7 +106,9 @@ def _sweep_inputs(args: argparse.Namespace, options) -> Inputs:
     )
 
 
-def check_inputs(args: argparse.Namespace, inputs: Inputs) -> Inputs:
+def check_inputs(
+    args: argparse.Namespace, inputs: Inputs, server: PrefectServer | None = None
+) -> Inputs:
     """Refuse bad data, an unwritable output directory, unreachable services, a run that
     cannot be resumed, unreadable images and unknown models before any run starts (raises
     one of ``_refusals()``); a resumed run's configuration is read here."""
@@ -117,8 +121,6 @@ def check_inputs(args: argparse.Namespace, inputs: Inputs) -> Inputs:
         preflight.check_data(inputs.config)
         preflight.check_output_dir(inputs.options.output_dir)
         preflight.check_tracking()
-        timings.mark("mlflow_ready")
-        lifetime.check_prefect_api()
         if resume:
             # A resumed run stays in its own experiment unless one is named.
             preflight.check_resume(resume, inputs.config, args.experiment, inputs.options.takeover)
@@ -127,16 +129,51 @@ def check_inputs(args: argparse.Namespace, inputs: Inputs) -> Inputs:
 
         args.model = args.model or DEFAULT_MODEL_URI
         preflight.check_predict(args.images, args.labels, args.output, args.model, args.trust_model)
-    lifetime.wait_for_prefect_server()
+    if args.command != "evaluate":
+        # The temporary server gets its start-up timeout; a configured one, a quick check.
+        server.wait() if server else preflight.check_orchestration()
     return inputs
 
 
-@lifetime.handles_interrupts
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM unwinds the command as Ctrl-C does, through Prefect's ``TerminationSignal``
+    (the flow run Crashed, the MLflow run KILLED); Prefect's own handler sends the signal
+    again once it has unwound the flow run, which this ignores."""
+    from prefect.exceptions import TerminationSignal
+
+    if not isinstance(sys.exc_info()[1], TerminationSignal):
+        raise TerminationSignal(signum)
+
+
+def _interrupt_signal(error: BaseException) -> int | None:
+    if isinstance(error, KeyboardInterrupt):
+        return signal.SIGINT
+    exceptions = sys.modules.get("prefect.exceptions")
+    if exceptions is not None and isinstance(error, exceptions.TerminationSignal):
+        return error.signal
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # the process's own command line: this process is the command
-        lifetime.exit_without_finalizing()
+    """Run the command; SIGINT and SIGTERM end it with one line naming the runs they killed
+    and the exit code 128 + the signal number."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with ExitStack() as services:
+            return _main(argv, services)
+    except BaseException as error:
+        signum = _interrupt_signal(error)
+        if signum is None:
+            raise
+        runs = "; ".join(getattr(error, "__notes__", [])) or "no run was started"
+        print(f"tfnn: interrupted by {signal.Signals(signum).name}: {runs}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     args = build_parser().parse_args(argv)
-    timings.mark("parsed")
     set_output_environment(args.verbose)
     if args.command == "check-data":  # no run, no Prefect: its own report and exit codes
         from flows.check_data import run_check_data
@@ -149,14 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _refusals() as error:
         print(_error_line(error), file=sys.stderr)
         return EXIT_USAGE
+    server = None
     if args.command != "evaluate":  # it starts while the rest imports and checks the input
-        lifetime.start_prefect_server()
+        server = services.enter_context(prefect_api())
     start_tensorflow_quietly()
-    timings.mark("tensorflow")
     import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
 
     try:
-        inputs = check_inputs(args, inputs)
+        inputs = check_inputs(args, inputs, server)
     except _refusals() as error:
         if args.traceback:
             raise
@@ -167,7 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_tracebacks()
     try:
         lines = HANDLERS[args.command](args, inputs)
-        timings.mark("flow_done")
     except DidNotLearn as flagged:
         print("\n".join(flagged.lines))
         for warning in flagged.warnings:

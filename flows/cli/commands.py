@@ -51,18 +51,14 @@ def _result_lines(results: dict, options: RunOptions) -> list[str]:
 
 
 def train(args: argparse.Namespace, inputs: Inputs) -> list[str]:
-    from flows import timings
     from flows.train import train_flow
 
-    timings.mark("flow_imported")
     return _result_lines({"": train_flow(inputs.config, inputs.options)}, inputs.options)
 
 
 def compare(args: argparse.Namespace, inputs: Inputs) -> list[str]:
-    from flows import timings
     from flows.compare import compare_flow
 
-    timings.mark("flow_imported")
     results = compare_flow(inputs.config, inputs.activations, inputs.options)
     return _result_lines(results, inputs.options)
 

@@ -117,7 +117,7 @@ def check_tracking() -> None:
     else:
         try:
             with exclusive_lock(f"{database}.lock"):
-                _open_new_or_existing_store(database)
+                _open_store(database)
         except OSError as error:  # the lock file: _open_store reports its own errors
             raise InputError(
                 f"{database}: the MLflow store needs a writable directory ({error.strerror}); "
@@ -134,30 +134,6 @@ def _sqlite_file(uri: str) -> Path | None:
 
     database = make_url(uri).database
     return Path(database).absolute() if database and database != ":memory:" else None
-
-
-def _without_default_experiment(connection) -> None:
-    # The Default experiment records the directory it was created in; MLflow creates it
-    # again, for the directory it opens the store in, when a store has none.
-    connection.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
-    connection.execute("DELETE FROM experiments WHERE experiment_id = 0")
-
-
-def _open_new_or_existing_store(database: Path) -> None:
-    """Open the store; a new one starts from the migrated empty store kept for this MLflow
-    version (``common.kept_database``), or is migrated by MLflow and then kept."""
-    import mlflow
-
-    from common.kept_database import keep, kept_path, start_from_kept
-
-    if database.exists():
-        _open_store(database)
-        return
-    kept = kept_path("mlflow", mlflow.__version__)
-    copied = start_from_kept(database, kept)
-    _open_store(database)
-    if not copied:
-        keep(database, kept, _without_default_experiment)
 
 
 def _open_store(database: Path) -> None:
@@ -294,7 +270,6 @@ def check_predict(
 ) -> None:
     """Refuse unreadable images or labels, an unwritable output, an untrusted model URI and
     a model the tracking server does not have before the flow starts."""
-    from flows import lifetime
     from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
 
     check_predict_inputs(images, labels, output)
@@ -303,9 +278,6 @@ def check_predict(
     except UntrustedModelError as error:
         raise InputError(str(error)) from None
     check_tracking()
-    # The command's own server may still be starting: its start-up timeout applies, not the
-    # few seconds a configured server gets to answer.
-    lifetime.check_prefect_api()
     if is_tracked_model_uri(model_uri):
         check_model(model_uri)
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
+import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
 from mlflow.entities import Metric
@@ -26,7 +27,6 @@ from common.runs import mlflow_run
 from common.source_info import code_version_tags, mlflow_run_url
 from common.system_metrics import system_metrics
 from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
-from tasks import tf_flavor
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.network import Sequential
@@ -105,18 +105,22 @@ def log_trained_model(
     if best_epoch is not None:
         client.set_tag(run_id, BEST_EPOCH_TAG, str(best_epoch))
     example = data.x_test[:5]
+    # In the run's experiment: a logged model made without one lands in experiment 0.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, experiment_id=experiment_id
+    )
     info = retry_tracking(
         lambda: Model.log(
             artifact_path=None,  # deprecated for name, but still a required argument
             name="model",
-            flavor=tf_flavor,  # mlflow.tensorflow's model, saved without importing Keras
-            flavor_name="mlflow.tensorflow",
+            flavor=mlflow.tensorflow,
             model=network,
             run_id=run_id,
+            model_id=logged.model_id,
             signature=infer_signature(example, network.predict(example).numpy()),
             input_example=example,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
-            validate_serving_input=False,  # tf_flavor checks the saved model itself
         )
     )
     return info.model_uri

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image
 import mlflow
+import mlflow.tensorflow
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -260,6 +261,18 @@ def test_logged_model_serves_the_networks_probabilities(run):
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 784)
     assert model.metadata.get_output_schema().inputs[0].shape == (-1, 10)
     assert model.metadata.saved_input_example_info is not None
+    # MLflow's own tensorflow flavour: its loader gives back the module itself.
+    module = mlflow.tensorflow.load_model(run.result.model_uri)
+    np.testing.assert_allclose(module(run.x_test).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_logged_model_is_in_the_runs_experiment(run):
+    experiment_id = run.client.get_run(run.result.run_id).info.experiment_id
+    assert experiment_id != "0"  # the tfnn-mnist experiment, not MLflow's Default
+    model_id = run.result.model_uri.removeprefix("models:/")
+    assert run.client.get_logged_model(model_id).experiment_id == experiment_id
+    found = run.client.search_logged_models(experiment_ids=[experiment_id])
+    assert [model.model_id for model in found] == [model_id]
 
 
 # --- plots ----------------------------------------------------------------------------------

@@ -43,13 +43,16 @@ def set_output_environment(verbose: bool) -> None:
 
 def start_tensorflow_quietly() -> None:
     """Import TensorFlow and initialise its devices with the process's stderr captured, then
-    write back whatever is not TensorFlow's C++ start-up log (nothing else is lost)."""
+    write back whatever is not TensorFlow's C++ start-up log (nothing else is lost).
+
+    ``TF_CPP_MIN_LOG_LEVEL`` cannot do it: absl writes those lines before it applies."""
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         sys.stderr.flush()
         os.dup2(captured.fileno(), 2)
         try:
-            tf = _import_tensorflow_without_keras()
+            import tensorflow as tf
+
             tf.config.list_physical_devices()  # the devices' start-up logs here, not mid-run
         finally:
             sys.stderr.flush()
@@ -58,27 +61,6 @@ def start_tensorflow_quietly() -> None:
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(keepends=True)
             sys.stderr.writelines(line for line in lines if not _TF_STARTUP.match(line))
-
-
-def _import_tensorflow_without_keras():
-    """``import tensorflow``, leaving Keras out. As it starts, TensorFlow imports Keras 3
-    (``keras.src.optimizers``, for Keras' SavedModel registrations; with it scikit-learn,
-    SciPy, pandas and pyplot: a third of its import time here), unless
-    ``TF_USE_LEGACY_KERAS`` asks for the ``tf_keras`` package: then, that not being
-    installed, it imports neither. tfnn has no Keras, so the command sets the variable for
-    the import alone (not when the user has set it, or has ``tf_keras``); ``tf.keras``, if
-    anything asks for it later, reads it again and is Keras 3 as usual."""
-    import importlib.util
-
-    leave_out = "TF_USE_LEGACY_KERAS" not in os.environ and not importlib.util.find_spec("tf_keras")
-    if leave_out:
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    try:
-        import tensorflow as tf
-    finally:
-        if leave_out:
-            del os.environ["TF_USE_LEGACY_KERAS"]
-    return tf
 
 
 class _NoTracebacks(logging.Filter):

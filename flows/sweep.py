@@ -73,7 +73,7 @@ def train_configuration(
     tracking_uri: str,
 ) -> TrainResult:
     """Train one configuration as a child of ``parent_run_id``, wherever the task runner
-    puts this task: the training flow's steps as plain calls in this one task run."""
+    puts this task: the training flow's steps, as task runs nested in this one."""
     prepare_worker(tracking_uri)
     return train_pipeline(config, options, parent_run_id, name)
 

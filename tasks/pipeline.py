@@ -1,9 +1,6 @@
-"""A training run as plain calls of the tasks' functions, in the training flow's order.
-
-A sweep runs each configuration as one task that calls ``train_pipeline``: one task run
-instead of a dozen, which is most of a small configuration's orchestration cost. The MLflow
-run records the same things as the training flow's.
-"""
+"""A training run's steps, in order: the one place that wires them. The training flow calls
+it, and so does a sweep's task for each configuration (its steps then run as task runs
+nested in that task)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +13,7 @@ from tasks.lineage import log_dataset
 from tasks.model import build_network
 from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
-from tasks.registry import register_model
+from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
 from tasks.tracking import (
     flag_if_not_learning,
@@ -42,44 +39,56 @@ class TrainResult:
     warning: str | None = None
 
 
-def run_directory(options: RunOptions, run_id: str) -> Path:
-    """Where run ``run_id`` keeps its local checkpoints, plots and warm-start weights."""
-    return Path(options.output_dir) / run_id
-
-
 def train_pipeline(
     config: TrainConfig,
     options: RunOptions,
     parent_run_id: str | None = None,
     run_name: str | None = None,
+    warm_start_from: str | None = None,
 ) -> TrainResult:
-    """Train ``config`` afresh in one MLflow run (a child of ``parent_run_id`` if given),
-    inside whatever task calls this."""
-    with tracked_run(config.as_params(), options.experiment, parent_run_id, run_name) as run_id:
-        run_dir = run_directory(options, run_id)
-        arrays = load_data.fn(config.data_source)
-        data = prepare_data.fn(arrays, config.validation_fraction)
-        record_data_profile.fn(run_id, arrays)
-        network = build_network.fn(config, data.input_dim, data.num_classes)
-        log_dataset.fn(run_id, data, network.num_parameters)
-        history = train.fn(
+    """Train ``config`` in one MLflow run (a child of ``parent_run_id`` if given; with
+    ``options.resume``, that run continued from its newest checkpoint): load, prepare,
+    build (from ``warm_start_from``'s weights if given), train, evaluate, plot, log the
+    model, register it (unless ``options`` says not to or the run learned nothing), and
+    describe it in both MLflow and Prefect."""
+    with tracked_run(
+        config.as_params(),
+        options.experiment,
+        parent_run_id,
+        run_name,
+        options.resume,
+        options.takeover,
+    ) as run_id:
+        run_dir = Path(options.output_dir) / run_id
+        arrays = load_data(config.data_source)
+        data = prepare_data(arrays, config.validation_fraction)
+        record_data_profile(run_id, arrays)  # what the data check compares new data with
+        initial = (
+            download_weights(run_id, warm_start_from, str(run_dir / "warm_start"))
+            if warm_start_from
+            else None
+        )
+        network = build_network(config, data.input_dim, data.num_classes, initial)
+        log_dataset(run_id, data, network.num_parameters)
+        history = train(
             network,
             data,
             config,
             run_id,
             str(run_dir / "checkpoints"),
             options.progress,
+            resume=options.resume is not None,
         )
-        warning = flag_if_not_learning.fn(run_id, history, data)
-        evaluation = evaluate.fn(network, data)
-        plots = plot_run.fn(history, evaluation, data, str(run_dir / "plots"))
-        model_uri = log_trained_model.fn(run_id, network, data, history.best_epoch)
-        log_evaluation.fn(run_id, evaluation, plots, model_uri)
+        warning = flag_if_not_learning(run_id, history, data)
+        evaluation = evaluate(network, data)
+        plots = plot_run(history, evaluation, data, str(run_dir / "plots"))
+        model_uri = log_trained_model(run_id, network, data, history.best_epoch)
+        log_evaluation(run_id, evaluation, plots, model_uri)
         version = (
-            register_model.fn(options.registered_model_name, model_uri, run_id)
+            register_model(options.registered_model_name, model_uri, run_id)
             if options.registered_model_name and warning is None
             else None
         )
-        publish_model_card.fn(run_id, version and options.registered_model_name, version)
-        publish_summary.fn(run_id, model_uri, history, evaluation)
+        publish_model_card(run_id, version and options.registered_model_name, version)
+        publish_summary(run_id, model_uri, history, evaluation)
     return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)

@@ -4,6 +4,7 @@ Every call names its run explicitly and goes through ``common.mlflow_client``'s
 retrying client (see there why).
 """
 
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +26,6 @@ from prefect.utilities.urls import url_for
 from common.mlflow_client import RetryingClient, retry_tracking
 from common.runs import mlflow_run
 from common.source_info import code_version_tags, mlflow_run_url
-from common.system_metrics import system_metrics
 from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
@@ -38,6 +38,7 @@ from tfnn.training import History, learning_failure
 FLOW_RUN_URL_TAG = "prefect.flow_run_url"
 ROOT_FLOW_RUN_TAG = "prefect.root_flow_run_id"
 
+SYSTEM_METRICS_ENV = "TFNN_SYSTEM_METRICS"
 WEIGHTS_TAG = "tfnn.weights_sha256"
 BEST_EPOCH_TAG = "tfnn.best_epoch"
 WARNING_TAG = "tfnn.warning"
@@ -73,8 +74,24 @@ def tracked_run(
         interruptions=(KeyboardInterrupt, TerminationSignal),
     ) as run_id:
         link_mlflow_run(run_id)
-        with system_metrics(run_id, resumed=resume_run_id is not None):
+        # The run is active in this thread only to carry MLflow's system metrics monitor;
+        # every call still names the run. nested: a subflow's run opens inside its parent's.
+        with mlflow.start_run(
+            run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled()
+        ):
             yield run_id
+
+
+def system_metrics_enabled() -> bool:
+    """MLflow samples the run's CPU, memory, disk and network (``system/*``, every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds) unless ``$TFNN_SYSTEM_METRICS`` is
+    ``0``, ``false``, ``no`` or ``off``."""
+    return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 @task(cache_policy=NONE)

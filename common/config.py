@@ -183,11 +183,6 @@ class RunOptions(BaseModel):
         description="continue this MLflow run from its newest checkpoint (configuration: the "
         "run's)",
     )
-    takeover: bool = Field(
-        False,
-        description="with resume: take the run over even if its lease says another process "
-        "still trains it (only when that process is dead)",
-    )
     progress: bool = Field(True, description="draw a progress bar when stderr is a terminal")
 
     @property

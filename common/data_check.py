@@ -48,10 +48,11 @@ def find_champion_record(model_name: str) -> ChampionRecord | None:
     accuracy; None when the model has no champion."""
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    from common.mlflow_client import RetryingClient, champion_version
+    from common.mlflow_client import champion_version
 
-    client = RetryingClient()
+    client = MlflowClient()
     version = champion_version(client, model_name)
     if version is None:
         return None

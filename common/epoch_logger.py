@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from common.mlflow_client import RetryingClient, TrackingUnavailableError
-from common.runs import ResumeError, check_lease
+from common.runs import ResumeError
 from tfnn.network import Sequential
 from tfnn.serialization import TrainingCheckpoint
 from tfnn.training import EarlyStopping, History
@@ -70,7 +71,7 @@ class EpochLogger:
         steps_per_epoch: int,
         early_stopping: EarlyStopping | None = None,
     ):
-        self.client = RetryingClient()
+        self.client = MlflowClient()
         self.run_id = run_id
         self.network = network
         self.early_stopping = early_stopping
@@ -98,7 +99,6 @@ class EpochLogger:
                 self._result(done)
 
     def __call__(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
-        check_lease(self.run_id)
         self._free_slots.acquire()  # back-pressure: wait while the queue is full
         for done in [future for future in self._pending if future.done()]:
             self._pending.remove(done)
@@ -153,9 +153,9 @@ class EpochLogger:
     def _result(self, done: Future) -> None:
         try:
             done.result()
-        except TrackingUnavailableError as error:
-            raise TrackingUnavailableError(
-                f"{error}; the checkpoints are kept in {self.checkpoint.directory}: "
+        except MlflowException as error:  # after MLflow's own retries
+            raise MlflowException(
+                f"{error.message}; the checkpoints are kept in {self.checkpoint.directory}: "
                 f"continue with tfnn train --resume {self.run_id}"
             ) from error
 

@@ -1,11 +1,11 @@
 """Tasks of the data check that training and retraining run: record the data profile, and
 name the data change that started a retrain."""
 
+from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
 from common.data_profile import PROFILE_ARTIFACT, DataProfile, profile_of
-from common.mlflow_client import RetryingClient
 from tfnn.mnist import MnistArrays
 
 DATA_EVENT_TAG = "tfnn.data_event"
@@ -16,14 +16,14 @@ DATA_DIGEST_TAG = "tfnn.data_event_digest"
 def record_data_profile(run_id: str, arrays: MnistArrays) -> DataProfile:
     """Log the profile of the data run ``run_id`` trains on as its ``data_profile.json``."""
     profile = profile_of(arrays)
-    RetryingClient().log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
+    MlflowClient().log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
     return profile
 
 
 @task
 def tag_data_event(run_id: str, event_id: str, digest: str | None) -> None:
     """Note on run ``run_id`` the ``tfnn.data.changed`` event that started it."""
-    client = RetryingClient()
+    client = MlflowClient()
     client.set_tag(run_id, DATA_EVENT_TAG, event_id)
     if digest:
         client.set_tag(run_id, DATA_DIGEST_TAG, digest)

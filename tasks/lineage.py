@@ -9,10 +9,10 @@ from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Param
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common.mlflow_client import RetryingClient
 from tasks.data import PreparedData
 
 VALIDATION_RULE = "last validation_fraction of the training split, whatever the seed"
@@ -32,7 +32,7 @@ def _dataset_source(source: str) -> DatasetSource:
 @task(cache_policy=NONE)
 def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
     """Record the data source, its digest and the parameter count, and the dataset as an input."""
-    client = RetryingClient()
+    client = MlflowClient()
     client.log_batch(
         run_id,
         params=[

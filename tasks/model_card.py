@@ -2,10 +2,10 @@
 run views explain a model on their own."""
 
 import mlflow
+from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
 
-from common.mlflow_client import RetryingClient
 from common.model_card import model_card, run_description
 from common.source_info import mlflow_run_url
 
@@ -18,7 +18,7 @@ def publish_model_card(
     as ``version`` of ``model_name``, write the model card on that version and on the
     registered model (which shows its newest card). Returns the card (None when nothing was
     registered)."""
-    client = RetryingClient()
+    client = MlflowClient()
     run = client.get_run(run_id)
     client.set_tag(run_id, MLFLOW_RUN_NOTE, run_description(run))
     if not (model_name and version):

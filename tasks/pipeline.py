@@ -2,10 +2,12 @@
 it, and so does a sweep's task for each configuration (its steps then run as task runs
 nested in that task)."""
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunOptions, TrainConfig
+from common.runs import hold_run_directory
 from tasks.data import load_data, prepare_data
 from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
@@ -51,15 +53,18 @@ def train_pipeline(
     build (from ``warm_start_from``'s weights if given), train, evaluate, plot, log the
     model, register it (unless ``options`` says not to or the run learned nothing), and
     describe it in both MLflow and Prefect."""
-    with tracked_run(
-        config.as_params(),
-        options.experiment,
-        parent_run_id,
-        run_name,
-        options.resume,
-        options.takeover,
-    ) as run_id:
+    with ExitStack() as held:
+        # A resumed run's directory is locked before its MLflow run is reopened.
+        if options.resume:
+            held.enter_context(hold_run_directory(Path(options.output_dir) / options.resume))
+        run_id = held.enter_context(
+            tracked_run(
+                config.as_params(), options.experiment, parent_run_id, run_name, options.resume
+            )
+        )
         run_dir = Path(options.output_dir) / run_id
+        if not options.resume:
+            held.enter_context(hold_run_directory(run_dir))
         arrays = load_data(config.data_source)
         data = prepare_data(arrays, config.validation_fraction)
         record_data_profile(run_id, arrays)  # what the data check compares new data with

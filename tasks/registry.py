@@ -18,11 +18,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
 from common.config import CHAMPION_ALIAS, TrainConfig
-from common.mlflow_client import RetryingClient, champion_version, retry_tracking
+from common.mlflow_client import champion_version
 from common.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tfnn.metrics import accuracy
@@ -103,14 +104,14 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
     """Register the logged model ``models:/<model_id>`` of run ``run_id`` as a new version of
     ``name`` (created if needed), note it on the run (``tfnn.registered_model``); returns the
     version number once it is READY."""
-    client = RetryingClient()
+    client = MlflowClient()
     try:
         client.create_registered_model(name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     # Not retried: a retry after a lost reply would make a second version.
-    created = client.once.create_model_version(
+    created = client.create_model_version(
         name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/")
     )
     version = client.get_model_version(name, created.version)
@@ -123,7 +124,7 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
 @task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def find_champion(name: str) -> Champion | None:
     """The version that ``models:/<name>@champion`` points at, or None when there is none."""
-    version = champion_version(RetryingClient(), name)
+    version = champion_version(MlflowClient(), name)
     return version and Champion(str(version.version), version.run_id)
 
 
@@ -133,7 +134,7 @@ def already_decided(name: str, key: str, champion: Champion | None) -> str | Non
     if champion is None:
         return None
     query = f"name = '{name}' and tags.`{KEY_TAG}` = '{key}'"
-    for version in RetryingClient().search_model_versions(query):
+    for version in MlflowClient().search_model_versions(query):
         if str(version.version) == champion.version:
             return f"nothing new: champion version {champion.version} came from this retrain"
         if version.tags.get(COMPARED_WITH_TAG) == champion.version:
@@ -149,10 +150,8 @@ def download_weights(run_id: str, source_uri: str, directory: str) -> str:
     """Download a saved network (``architecture.json`` + ``weights.npz``, e.g.
     ``runs:/<id>/weights``) into ``directory`` and note the source on run ``run_id``."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    path = retry_tracking(
-        lambda: mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=directory)
-    )
-    RetryingClient().set_tag(run_id, WARM_START_TAG, source_uri)
+    path = mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=directory)
+    MlflowClient().set_tag(run_id, WARM_START_TAG, source_uri)
     return path
 
 
@@ -179,7 +178,7 @@ def challenge(
     scores = {}
     for version in filter(None, (champion and champion.version, challenger_version)):
         uri = f"models:/{name}/{version}"
-        model = retry_tracking(lambda uri=uri: mlflow.pyfunc.load_model(uri))
+        model = mlflow.pyfunc.load_model(uri)
         for split, (x, labels) in splits.items():
             predicted = np.asarray(model.predict(x)).argmax(axis=1)
             scores[version, split] = accuracy(predicted, labels)
@@ -210,7 +209,7 @@ def record_decision(decision: Decision) -> None:
     The retrain key, which makes a repeat a no-op, is written last: a retrain killed before
     the alias moved is not mistaken for one already decided, so its winner is not lost.
     """
-    client = RetryingClient()
+    client = MlflowClient()
     tags = decision.tags()
     key = tags.pop(KEY_TAG)
 

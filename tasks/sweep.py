@@ -9,13 +9,13 @@ from typing import Any
 import mlflow
 import tensorflow as tf
 from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from common.config import TrainConfig
 from common.grid import SweepSpec
-from common.mlflow_client import RetryingClient
 from common.runs import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."
@@ -82,7 +82,7 @@ def rank_configurations(
     table to the parent run (``ranking.json``) and to Prefect. The test accuracy is shown
     beside it, never used to rank. ``outcomes`` maps each name to its ``TrainResult`` or to the
     exception it failed with. Returns the rows, best first."""
-    client = RetryingClient()
+    client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     child_by_name = {run.info.run_name: run for run in children}
@@ -127,7 +127,7 @@ def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, mode
     """Tag the parent run with the best configuration's fields, run, model and validation and
     test accuracy (``tfnn.best.*``) and log them as the metrics ``best_final_val_accuracy``
     and ``best_final_test_accuracy``."""
-    client = RetryingClient()
+    client = MlflowClient()
     tags = {
         **config.as_params(),
         "configuration": best["configuration"],

@@ -8,14 +8,16 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import mlflow
 import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NONE
@@ -23,7 +25,6 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.urls import url_for
 
-from common.mlflow_client import RetryingClient, retry_tracking
 from common.runs import mlflow_run
 from common.source_info import code_version_tags, mlflow_run_url
 from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
@@ -51,7 +52,6 @@ def tracked_run(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     resume_run_id: str | None = None,
-    takeover: bool = False,
 ) -> Iterator[str]:
     """``common.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
     flow run's id and name, and Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``) ends it
@@ -70,16 +70,19 @@ def tracked_run(
         parent_run_id,
         run_name,
         resume_run_id,
-        takeover,
         interruptions=(KeyboardInterrupt, TerminationSignal),
     ) as run_id:
         link_mlflow_run(run_id)
         # The run is active in this thread only to carry MLflow's system metrics monitor;
         # every call still names the run. nested: a subflow's run opens inside its parent's.
-        with mlflow.start_run(
-            run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled()
-        ):
+        mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled())
+        try:
             yield run_id
+        finally:
+            # mlflow_run sets the final status; if the tracking server is away, the body's
+            # own error is the one worth reporting.
+            with suppress(MlflowException):
+                mlflow.end_run()
 
 
 def system_metrics_enabled() -> bool:
@@ -103,7 +106,7 @@ def flag_if_not_learning(run_id: str, history: History, data: PreparedData) -> s
     reason = learning_failure(history, chance)
     if reason is not None:
         reason = f"run {run_id} did not learn: {reason}"
-        RetryingClient().set_tag(run_id, WARNING_TAG, reason)
+        MlflowClient().set_tag(run_id, WARNING_TAG, reason)
         get_run_logger().warning(reason)
     return reason
 
@@ -115,7 +118,7 @@ def log_trained_model(
     """Log the final weights (architecture JSON + npz) and an MLflow tensorflow model with a
     signature and an input example, and tag the run with ``weights_digest`` and the epoch of
     lowest ``val_loss`` (``tfnn.best_epoch``); returns the model's URI."""
-    client = RetryingClient()
+    client = MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifacts(run_id, str(save_network(network, tmp)), "weights")
     client.set_tag(run_id, WEIGHTS_TAG, weights_digest(network))
@@ -127,18 +130,16 @@ def log_trained_model(
     logged = mlflow.initialize_logged_model(
         name="model", source_run_id=run_id, experiment_id=experiment_id
     )
-    info = retry_tracking(
-        lambda: Model.log(
-            artifact_path=None,  # deprecated for name, but still a required argument
-            name="model",
-            flavor=mlflow.tensorflow,
-            model=network,
-            run_id=run_id,
-            model_id=logged.model_id,
-            signature=infer_signature(example, network.predict(example).numpy()),
-            input_example=example,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
-        )
+    info = Model.log(
+        artifact_path=None,  # deprecated for name, but still a required argument
+        name="model",
+        flavor=mlflow.tensorflow,
+        model=network,
+        run_id=run_id,
+        model_id=logged.model_id,
+        signature=infer_signature(example, network.predict(example).numpy()),
+        input_example=example,
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
     )
     return info.model_uri
 
@@ -150,7 +151,7 @@ def log_evaluation(
     """Log the final scores (those a resumed run does not hold yet), linked to the logged
     model ``model_uri`` (``models:/m-...``) as well, so that MLflow's *Models* view ranks
     models by them; then the confusion matrix and the plots."""
-    client = RetryingClient()
+    client = MlflowClient()
     held = client.get_run(run_id).data.metrics
     now = int(time.time() * 1000)
     model_id = model_uri.removeprefix("models:/")
@@ -172,7 +173,7 @@ def log_evaluation(
 @task
 def log_artifact(run_id: str, path: str, artifact_path: str | None = None) -> None:
     """Upload one local file to the run's artifacts."""
-    RetryingClient().log_artifact(run_id, path, artifact_path)
+    MlflowClient().log_artifact(run_id, path, artifact_path)
 
 
 def prefect_flow_run_url(flow_run_id: str) -> str | None:
@@ -199,7 +200,7 @@ def run_context_tags() -> dict[str, str]:
 def link_mlflow_run(run_id: str) -> str | None:
     """On the current flow (or task) run, a link artifact to MLflow run ``run_id``'s UI page,
     when the tracking URI is a server with a UI; returns the URL (None without one)."""
-    client = RetryingClient()
+    client = MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
     url = mlflow_run_url(mlflow.get_tracking_uri(), experiment_id, run_id)
     if url:

@@ -189,9 +189,9 @@ BAD_ENVIRONMENT = {
         lambda d, port: ({"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, []),
         "Prefect API at http://127.0.0.1:{port}/api is unreachable",
     ),
-    "tracking retry budget not a number": (
-        lambda d, port: ({"TFNN_TRACKING_RETRY_SECONDS": "abc"}, []),
-        "TFNN_TRACKING_RETRY_SECONDS='abc': expected a number of seconds >= 0",
+    "upload time limit not a number": (
+        lambda d, port: ({"TFNN_UPLOAD_TIMEOUT_SECONDS": "abc"}, []),
+        "TFNN_UPLOAD_TIMEOUT_SECONDS='abc': expected a number of seconds >= 0 (0: no limit)",
     ),
 }
 

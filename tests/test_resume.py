@@ -2,13 +2,11 @@
 then run again with ``--resume``, ends as the same MLflow run with every epoch logged once
 and the weights of an uninterrupted run. A run whose process is alive cannot be resumed."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import time
-import uuid
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -24,18 +22,12 @@ from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
 from common.config import TrainConfig
-from common.runs import (
-    LEASE_TAG,
-    RENEWED_TAG,
-    LeaseLostError,
-    ResumeError,
-    check_lease,
-    check_resumable,
-)
-from tasks.tracking import WEIGHTS_TAG, tracked_run
+from common.runs import ResumeError, check_resumable, hold_run_directory
+from tasks.tracking import WEIGHTS_TAG
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mnist_dir, tmp_path):
@@ -88,8 +80,7 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
         first = subprocess.Popen(
             tfnn_command("train", *flags),
             cwd=tmp_path,
-            # A lease that outlasts this test, so that only the holder's death can free it.
-            env={**env, "TFNN_LEASE_SECONDS": "600"},
+            env=env,
             stdout=output,
             stderr=output,
         )
@@ -108,11 +99,12 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
     assert refused.returncode == 2, refused.stderr
     assert "Traceback" not in refused.stderr
     (line,) = [line for line in refused.stderr.splitlines() if line.startswith("tfnn")]
-    assert line.startswith(f"tfnn: error: --resume run {run_dir.name} is still being trained by ")
-    assert f"pid {first.pid} on {socket.gethostname()}" in line
-    assert line.endswith("if that process is dead, wait for its lease to expire or add --takeover")
+    assert line == (
+        f"tfnn: error: --resume run {run_dir.name} is still being trained by process "
+        f"{first.pid} (it holds {run_dir / 'run.lock'}); stop it, or wait for it to end"
+    )
 
-    # SIGKILLed, it renews nothing, and being on this host its death is seen at once.
+    # SIGKILLed, it holds nothing: the kernel freed its lock.
     resumed = run_tfnn("train", "--resume", run_dir.name, "--no-progress", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = MlflowClient()
@@ -128,65 +120,44 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
     assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
 
 
-def write_lease(client, run_id: str, host: str, pid: int, age: float, period: float = 30) -> None:
-    """Another process takes run ``run_id``: ``age`` seconds ago, not renewed since."""
-    lease = {"host": host, "pid": pid, "id": uuid.uuid4().hex, "taken": time.time() - age}
-    client.set_tag(run_id, LEASE_TAG, json.dumps({**lease, "period": period}))
+def test_a_run_directory_is_held_by_one_process_and_freed_by_its_death(tmp_path):
+    directory = tmp_path / "outputs" / "run-1"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from common.runs import "
+            "hold_run_directory\n"
+            "with hold_run_directory(Path(sys.argv[1])):\n    print('held', flush=True); "
+            "time.sleep(600)",
+            str(directory),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ResumeError) as refused, hold_run_directory(directory):
+            pass
+        assert str(refused.value) == (
+            f"run run-1 is still being trained by process {holder.pid} (it holds "
+            f"{directory / 'run.lock'}); stop it, or wait for it to end"
+        )
+    finally:
+        holder.kill()  # SIGKILL: nothing of its own frees the lock, the kernel does
+        holder.wait()
+    with hold_run_directory(directory):
+        assert (directory / "run.lock").read_text() == str(os.getpid())
 
 
-def test_a_lease_held_elsewhere_refuses_until_it_expires_or_takeover(mlflow_store):
+def test_a_finished_run_or_one_with_other_params_is_not_resumed(mlflow_store):
     client = MlflowClient()
-    run_id = client.create_run(client.create_experiment("lease")).info.run_id
-    run = client.get_run(run_id)
-    check_resumable(run, {})  # a run without a lease (started before leases) resumes
-
-    # Renewed 10 s ago on another machine, every 30 s: held for another 80 s.
-    write_lease(client, run_id, "elsewhere", 1, age=10)
-    with pytest.raises(
-        ResumeError, match=r"pid 1 on elsewhere \(lease renewed 10 s ago, expires in 80 s\)"
-    ):
-        check_resumable(client.get_run(run_id), {})
-    check_resumable(client.get_run(run_id), {}, takeover=True)
-    # A renewal by the holder before it, landing just after the takeover, does not count.
-    stale = {"id": uuid.uuid4().hex, "renewed": time.time()}
-    client.set_tag(run_id, RENEWED_TAG, json.dumps(stale))
-    with pytest.raises(ResumeError, match=r"lease renewed 10 s ago, expires in 80 s"):
-        check_resumable(client.get_run(run_id), {})
-    # Not renewed for three periods: its holder is gone.
-    write_lease(client, run_id, "elsewhere", 1, age=91)
-    check_resumable(client.get_run(run_id), {})
-    # On this machine a dead holder is seen as dead at once, a live one holds.
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    write_lease(client, run_id, socket.gethostname(), dead.pid, age=1)
-    check_resumable(client.get_run(run_id), {})
-    with subprocess.Popen(["sleep", "30"]) as alive:
-        try:
-            write_lease(client, run_id, socket.gethostname(), alive.pid, age=1)
-            with pytest.raises(ResumeError, match=f"pid {alive.pid} on"):
-                check_resumable(client.get_run(run_id), {})
-        finally:
-            alive.kill()
-
-
-def test_a_lease_is_renewed_and_a_takeover_stops_its_holder(mlflow_store, monkeypatch):
-    client = MlflowClient()
-    monkeypatch.setenv("TFNN_LEASE_SECONDS", "0.2")
-    with (
-        pytest.raises(LeaseLostError, match="pid 1 on elsewhere took run"),
-        tracked_run({}, "renew") as run_id,
-    ):
-        first = json.loads(client.get_run(run_id).data.tags[LEASE_TAG])
-        assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
-        time.sleep(0.6)
-        renewed = json.loads(client.get_run(run_id).data.tags[RENEWED_TAG])
-        assert (renewed["id"], renewed["renewed"] > first["taken"]) == (first["id"], True)
-        check_lease(run_id)  # still ours
-        # Another process takes the run over: this one stops renewing and writing. Its
-        # renewals keep going right up to the takeover, which none of them overwrites.
-        write_lease(client, run_id, "elsewhere", 1, age=0)
-        time.sleep(0.6)
-        check_lease(run_id)
-    run = client.get_run(run_id)
-    assert json.loads(run.data.tags[LEASE_TAG])["host"] == "elsewhere"
-    assert run.info.status == "RUNNING"  # left to the process that holds it now
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    client.log_param(run_id, "epochs", "5")
+    check_resumable(client.get_run(run_id), {"epochs": "5"})
+    with pytest.raises(ResumeError, match=r"was started with epochs=5 \(now 6\)"):
+        check_resumable(client.get_run(run_id), {"epochs": "6"})
+    client.set_terminated(run_id, "FINISHED")
+    with pytest.raises(ResumeError, match="already finished; start a new run instead"):
+        check_resumable(client.get_run(run_id), {"epochs": "5"})

@@ -76,8 +76,6 @@ def read_inputs(args: argparse.Namespace, recorded: dict[str, str] | None = None
             "validation_fraction: 0 leaves the retrain nothing to decide on (it never "
             "decides on the test set); use a fraction > 0"
         )
-    if options.takeover and not options.resume:
-        raise InputError("--takeover: only with --resume RUN_ID")
     return Inputs(config, options, activations)
 
 
@@ -123,7 +121,9 @@ def check_inputs(
         preflight.check_tracking()
         if resume:
             # A resumed run stays in its own experiment unless one is named.
-            preflight.check_resume(resume, inputs.config, args.experiment, inputs.options.takeover)
+            preflight.check_resume(
+                resume, inputs.config, args.experiment, inputs.options.output_dir
+            )
     if args.command == "predict":
         from flows.predict import DEFAULT_MODEL_URI
 

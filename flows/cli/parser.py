@@ -25,7 +25,6 @@ OPTIONS = {
         "register_model",
         "progress",
         "resume",
-        "takeover",
     ),
     "compare": ("experiment", "output_dir", "model_name", "progress"),
     "retrain": ("experiment", "output_dir", "model_name", "progress", "margin", "warm_start"),

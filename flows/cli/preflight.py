@@ -95,16 +95,13 @@ def check_tracking() -> None:
     A local SQLite store is created (or migrated) by its first user: under an exclusive
     lock beside the file, so that commands starting together in one directory create it
     once and the others wait, instead of all migrating it at once and breaking it. A
-    server gets ``CHECK_TIMEOUT_SECONDS`` to answer, without retries. Also checks
-    ``$TFNN_TRACKING_RETRY_SECONDS``."""
+    server gets ``CHECK_TIMEOUT_SECONDS`` to answer, without retries. Also checks the
+    ``TFNN_*_TIMEOUT_SECONDS`` variables."""
     import mlflow
 
-    from common.mlflow_client import cap_http_retries, retry_seconds
     from common.timeouts import check_timeouts
 
-    cap_http_retries()
     try:
-        retry_seconds()
         check_timeouts()
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -315,14 +312,14 @@ def resumed_config_fields(run_id: str) -> dict[str, str]:
 
 
 def check_resume(
-    run_id: str, config: TrainConfig, experiment: str | None = None, takeover: bool = False
+    run_id: str, config: TrainConfig, experiment: str | None = None, output_dir: str = "outputs"
 ) -> None:
     """Check that run ``run_id`` is unfinished, in ``experiment`` if one is named, was
-    started with ``config`` and this machine's library versions, and is not held by a live
-    process (unless ``takeover``); the flow then reopens it without checking it again."""
+    started with ``config`` and this machine's library versions, and that no process is
+    training it (holding its directory under ``output_dir``)."""
     from mlflow.tracking import MlflowClient
 
-    from common.runs import ResumeError, check_run_to_resume
+    from common.runs import ResumeError, check_run_to_resume, hold_run_directory
 
     run = _resumed_run(run_id)
     if experiment is not None:
@@ -333,7 +330,9 @@ def check_resume(
                 "leave out --experiment to resume it where it is"
             )
     try:
-        check_run_to_resume(run, config.as_params(), takeover)
+        check_run_to_resume(run, config.as_params())
+        with hold_run_directory(Path(output_dir) / run_id):
+            pass
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
 

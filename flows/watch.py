@@ -13,9 +13,8 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-from common.config import default_data_source
+from common.config import RunOptions, default_data_source
 from common.data_profile import CheckThresholds
-from flows.check_data import DEFAULT_MODEL_NAME
 from tasks.data_watch import (
     CHANGED_EVENT,
     announce,
@@ -41,7 +40,7 @@ def watch_timing() -> tuple[float, float]:
 @flow(name="watch-data", log_prints=True)
 def watch_data_flow(
     data_source: str | None = None,
-    model_name: str = DEFAULT_MODEL_NAME,
+    model_name: str = RunOptions().model_name,
     settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     thresholds: dict[str, float] | None = None,
     allow_test_change: bool = False,

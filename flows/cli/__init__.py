@@ -176,7 +176,7 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     args = build_parser().parse_args(argv)
     set_output_environment(args.verbose)
     if args.command == "check-data":  # no run, no Prefect: its own report and exit codes
-        from flows.check_data import run_check_data
+        from flows.cli.check_data import run_check_data
 
         return run_check_data(args)
     # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs

@@ -13,6 +13,10 @@ from common.config import COMPARED_ACTIVATIONS, PREDICTIONS_FILE, RunOptions, Tr
 from common.grid import DEFAULT_MAX_CONCURRENCY
 from flows.crons import default_crons, is_valid_cron
 
+SUMMARY = (
+    "The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig`` and "
+    "``RunOptions``."
+)
 EXIT_USAGE = 2
 DASK_ADDRESS_ENV = "TFNN_DASK_ADDRESS"
 LIBRARIES = ("tensorflow", "prefect", "mlflow")
@@ -117,9 +121,7 @@ def _add_output_flags(parser: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flows.cli import __doc__ as summary
-
-    parser = _Parser(prog="tfnn", description=summary.splitlines()[0])
+    parser = _Parser(prog="tfnn", description=SUMMARY)
     _add_output_flags(parser, False)
     parser.add_argument("--version", action="version", version=_versions())
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_flags(subparsers["sweep"])
     _add_predict_flags(subparsers["predict"])
     _add_evaluate_flags(subparsers["evaluate"])
-    from flows.check_data import add_check_data_command
+    from flows.cli.check_data import add_check_data_command
 
     _add_output_flags(add_check_data_command(commands), argparse.SUPPRESS)
     return parser

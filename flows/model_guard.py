@@ -72,20 +72,6 @@ def model_slot(model_name: str | None) -> Iterator[None]:
             _held.reset(token)
 
 
-def _deployment_id() -> str | None:
-    """The deployment that started this flow run. A top-level run's own record, which the
-    engine holds, says; Prefect's ``runtime.deployment.id`` asks the server for it again (it
-    looks for the id on the run's context, where it never is), a request on every run. A
-    subflow has no deployment of its own: ``runtime.deployment.id`` gives its parent's."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    flow_run = context.flow_run if context is not None else None
-    if flow_run is None or flow_run.parent_task_run_id is not None:
-        return runtime.deployment.id
-    return None if flow_run.deployment_id is None else str(flow_run.deployment_id)
-
-
 def one_run_per_model(model_of: Callable[[dict], str | None]) -> Callable[[F], F]:
     """Decorate a flow function (under ``@flow``) so that each run started by a deployment
     holds the slot of the model that ``model_of(arguments)`` names (see ``model_slot``)
@@ -101,7 +87,7 @@ def one_run_per_model(model_of: Callable[[dict], str | None]) -> Callable[[F], F
 
         @functools.wraps(function)
         def guarded(*args, **kwargs):
-            if _deployment_id() is None:
+            if runtime.deployment.id is None:
                 return function(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()

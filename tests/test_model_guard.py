@@ -13,7 +13,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from flows.model_guard import _deployment_id, model_limit_name
+from flows.model_guard import model_limit_name, one_run_per_model
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
@@ -113,15 +113,19 @@ def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
 
 
 def test_runs_started_by_hand_hold_no_slot(prefect_harness):
-    """Outside a deployment the guard holds nothing, asking the server nothing: the run's own
-    record says so, as Prefect's ``runtime.deployment.id`` (which asks the server) does."""
+    """Outside a deployment the guard takes no slot: its model's limit is never even made."""
+    name = "by-hand-model"
 
     @flow
-    def inner() -> tuple[str | None, str | None]:
-        return _deployment_id(), runtime.deployment.id
+    @one_run_per_model(lambda arguments: arguments["model"])
+    def guarded(model: str) -> str | None:
+        return runtime.deployment.id
 
     @flow
-    def outer() -> list[tuple[str | None, str | None]]:
-        return [(_deployment_id(), runtime.deployment.id), inner()]
+    def outer() -> str | None:
+        return guarded(name)
 
-    assert outer() == [(None, None), (None, None)]
+    assert outer() is None
+    with get_client(sync_client=True) as client:
+        names = [limit.name for limit in client.read_global_concurrency_limits(limit=100)]
+    assert model_limit_name(name) not in names

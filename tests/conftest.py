@@ -66,6 +66,21 @@ def train_uninterrupted(config) -> tuple:
     return history, weights_digest(network)
 
 
+def weights_of(network) -> list[np.ndarray]:
+    """Copies of ``network``'s weights and biases, layer by layer."""
+    return [w.numpy().copy() for w in network.all_weights]
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The one line of a command that refused (exit 2): its last line on stderr, the only
+    one of tfnn's own, with no traceback."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
+    assert line == result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    return line
+
+
 def assert_weights_equal(network, expected: list[np.ndarray]) -> None:
     """``network``'s weights (a ``tfnn`` ``Sequential``) equal ``expected``, layer by layer."""
     assert len(network.all_weights) == len(expected)

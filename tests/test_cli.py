@@ -13,6 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.cli import main
+from flows.cli.output import TF_STARTUP
 from flows.train import train_flow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,12 +116,7 @@ def test_train_prints_final_metrics_and_run_id(
 # What may share stderr with our one error line: Prefect's log records (one line each once
 # their tracebacks are gone), its pointer to its docs, TensorFlow's C++ start-up log.
 PREFECT_RECORD = re.compile(r"\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ +\| ")
-OTHER_LINES = re.compile(
-    r"See https://www\.prefect\.io/docs"
-    r"|WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"
-    r"|To enable the following instructions:"
-)
+OTHER_LINES = re.compile(r"See https://www\.prefect\.io/docs|" + TF_STARTUP.pattern)
 
 
 @pytest.mark.slow

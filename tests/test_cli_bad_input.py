@@ -4,9 +4,7 @@ RUNNING or FINISHED. The cases run side by side, each in its own directory and s
 
 import gzip
 import json
-import re
 import shutil
-import socket
 import struct
 import subprocess
 import zlib
@@ -18,9 +16,11 @@ import pytest
 from conftest import crafted_model, tfnn_command, tfnn_env
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
+from servers import free_port
 
 from common.config import TrainConfig
 from common.mlflow_client import library_versions
+from flows.cli.output import TF_STARTUP
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network
@@ -30,18 +30,6 @@ pytestmark = pytest.mark.slow
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
-# TensorFlow's C++ start-up log, written before its logging can be configured.
-TF_STARTUP = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"
-    r"|To enable the following instructions:"
-)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def truncate(path: Path) -> None:
@@ -363,7 +351,7 @@ def _command(
         return argv, {}, BAD_CONFIG[case][1]
     if case in BAD_ENVIRONMENT:
         (directory / "a-file").write_text("not a directory")
-        port = closed_port()
+        port = free_port()  # nothing listens there
         env, flags = BAD_ENVIRONMENT[case][0](directory, port)
         return [*valid, *flags], env, BAD_ENVIRONMENT[case][1].format(port=port)
     model = save_network(build_mlp([784, 16, 10], seed=0), directory / "model")

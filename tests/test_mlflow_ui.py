@@ -1,21 +1,24 @@
-"""The README's way to look at runs: `mlflow ui` on the local store shows what a run logged."""
+"""The README's way to look at runs: `mlflow ui` on the local store shows what a training run
+logged, as the run itself recorded it."""
 
 import pytest
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from servers import MLFLOW, free_port, start, stop, wait_for
+
+from common.config import RunOptions, TrainConfig
+from flows.train import train_flow
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
 
 
-def test_mlflow_ui_serves_the_local_store(mlflow_store, tmp_path):
+def test_mlflow_ui_serves_a_local_training_run(
+    prefect_harness, mlflow_store, small_mnist_dir, tmp_path
+):
+    config = TrainConfig(hidden_sizes=(8,), epochs=2, data_source=str(small_mnist_dir))
+    result = train_flow(config, RunOptions(register_model=False))
     local = MlflowClient()
-    run_id = local.create_run(local.create_experiment("tfnn-mnist")).info.run_id
-    local.log_batch(
-        run_id, metrics=[Metric("test_accuracy", 0.93, 0, 1)], params=[Param("epochs", "5")]
-    )
-    local.set_terminated(run_id, "FINISHED")
+    logged = local.get_run(result.run_id)
 
     port = free_port()
     # As in the README: from the directory that holds mlflow.db.
@@ -33,9 +36,17 @@ def test_mlflow_ui_serves_the_local_store(mlflow_store, tmp_path):
     ui = start(command, log)
     try:
         wait_for(f"http://127.0.0.1:{port}/health", ui, log)
-        seen = MlflowClient(f"http://127.0.0.1:{port}").get_run(run_id)
+        served = MlflowClient(f"http://127.0.0.1:{port}")
+        seen = served.get_run(result.run_id)
+        history = served.get_metric_history(result.run_id, "train_loss")
+        models = served.search_logged_models(experiment_ids=[seen.info.experiment_id])
     finally:
         stop(ui)
     assert seen.info.status == "FINISHED"
-    assert seen.data.params == {"epochs": "5"}
-    assert seen.data.metrics == {"test_accuracy": 0.93}
+    assert seen.data.params == logged.data.params
+    assert seen.data.metrics["final_test_accuracy"] == result.metrics["final_test_accuracy"]
+    assert [(m.step, m.value) for m in history] == list(
+        enumerate(result.history.train_loss, start=1)
+    )
+    # The experiment's Models tab lists the run's model.
+    assert [m.model_id for m in models] == [result.model_uri.removeprefix("models:/")]

@@ -261,6 +261,13 @@ def test_no_block_configured_sends_nothing(prefect_harness, mlflow_store, tmp_pa
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
     try:
+        # A block that would reach this receiver exists; only TFNN_NOTIFY_BLOCK is unset.
+        CustomWebhookNotificationBlock(
+            name="ops-test-unnamed",
+            url=f"http://127.0.0.1:{receiver.server_port}/alert",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            allow_private_urls=True,
+        ).save("ops-test-unnamed", overwrite=True)
         monkeypatch.delenv("TFNN_NOTIFY_BLOCK", raising=False)
         Receiver.received.clear()
         state = train_flow(small_config(tmp_path / "absent"), return_state=True)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import weights_of
 
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
@@ -16,10 +17,6 @@ from tfnn.serialization import (
     save_network,
 )
 from tfnn.training import History, fit
-
-
-def weights_of(network) -> list[np.ndarray]:
-    return [w.numpy().copy() for w in network.all_weights]
 
 
 @pytest.fixture

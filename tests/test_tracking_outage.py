@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 from conftest import EPOCH_METRICS, train_uninterrupted
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from servers import free_port
 
 from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
@@ -35,9 +35,7 @@ class MlflowServer:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import weights_of
 
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
@@ -43,10 +44,6 @@ def numpy_gradient(weights: list[np.ndarray], x: np.ndarray, target: np.ndarray,
             grad[index] = (plus - minus) / (2 * h)
         grads.append(grad)
     return grads
-
-
-def weights_of(network) -> list[np.ndarray]:
-    return [w.numpy().copy() for w in network.all_weights]
 
 
 @pytest.fixture

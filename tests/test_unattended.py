@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_tfnn, tfnn_command, tfnn_env
+from conftest import refusal, run_tfnn, tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 
 # Subprocesses, real servers or signals: the slow lane.
@@ -53,15 +53,6 @@ def wait_until_gone(marker: str, seconds: float = 10) -> list[str]:
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
-
-
-def refusal(result: subprocess.CompletedProcess) -> str:
-    """The one line of a command that refused (exit 2): its last line on stderr, the only
-    one of tfnn's own."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tfnn")]
-    assert line == result.stderr.splitlines()[-1]
-    return line
 
 
 def kill_all(marker: str) -> None:

@@ -10,7 +10,7 @@ import tempfile
 
 # TensorFlow's C++ start-up log: absl writes it before TF_CPP_MIN_LOG_LEVEL applies (the
 # missing CUDA driver, the CPU's instruction sets, cuInit's failure on a CPU-only machine).
-_TF_STARTUP = re.compile(
+TF_STARTUP = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\)"
     r"|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"
     r"|To enable the following instructions:"
@@ -60,7 +60,7 @@ def start_tensorflow_quietly() -> None:
             os.close(saved)
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.writelines(line for line in lines if not _TF_STARTUP.match(line))
+            sys.stderr.writelines(line for line in lines if not TF_STARTUP.match(line))
 
 
 class _NoTracebacks(logging.Filter):

@@ -42,15 +42,15 @@ def tracked_run(epochs: int, data, workdir: Path) -> tuple[int, int, int]:
     network = network_for(config, 784, 10)
     steps = math.ceil(len(data[0][0]) / config.batch_size)
     checkpoints = workdir / run_id / "checkpoints"
-    with EpochLogger(run_id, network, checkpoints, steps) as logger:
-        fit(
-            network,
-            train=data[0],
-            test=data[1],
-            **fit_arguments(config.model_copy(update={"epochs": epochs}), validation=False),
-            callbacks=[logger],
-            history=logger.history,
-        )
+    logger = EpochLogger(run_id, network, checkpoints, steps)
+    fit(
+        network,
+        train=data[0],
+        test=data[1],
+        **fit_arguments(config.model_copy(update={"epochs": epochs}), validation=False),
+        callbacks=[logger],
+        history=logger.history,
+    )
     artifacts = Path(urlparse(client.get_run(run_id).info.artifact_uri).path)
     history = (checkpoints / "history.jsonl").stat().st_size
     return folder_bytes(checkpoints), history, folder_bytes(artifacts)

@@ -1,18 +1,15 @@
-"""The ``tfnn.fit`` callback that checkpoints each epoch and logs it to MLflow in the
-background, with bounded memory, so that a crashed run can be resumed."""
+"""The ``tfnn.fit`` callback that checkpoints each epoch and logs it to MLflow, so that a
+crashed run can be resumed."""
 
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -27,8 +24,6 @@ from tfnn.training import EarlyStopping, History
 STEP_LOSS_POINTS_PER_EPOCH = 100
 KEEP_CHECKPOINTS_ENV = "TFNN_KEEP_CHECKPOINTS"
 DEFAULT_KEEP_CHECKPOINTS = 3
-# Epochs that may wait for the tracking thread: one being tracked and one queued.
-MAX_PENDING_EPOCHS = 2
 CHECKPOINT_PREFIX = "ckpt"  # uploaded checkpoints' fixed file names: ckpt.index, ckpt.data-*
 CHECKPOINT_MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 2**20
@@ -44,23 +39,21 @@ def keep_checkpoints() -> int:
 
 
 class EpochLogger:
-    """A ``tfnn.fit`` callback that tracks each epoch without slowing training down.
+    """A ``tfnn.fit`` callback that records each epoch, so that a crashed run can be resumed.
 
-    After each epoch it snapshots the weights (a fast copy) and the epoch's record, and
-    hands them to one background thread, in order: write a ``TrainingCheckpoint`` of the
-    snapshot, log the epoch's metrics (``step=epoch``) with a sample of its step losses in
-    one batch, and upload the checkpoint to ``checkpoints/latest/`` (and ``checkpoints/best/``
-    when it is the best so far), overwriting the previous one. At most
-    ``MAX_PENDING_EPOCHS`` epochs wait for that thread: past that, training waits too, so a
-    slow tracking server slows training rather than filling memory. Use it as a context
-    manager: leaving waits for the queue, so every completed epoch is on disk and in MLflow,
-    and re-raises the first tracking error (unless training itself already failed).
+    After each epoch: write a ``TrainingCheckpoint`` (``tf.train.CheckpointManager`` keeps
+    the newest ``TFNN_KEEP_CHECKPOINTS`` and the best), log the epoch's metrics
+    (``step=epoch``) with a sample of its step losses in one batch, and upload the checkpoint
+    to ``checkpoints/latest/`` (and ``checkpoints/best/`` when it is the best so far),
+    overwriting the previous one. Metrics are logged before the upload and synchronously,
+    not with MLflow's asynchronous logging: an uploaded checkpoint must never hold epochs
+    whose metrics MLflow lacks, since a resume rebuilds their history from those metrics.
     With ``early_stopping`` each checkpoint also holds its state, and ``resume`` restores it
     with the best epoch's weights (from the best checkpoint).
 
-    That order makes a crash recoverable by ``resume``: a local checkpoint may hold
-    epochs whose metrics never reached MLflow (they are logged then), and an uploaded
-    checkpoint may lag the metrics (those epochs are retrained but not logged again).
+    A crash is recoverable by ``resume``: a local checkpoint may hold epochs whose metrics
+    never reached MLflow (they are logged then), and an uploaded checkpoint may lag the
+    metrics (those epochs are retrained but not logged again).
     """
 
     def __init__(
@@ -79,37 +72,23 @@ class EpochLogger:
         self.logged_epochs = 0
         self.steps_per_epoch = steps_per_epoch
         self.stride = max(1, steps_per_epoch // STEP_LOSS_POINTS_PER_EPOCH)
-        # The background thread checkpoints this twin, so training can go on
-        # changing the real weights meanwhile.
-        self._snapshot = Sequential.from_spec(network.spec())
-        self.checkpoint = TrainingCheckpoint(self._snapshot, checkpoint_dir, keep_checkpoints())
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfnn-tracking")
-        self._free_slots = threading.Semaphore(MAX_PENDING_EPOCHS)
-        self._pending: list[Future] = []
-        self.peak_pending = 0  # the most epochs that ever waited for the background thread
-        self._tracking_failed = False
-
-    def __enter__(self) -> "EpochLogger":
-        return self
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        self._worker.shutdown(wait=True)
-        if error_type is None:
-            for done in self._pending:
-                self._result(done)
+        self.checkpoint = TrainingCheckpoint(network, checkpoint_dir, keep_checkpoints())
 
     def __call__(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
-        self._free_slots.acquire()  # back-pressure: wait while the queue is full
-        for done in [future for future in self._pending if future.done()]:
-            self._pending.remove(done)
-            self._result(done)
-        weights = [w.numpy() for w in network.all_weights]
         record = self.history.epoch_record(epoch, self.steps_per_epoch)
         stopping = self.early_stopping.state() if self.early_stopping else None
-        future = self._worker.submit(self._log_epoch, epoch, metrics, weights, record, stopping)
-        future.add_done_callback(lambda _: self._free_slots.release())
-        self._pending.append(future)
-        self.peak_pending = max(self.peak_pending, len(self._pending))
+        prefix = self.checkpoint.save(epoch, record, stopping)
+        try:
+            if epoch > self.logged_epochs:
+                self._log_metrics(epoch, metrics, record["step_loss"])
+            self._upload(epoch, prefix, "latest")
+            if self.checkpoint.best_epoch == epoch:
+                self._upload(epoch, prefix, "best")
+        except MlflowException as error:  # after MLflow's own retries
+            raise MlflowException(
+                f"{error.message}; the checkpoints are kept in {self.checkpoint.directory}: "
+                f"continue with tfnn train --resume {self.run_id}"
+            ) from error
 
     def resume(self) -> int:
         """Load the run's newest checkpoint into the network and ``history`` (from the
@@ -119,8 +98,6 @@ class EpochLogger:
             with tempfile.TemporaryDirectory() as tmp:
                 self._adopt_uploaded_checkpoint(Path(tmp))
         epoch, self.history = self.checkpoint.restore_latest()
-        for variable, restored in zip(self.network.all_weights, self._snapshot.all_weights):
-            variable.assign(restored)
         if self.early_stopping and epoch:
             self._resume_early_stopping()
         logged = self.client.get_metric_history(self.run_id, "train_loss")
@@ -149,40 +126,6 @@ class EpochLogger:
                     f"{self.checkpoint.directory} nor in its artifacts; it cannot restore it"
                 )
         self.early_stopping.load_state(state, weights)
-
-    def _result(self, done: Future) -> None:
-        try:
-            done.result()
-        except MlflowException as error:  # after MLflow's own retries
-            raise MlflowException(
-                f"{error.message}; the checkpoints are kept in {self.checkpoint.directory}: "
-                f"continue with tfnn train --resume {self.run_id}"
-            ) from error
-
-    def _log_epoch(
-        self,
-        epoch: int,
-        metrics: dict[str, float],
-        weights: list[np.ndarray],
-        record: dict,
-        stopping: dict[str, float] | None,
-    ) -> None:
-        for variable, value in zip(self._snapshot.all_weights, weights):
-            variable.assign(value)
-        prefix = self.checkpoint.save(epoch, record, stopping)
-        # After a tracking failure, epochs still queued are only checkpointed: the failure
-        # is reported once, without waiting out the retries again, and resume logs the rest.
-        if self._tracking_failed:
-            return
-        try:
-            if epoch > self.logged_epochs:
-                self._log_metrics(epoch, metrics, record["step_loss"])
-            self._upload(epoch, prefix, "latest")
-            if self.checkpoint.best_epoch == epoch:
-                self._upload(epoch, prefix, "best")
-        except Exception:
-            self._tracking_failed = True
-            raise
 
     def _log_metrics(self, epoch: int, metrics: dict[str, float], losses: list[float]) -> None:
         now = int(time.time() * 1000)
@@ -236,7 +179,7 @@ class EpochLogger:
         self.checkpoint.adopt(latest[0], self._records_from_metrics(latest[1]), best and best[0])
         # A new manager, since a manager reads the directory's state once, when made.
         self.checkpoint = TrainingCheckpoint(
-            self._snapshot, self.checkpoint.directory, keep_checkpoints()
+            self.network, self.checkpoint.directory, keep_checkpoints()
         )
 
     def _records_from_metrics(self, epochs: int) -> list[dict]:

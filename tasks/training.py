@@ -46,10 +46,8 @@ def train(
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     arguments = fit_arguments(config, validation=data.validation is not None)
     early_stopping = arguments["early_stopping"]
-    with (
-        EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping) as logger,
-        _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance,
-    ):
+    logger = EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping)
+    with _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance:
         completed_epochs = logger.resume() if resume else 0
         return fit(
             network,

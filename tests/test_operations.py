@@ -184,6 +184,19 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
+def receiving_alerts(block_name: str) -> HTTPServer:
+    """A loopback HTTP receiver, serving, and a webhook block ``block_name`` that posts there."""
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    CustomWebhookNotificationBlock(
+        name=block_name,
+        url=f"http://127.0.0.1:{receiver.server_port}/alert",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        allow_private_urls=True,
+    ).save(block_name, overwrite=True)
+    return receiver
+
+
 def test_links_both_ways_against_real_servers(
     prefect_harness, mlflow_server, small_mnist_dir, tmp_path, monkeypatch
 ):
@@ -214,16 +227,8 @@ def test_links_both_ways_against_real_servers(
 
 
 def test_failure_alert_reaches_the_receiver(prefect_harness, mlflow_server, tmp_path, monkeypatch):
-    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
+    receiver = receiving_alerts("ops-test-alerts")
     try:
-        CustomWebhookNotificationBlock(
-            name="ops-test-alerts",
-            url=f"http://127.0.0.1:{receiver.server_port}/alert",
-            json_data={"subject": "{{subject}}", "body": "{{body}}"},
-            allow_private_urls=True,
-        ).save("ops-test-alerts", overwrite=True)
         monkeypatch.setenv("TFNN_NOTIFY_BLOCK", "custom-webhook/ops-test-alerts")
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -257,17 +262,9 @@ def test_failure_alert_reaches_the_receiver(prefect_harness, mlflow_server, tmp_
 
 
 def test_no_block_configured_sends_nothing(prefect_harness, mlflow_store, tmp_path, monkeypatch):
-    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
+    # A block that would reach this receiver exists; only TFNN_NOTIFY_BLOCK is unset.
+    receiver = receiving_alerts("ops-test-unnamed")
     try:
-        # A block that would reach this receiver exists; only TFNN_NOTIFY_BLOCK is unset.
-        CustomWebhookNotificationBlock(
-            name="ops-test-unnamed",
-            url=f"http://127.0.0.1:{receiver.server_port}/alert",
-            json_data={"subject": "{{subject}}", "body": "{{body}}"},
-            allow_private_urls=True,
-        ).save("ops-test-unnamed", overwrite=True)
         monkeypatch.delenv("TFNN_NOTIFY_BLOCK", raising=False)
         Receiver.received.clear()
         state = train_flow(small_config(tmp_path / "absent"), return_state=True)

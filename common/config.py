@@ -104,9 +104,23 @@ class TrainConfig(BaseModel):
     @field_validator("hidden_sizes", mode="before")
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
-        # "100,50" from a command line or an environment.
+        # "100,50" from a command line or an environment; "" or "16,,16" is a typo, not a
+        # network with fewer layers.
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            parts = [part.strip() for part in value.split(",")]
+            if not all(parts):
+                raise ValueError("expected units per layer separated by commas, like 100,50")
+            return tuple(parts)
+        return value
+
+    @field_validator("activation", "output_activation")
+    @classmethod
+    def _differentiable(cls, value: str) -> str:
+        if value == "step":
+            raise ValueError(
+                "the step function has no gradient, so SGD cannot train through it (it stays "
+                "in tfnn.activations for the notebook); use relu, sigmoid or tanh"
+            )
         return value
 
     @field_validator("data_source")
@@ -168,7 +182,7 @@ class RunOptions(BaseModel):
 
     experiment: str = Field("tfnn-mnist", description="MLflow experiment name")
     output_dir: str = Field("outputs", description="local checkpoints and plots")
-    model_name: str = Field("tfnn-mnist", description="registered model name")
+    model_name: str = Field("tfnn-mnist", min_length=1, description="registered model name")
     register_model: bool = Field(True, description="register the model in the registry")
     margin: float = Field(
         0.0,
@@ -184,6 +198,15 @@ class RunOptions(BaseModel):
         "run's)",
     )
     progress: bool = Field(True, description="draw a progress bar when stderr is a terminal")
+
+    @field_validator("model_name")
+    @classmethod
+    def _usable_in_uris(cls, value: str) -> str:
+        # models:/NAME/VERSION and models:/NAME@ALIAS: MLflow refuses these at registration,
+        # after the whole run has trained.
+        if any(character in value for character in "/:@"):
+            raise ValueError("'/', ':' and '@' cannot be in a registered model's name")
+        return value
 
     @property
     def registered_model_name(self) -> str | None:

@@ -1,0 +1,37 @@
+"""The typed configs refuse, before anything starts, what would fail only after training."""
+
+import pytest
+from pydantic import ValidationError
+
+from common.config import RunOptions, TrainConfig, describe_validation_error
+
+
+def refused(model, **fields) -> str:
+    with pytest.raises(ValidationError) as error:
+        model(**fields)
+    return describe_validation_error(error.value)
+
+
+@pytest.mark.parametrize("sizes", ["", "16,,16", "16,", ",16"])
+def test_an_empty_layer_in_hidden_sizes_is_a_typo_not_a_smaller_network(sizes):
+    assert refused(TrainConfig, hidden_sizes=sizes) == (
+        "invalid configuration: hidden_sizes: expected units per layer separated by commas, "
+        f"like 100,50 (got {sizes!r})"
+    )
+    assert TrainConfig(hidden_sizes=" 16, 8 ").hidden_sizes == (16, 8)
+    assert TrainConfig(hidden_sizes=()).hidden_sizes == ()  # no hidden layer, said as such
+
+
+@pytest.mark.parametrize("field", ["activation", "output_activation"])
+def test_the_step_function_is_refused_for_training(field):
+    assert refused(TrainConfig, **{field: "step"}).startswith(
+        f"invalid configuration: {field}: the step function has no gradient, so SGD cannot "
+        "train through it"
+    )
+
+
+@pytest.mark.parametrize("name", ["a/b", "team:model", "m@champion", ""])
+def test_a_model_name_that_breaks_model_uris_is_refused(name):
+    line = refused(RunOptions, model_name=name)
+    assert line.startswith("invalid run options: model_name: ") and f"(got {name!r})" in line
+    assert RunOptions(model_name="tfnn-mnist_v2.1").model_name == "tfnn-mnist_v2.1"

@@ -13,10 +13,12 @@ from pathlib import Path
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
 SKIP = {"tfnn", "tests", ".venv", ".git", "notebooks"}
 LIBRARIES = ("mlflow", "prefect", "tensorflow", "tf")
-# `mlflow.x._private`, `from prefect.y import _z`, `from mlflow._x import ...`.
+# `mlflow.x._private`, `from prefect.y import _z`, `from mlflow._x import ...`; and a private
+# method called on any object (`dataset._to_mlflow_entity()`), ours (`self._x`) aside.
 PRIVATE = re.compile(
     rf"\b(?:{'|'.join(LIBRARIES)})(?:\.\w+)*\._(?!_)\w+"
     rf"|from\s+(?:{'|'.join(LIBRARIES)})[\w.]*\s+import\s+\(?\s*_(?!_)\w+"
+    r"|(?<!self)(?<!cls)\._(?!_)\w+\("
 )
 
 

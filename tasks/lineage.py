@@ -7,7 +7,7 @@ import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.http_dataset_source import HTTPDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
@@ -54,7 +54,7 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
             x, targets=y, source=_dataset_source(data.source), name=f"{data.source}:{context}"
         )
         inputs.append(
-            DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
+            DatasetInput(Dataset(**dataset.to_dict()), [InputTag("mlflow.data.context", context)])
         )
     try:
         client.log_inputs(run_id, datasets=inputs)

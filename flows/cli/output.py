@@ -38,7 +38,9 @@ def set_output_environment(verbose: bool) -> None:
     if verbose:
         os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
     else:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        # A failed run is told in the one line of the command; Prefect's engine would repeat
+        # it in three ERROR records.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def start_tensorflow_quietly() -> None:

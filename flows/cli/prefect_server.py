@@ -34,7 +34,13 @@ import uvicorn
 uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1",
             port=int(sys.argv[1]), log_level="error", lifespan="on")
 """
-_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+# Its log goes to a file, whose last error a failed start is reported by: keep its errors in
+# it, whatever the command's own console shows.
+_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+}
 _STOP_SECONDS = 5
 
 

@@ -40,6 +40,7 @@ FLOW_RUN_URL_TAG = "prefect.flow_run_url"
 ROOT_FLOW_RUN_TAG = "prefect.root_flow_run_id"
 
 SYSTEM_METRICS_ENV = "TFNN_SYSTEM_METRICS"
+_OFF = ("0", "false", "no", "off")
 WEIGHTS_TAG = "tfnn.weights_sha256"
 BEST_EPOCH_TAG = "tfnn.best_epoch"
 WARNING_TAG = "tfnn.warning"
@@ -78,23 +79,20 @@ def tracked_run(
         mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled())
         try:
             yield run_id
-        finally:
-            # mlflow_run sets the final status; if the tracking server is away, the body's
-            # own error is the one worth reporting.
+        except BaseException:
+            # mlflow_run sets the final status (KILLED or FAILED); if the tracking server is
+            # away, the body's own error is the one worth reporting.
             with suppress(MlflowException):
-                mlflow.end_run()
+                mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run()
 
 
 def system_metrics_enabled() -> bool:
     """MLflow samples the run's CPU, memory, disk and network (``system/*``, every
     ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds) unless ``$TFNN_SYSTEM_METRICS`` is
     ``0``, ``false``, ``no`` or ``off``."""
-    return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in (
-        "0",
-        "false",
-        "no",
-        "off",
-    )
+    return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in _OFF
 
 
 @task(cache_policy=NONE)

@@ -3,7 +3,10 @@
 #   --target worker: the project (the worker running the scheduled flows), on tensorflow-cpu.
 # Versions come from constraints.txt, those CI tested. Dependencies are installed before the
 # code is copied, so editing the code rebuilds only the last layers.
-FROM python:3.11-slim AS base
+# The base image is a build argument (PYTHON_IMAGE in .env): a machine that cannot pull it
+# builds a stand-in from Debian's packages with docker/stand_in_images.sh.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS base
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -560,6 +560,7 @@ def dockerfile_stages() -> dict[str, list[str]]:
     """The Dockerfile's instructions (continuation lines joined), by stage name."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     stages: dict[str, list[str]] = {}
+    current: list[str] = []  # the ARGs before the first FROM (the base image's name)
     for line in text.splitlines():
         if line.startswith("FROM "):
             stages[line.split()[-1]] = current = [line]

@@ -3,7 +3,10 @@
 #   --target worker: the project (the worker running the scheduled flows), on tensorflow-cpu.
 # Versions come from constraints.txt, those CI tested. Dependencies are installed before the
 # code is copied, so editing the code rebuilds only the last layers.
-FROM python:3.11-slim AS base
+# The base image is a build argument (PYTHON_IMAGE in .env): a machine that cannot pull it
+# builds a stand-in from Debian's packages with docker/stand_in_images.sh.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS base
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -26,8 +29,20 @@ USER tfnn
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 
 FROM base AS worker
+# In the same layer (so the image never holds them), what the wheels carry for building,
+# debugging and testing themselves, never for running: TensorFlow's C++ headers (for custom
+# ops), libclang (a dependency of its source tools), the symbol tables of TensorFlow's shared
+# libraries (a quarter of their size; the dynamic symbols stay; binutils is removed again;
+# other wheels' libraries are patched by auditwheel, which strip breaks), and the test suites
+# of pandas, NumPy and matplotlib.
 RUN python docker/requirements.py worker > /tmp/requirements.txt \
-    && pip install -c constraints.txt -r /tmp/requirements.txt
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
+    && pip uninstall -y libclang \
+    && site=$(python -c 'import importlib.util as u; print(u.find_spec("numpy").submodule_search_locations[0].rsplit("/", 1)[0])') \
+    && rm -r "$site/tensorflow/include" "$site/pandas/tests" "$site"/numpy/*/tests "$site/matplotlib/tests" \
+    && apt-get update -q && apt-get install -y -q --no-install-recommends binutils >/dev/null \
+    && find "$site/tensorflow" -name '*.so*' -type f -exec strip --strip-unneeded {} + \
+    && apt-get purge -y -q --auto-remove binutils >/dev/null && rm -rf /var/lib/apt/lists/*
 COPY README.md LICENSE ./
 COPY tfnn ./tfnn
 COPY common ./common

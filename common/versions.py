@@ -3,8 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 # The same library under another distribution name: the worker image installs
-# tensorflow-cpu, TensorFlow without the GPU wheels.
-ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu")}
+# tensorflow-cpu, TensorFlow without the GPU wheels, and mlflow-skinny, MLflow's client.
+ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "mlflow": ("mlflow", "mlflow-skinny")}
 
 
 def installed_version(name: str) -> str:

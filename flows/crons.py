@@ -4,10 +4,7 @@
 so this module holds what the command's parser needs and ``flows.schedules`` the rest.
 """
 
-import functools
-import importlib.util
 import os
-from pathlib import Path
 
 TRAIN_CRON_ENV, RETRAIN_CRON_ENV = "TFNN_TRAIN_CRON", "TFNN_RETRAIN_CRON"
 # Nightly training at 02:00 and a weekly retrain on Sunday at 03:00 (UTC).
@@ -22,21 +19,10 @@ def default_crons() -> tuple[str, str]:
     )
 
 
-@functools.cache
-def _croniter():
-    # Prefect validates crons with the croniter it vendors; importing it as
-    # ``prefect._vendor.croniter`` would run Prefect's __init__ (seconds), so load that one
-    # file alone: it needs only pytz and dateutil.
-    prefect = importlib.util.find_spec("prefect")
-    path = Path(prefect.origin).parent / "_vendor" / "croniter" / "croniter.py"
-    spec = importlib.util.spec_from_file_location("_tfnn_prefect_croniter", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.croniter
-
-
 def is_valid_cron(text: str) -> bool:
     """Whether Prefect's ``CronSchedule`` accepts ``text`` (the same rules: croniter's, and
     no random or hashed fields)."""
     fields = text.split()
-    return _croniter().is_valid(text) and not any(f.casefold() in ("r", "h") for f in fields)
+    from croniter import croniter  # the library Prefect's CronSchedule vendors
+
+    return croniter.is_valid(text) and not any(f.casefold() in ("r", "h") for f in fields)

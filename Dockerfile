@@ -45,7 +45,7 @@ RUN python docker/requirements.py worker > /tmp/requirements.txt \
     && apt-get purge -y -q --auto-remove binutils >/dev/null && rm -rf /var/lib/apt/lists/*
 COPY README.md LICENSE ./
 COPY tfnn ./tfnn
-COPY common ./common
+COPY cli ./cli
 COPY tasks ./tasks
 COPY flows ./flows
 # The project alone: its dependencies are above (TensorFlow as tensorflow-cpu).

@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from common.config import TrainConfig
-from common.epoch_logger import EpochLogger
+from tasks.config import TrainConfig
+from tasks.epoch_logger import EpochLogger
 from tasks.model import fit_arguments, network_for
 from tfnn.mnist import load_dataset
 from tfnn.preprocessing import preprocess

@@ -25,7 +25,7 @@ default configuration, side by side in one run,
   run of a command on this kind of shared machine moves by seconds.
 
 Target (issue 22): a next run at most 2.0x the bare script. Every command runs in a fresh
-interpreter (``python -m flows.cli`` of the
+interpreter (``python -m cli`` of the
 checkout at ``--root``, default this one), so each pays its imports.
 """
 
@@ -190,10 +190,10 @@ def bench_training(
     rounds: int,
 ) -> None:
     sys.path.insert(0, str(root))
-    from common.config import TrainConfig  # pydantic only: no TensorFlow here
+    from tasks.config import TrainConfig  # pydantic only: no TensorFlow here
 
     config = TrainConfig().model_dump(mode="json")
-    command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "cli", "train", "--data-dir", str(data_dir)]
     command += ["--epochs", "1"]
     env = {k: v for k, v in env.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     # The checkouts whose command is timed, each in its own directory and Prefect home.
@@ -268,7 +268,7 @@ def main() -> None:
         print(f"{'python -c ' + repr('import tensorflow'):<32}{reference:>9.2f}{1:>21.2f}")
         # In the checkout: ``-m`` looks in the working directory before PYTHONPATH.
         for name, argv in COMMANDS.items():
-            took = seconds([sys.executable, "-m", "flows.cli", *argv], env, root, args.repeat)
+            took = seconds([sys.executable, "-m", "cli", *argv], env, root, args.repeat)
             print(f"{name:<32}{took:>9.2f}{took / reference:>21.2f}")
         if args.no_train:
             return

@@ -54,8 +54,8 @@ def import_pipeline() -> None:
 
 def timed_sweep(spec, runner, experiment: str) -> tuple[float, list[dict]]:
     """Seconds the sweep flow took with ``runner``, and its ranking."""
-    from common.config import RunOptions
     from flows.sweep import sweep_flow
+    from tasks.config import RunOptions
 
     started = time.perf_counter()
     result = sweep_flow.with_options(task_runner=runner)(
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect.testing.utilities import prefect_test_harness
 
-    from common.grid import SweepSpec
     from flows.sweep import sweep_task_runner
+    from tasks.grid import SweepSpec
 
     spec = SweepSpec(
         base={

@@ -13,7 +13,7 @@ the main command's wall time goes.
    logged to MLflow), and the wall time of the whole call (``fit`` for bare, the ``train``
    task's Prefect start and end for tracked, so the callbacks and the final flush of the
    tracking queue count) less the first epoch. Target: tracked / bare <= 1.10.
-2. The main job, ``tfnn train --data-dir DIR`` (run as ``python -m flows.cli``, the same
+2. The main job, ``tfnn train --data-dir DIR`` (run as ``python -m cli``, the same
    ``main``), in a fresh directory with nothing configured: its wall time, split by the
    flow's and tasks' start and end times in the Prefect database it leaves behind.
 
@@ -45,8 +45,8 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.model import fit_arguments, network_for
 from tfnn.training import fit
@@ -103,7 +103,7 @@ def command_phases(data_dir: Path) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="bench-command-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(directory / "prefect-home")}
-    command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "cli", "train", "--data-dir", str(data_dir)]
     started = time.time()
     subprocess.run(command, cwd=directory, env=env, check=True, capture_output=True, timeout=900)
     ended = time.time()

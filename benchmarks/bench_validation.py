@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import TrainConfig
+from tasks.config import TrainConfig
 from tfnn.mnist import load_mnist_idx
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD

@@ -18,7 +18,7 @@ import psutil
 import tfnn
 
 ROOT = Path(tfnn.__file__).resolve().parents[1]
-OURS = [str(ROOT / name) for name in ("tfnn", "pipeline", "flows", "cli", "tasks", "common")]
+OURS = [str(ROOT / name) for name in ("tfnn", "pipeline", "flows", "cli", "tasks")]
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     sampler.start()
     from importlib import import_module
 
-    entry = next((name for name in ("cli", "flows.cli") if _has_main(import_module, name)), None)
+    entry = next((name for name in ("cli", "cli") if _has_main(import_module, name)), None)
     main_function = import_module(entry).main
     flags = sys.argv[1:] or []
     threading.setprofile(profile)

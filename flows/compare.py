@@ -4,8 +4,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from common.config import COMPARED_ACTIVATIONS, RunOptions, TrainConfig
 from flows.train import TrainResult, train_flow
+from tasks.config import COMPARED_ACTIVATIONS, RunOptions, TrainConfig
 from tasks.plots import plot_comparison
 from tasks.tracking import log_artifact, tracked_run
 

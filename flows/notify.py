@@ -11,7 +11,7 @@ from prefect import Flow
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State
 
-from common.source_info import mlflow_run_url
+from tasks.runs import mlflow_run_url
 from tasks.tracking import ROOT_FLOW_RUN_TAG, prefect_flow_run_url
 
 NOTIFY_BLOCK_ENV = "TFNN_NOTIFY_BLOCK"

@@ -2,7 +2,7 @@
 
 from prefect import flow
 
-from common.config import CHAMPION_ALIAS, PREDICTIONS_FILE, RunOptions
+from tasks.config import CHAMPION_ALIAS, PREDICTIONS_FILE, RunOptions
 from tasks.predict import Predictions, load_digits, predict, write_predictions
 
 DEFAULT_MODEL_URI = f"models:/{RunOptions().model_name}@{CHAMPION_ALIAS}"

@@ -2,13 +2,12 @@
 
 from prefect import flow
 
-from common.config import RunOptions, TrainConfig
-from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from flows.model_guard import one_run_per_model
 from flows.notify import FAILURE_HOOKS
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
-from tasks.data_check import changed_since_check, data_change, tag_data_event
+from tasks.data_watch import changed_since_check, data_change, tag_data_event
 from tasks.model_card import publish_model_card
 from tasks.registry import (
     Decision,
@@ -19,6 +18,7 @@ from tasks.registry import (
     retrain_key,
 )
 from tasks.reporting import publish_decision
+from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 
 
 @flow(

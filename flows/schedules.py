@@ -8,11 +8,11 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 
-from common.config import RunOptions, TrainConfig
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
 from flows.train import train_flow
 from flows.watch import data_changed_trigger
+from tasks.config import RunOptions, TrainConfig
 
 __all__ = [
     "DEFAULT_RETRAIN_CRON",

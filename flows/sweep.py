@@ -14,10 +14,9 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from common.config import RunOptions, TrainConfig
-from common.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
-from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from flows.notify import FAILURE_HOOKS
+from tasks.config import RunOptions, TrainConfig
+from tasks.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import register_model
@@ -28,6 +27,7 @@ from tasks.sweep import (
     sweep_params,
     tag_best,
 )
+from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.tracking import log_artifact, tracked_run
 
 

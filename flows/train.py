@@ -2,11 +2,11 @@
 
 from prefect import flow
 
-from common.config import RunOptions, TrainConfig
-from common.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from flows.model_guard import one_run_per_model
 from flows.notify import FAILURE_HOOKS
+from tasks.config import RunOptions, TrainConfig
 from tasks.pipeline import TrainResult, train_pipeline
+from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 
 __all__ = ["TrainResult", "train_flow"]
 

@@ -13,8 +13,8 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-from common.config import RunOptions, default_data_source
-from common.data_profile import CheckThresholds
+from tasks.config import RunOptions, default_data_source
+from tasks.data_profile import CheckThresholds
 from tasks.data_watch import (
     CHANGED_EVENT,
     announce,

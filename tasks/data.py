@@ -6,8 +6,8 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common.data_source import load_source
-from common.timeouts import DATA_TIMEOUT_ENV, timeout_seconds
+from tasks.data_source import load_source
+from tasks.timeouts import DATA_TIMEOUT_ENV, timeout_seconds
 from tfnn.errors import DataError
 from tfnn.mnist import MnistArrays
 from tfnn.preprocessing import preprocess, validation_split

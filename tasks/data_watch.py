@@ -1,5 +1,7 @@
 """Tasks of the data watch: a cheap fingerprint of a data directory, the data check, the
-watch's durable state (a Prefect Variable per source), and the events it announces.
+watch's durable state (a Prefect Variable per source), and the events it announces; and
+the tasks by which a training records its data profile and a retrain names the data
+change that started it.
 
 Nothing here imports TensorFlow: the watch runs every minute in a fresh process, and only a
 check against a champion loads it."""
@@ -9,14 +11,15 @@ import json
 import time
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 from prefect.variables import Variable
 
-from common.data_check import CheckResult, check_data
-from common.data_profile import CheckThresholds
-from tfnn.mnist import MNIST_FILES
+from tasks.data_check import CheckResult, check_data
+from tasks.data_profile import PROFILE_ARTIFACT, CheckThresholds, DataProfile, profile_of
+from tfnn.mnist import MNIST_FILES, MnistArrays
 
 CHANGED_EVENT, REJECTED_EVENT = "tfnn.data.changed", "tfnn.data.rejected"
 
@@ -79,3 +82,42 @@ def announce(source: str, passed: bool, payload: dict) -> str:
     if event is None:
         raise RuntimeError("Prefect did not emit the event: is PREFECT_API_URL a server?")
     return str(event.id)
+
+
+DATA_EVENT_TAG = "tfnn.data_event"
+DATA_DIGEST_TAG = "tfnn.data_event_digest"
+
+
+@task(cache_policy=NONE)
+def record_data_profile(run_id: str, arrays: MnistArrays) -> DataProfile:
+    """Log the profile of the data run ``run_id`` trains on as its ``data_profile.json``."""
+    profile = profile_of(arrays)
+    MlflowClient().log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
+    return profile
+
+
+@task
+def tag_data_event(run_id: str, event_id: str, digest: str | None) -> None:
+    """Note on run ``run_id`` the ``tfnn.data.changed`` event that started it."""
+    client = MlflowClient()
+    client.set_tag(run_id, DATA_EVENT_TAG, event_id)
+    if digest:
+        client.set_tag(run_id, DATA_DIGEST_TAG, digest)
+
+
+def changed_since_check(checked_digest: str | None, digest: str) -> str | None:
+    """Why a retrain started for data ``checked_digest`` must not train on ``digest``: the
+    data changed after the check passed it (the watch checks the new data first)."""
+    if checked_digest and checked_digest != digest:
+        return (
+            f"the data changed since the check passed digest {checked_digest[:12]} (now "
+            f"{digest[:12]}): not trained on unchecked data; the watch will check it"
+        )
+    return None
+
+
+def data_change(event_id: str | None, digest: str | None, source: str) -> str | None:
+    """The data change a retrain answers, in words; None when no event started it."""
+    if not event_id:
+        return None
+    return f"the data change of `{source}` to digest `{digest}` (event `{event_id}`)"

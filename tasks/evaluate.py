@@ -64,8 +64,8 @@ def evaluate_saved_network(weights_dir: str, data_source: str) -> tuple[float, f
     """The test loss and accuracy of the network saved in ``weights_dir`` (a run's
     ``weights/`` artifacts) on ``data_source``'s test split; ``InputError`` if the network
     does not fit the data's pixels and classes."""
-    from common.data_source import load_source
-    from common.errors import InputError
+    from tasks.config import InputError
+    from tasks.data_source import load_source
     from tfnn.preprocessing import preprocess
     from tfnn.serialization import load_network
 

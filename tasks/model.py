@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import task
 
-from common.config import TrainConfig
+from tasks.config import TrainConfig
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD
 from tfnn.serialization import load_network

@@ -6,10 +6,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import RunOptions, TrainConfig
-from common.runs import hold_run_directory
+from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
-from tasks.data_check import record_data_profile
+from tasks.data_watch import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network
@@ -17,6 +16,7 @@ from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
+from tasks.runs import hold_run_directory
 from tasks.tracking import (
     flag_if_not_learning,
     log_evaluation,

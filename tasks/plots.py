@@ -1,20 +1,19 @@
-"""Tasks that draw a run's figures as PNG files (``common.figures``) from the numbers they
-pick out of a run."""
+"""The run's figures: a task that picks the numbers out of a run and draws them as PNG files.
 
+Figures are made with ``matplotlib.figure.Figure``, not pyplot: they are written to files and
+never shown, so they need no display, no backend choice and no global figure to close (the
+way matplotlib advises for servers). Each ``*_figure`` function takes plain numbers and
+returns the figure; ``save`` writes one to a PNG file.
+"""
+
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common.figures import (
-    accuracy_figure,
-    comparison_figure,
-    confusion_figure,
-    digits_figure,
-    save,
-    step_loss_figure,
-)
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tfnn.training import History
@@ -54,7 +53,7 @@ def plot_run(
 @task(cache_policy=NONE)
 def plot_comparison(histories: dict[str, History], path: str) -> str:
     """Step loss and accuracy per epoch of several runs, labelled by name, on one figure
-    (``common.figures.comparison_figure``); returns its path."""
+    (``tasks.plots.comparison_figure``); returns its path."""
     runs = {
         name: {
             "step_loss": history.step_loss,
@@ -64,3 +63,128 @@ def plot_comparison(histories: dict[str, History], path: str) -> str:
         for name, history in histories.items()
     }
     return save(comparison_figure(runs), path)
+
+
+def step_loss_figure(step_loss: Sequence[float]) -> Figure:
+    """The notebook's plot: train loss at every step."""
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    axes.plot(step_loss, linewidth=0.6)
+    axes.set(xlabel="step", ylabel="train loss", title="Train loss per step")
+    return figure
+
+
+def accuracy_figure(
+    train: Sequence[float],
+    validation: Sequence[float],
+    test: Sequence[float],
+    best_epoch: int | None,
+) -> Figure:
+    """Train, validation (if any) and test accuracy after each epoch, the epoch of lowest
+    validation loss (``best_epoch``, from 1) marked."""
+    epochs = np.arange(1, len(train) + 1)
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    axes.plot(epochs, train, "o-", label="train")
+    if len(validation):
+        axes.plot(epochs, validation, "^-", label="validation")
+        axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+    axes.plot(epochs, test, "s-", label="test")
+    axes.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch", xticks=epochs)
+    axes.legend()
+    return figure
+
+
+def confusion_figure(confusion: np.ndarray) -> Figure:
+    """The confusion matrix ``(classes, classes)`` with its counts; rows are true classes."""
+    figure = Figure(figsize=(6, 5.5))
+    axes = figure.subplots()
+    image = axes.imshow(confusion, cmap="Blues")
+    classes = np.arange(len(confusion))
+    axes.set(
+        xticks=classes, yticks=classes, xlabel="predicted", ylabel="true", title="Confusion matrix"
+    )
+    threshold = confusion.max() / 2
+    for (row, column), count in np.ndenumerate(confusion):
+        axes.text(
+            column,
+            row,
+            count,
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
+    figure.colorbar(image, ax=axes)
+    return figure
+
+
+def digits_figure(
+    images: np.ndarray, true: np.ndarray, predicted: np.ndarray, columns: int = 6
+) -> Figure:
+    """Digits ``images`` ``(n, 28, 28)`` in rows of ``columns``, each labelled ``predicted
+    (true)``, in red where they differ. One image of tiles on one axes: a grid of subplots
+    costs matplotlib a second."""
+    rows = -(-len(images) // columns)
+    height, width = images.shape[1:3]
+    label_band, gap = height // 2, 2  # room above each tile for its label
+    tile_height, tile_width = label_band + height + gap, width + gap
+    canvas = np.zeros((rows * tile_height, columns * tile_width), dtype=np.float32)
+    figure = Figure(figsize=(9, 6.5))
+    axes = figure.subplots()
+    for position, (image, label, guess) in enumerate(zip(images, true, predicted, strict=True)):
+        row, column = divmod(position, columns)
+        top, left = row * tile_height + label_band, column * tile_width
+        image = image.astype(np.float32)
+        span = image.max() - image.min()
+        canvas[top : top + height, left : left + width] = (image - image.min()) / (span or 1)
+        axes.text(
+            left + width / 2,
+            top - 2,
+            f"{guess} ({label})",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            color="tomato" if guess != label else "white",
+        )
+    axes.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    axes.axis("off")
+    axes.set_title("Test digits: predicted (true); mistakes in red")
+    return figure
+
+
+def comparison_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Step loss and accuracy per epoch of several runs (name -> ``step_loss``,
+    ``val_accuracy``, ``test_accuracy``), labelled by name: validation accuracy solid and
+    test accuracy dashed in the run's colour (test solid when a run has no validation)."""
+    figure = Figure(figsize=(12, 4.5))
+    losses, accuracy = figure.subplots(1, 2)
+    for name, run in runs.items():
+        (line,) = losses.plot(run["step_loss"], linewidth=0.6, label=name)
+        epochs = np.arange(1, len(run["test_accuracy"]) + 1)
+        if len(run["val_accuracy"]):
+            accuracy.plot(epochs, run["val_accuracy"], "o-", color=line.get_color(), label=name)
+            test_style = {"linestyle": "--", "label": f"{name} (test)"}
+        else:
+            test_style = {"label": name}
+        accuracy.plot(
+            epochs, run["test_accuracy"], marker="s", color=line.get_color(), **test_style
+        )
+    losses.set(xlabel="step", ylabel="train loss", title="Train loss per step")
+    accuracy.set(
+        xlabel="epoch",
+        ylabel="accuracy",
+        title="Validation (solid) and test (dashed) accuracy per epoch",
+    )
+    losses.legend()
+    accuracy.legend()
+    return figure
+
+
+def save(figure: Figure, path: str | Path) -> str:
+    """Write ``figure`` to the PNG file ``path`` (its directory made if missing); returns
+    ``path`` as a string."""
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return str(path)

@@ -22,10 +22,10 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
-from common.config import CHAMPION_ALIAS, TrainConfig
-from common.mlflow_client import champion_version
-from common.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
+from tasks.config import CHAMPION_ALIAS, TrainConfig
 from tasks.data import PreparedData
+from tasks.runs import champion_version
+from tasks.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tfnn.metrics import accuracy
 
 KEY_TAG = "tfnn.retrain_key"

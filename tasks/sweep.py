@@ -14,9 +14,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from common.config import TrainConfig
-from common.grid import SweepSpec
-from common.runs import ERROR_TAG
+from tasks.config import TrainConfig
+from tasks.grid import SweepSpec
+from tasks.runs import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."
 SQLITE_LOCK_TIMEOUT_S = 60

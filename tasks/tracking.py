@@ -1,7 +1,6 @@
 """The flows' handle on an MLflow run, and the tasks that log what a run produced.
 
-Every call names its run explicitly and goes through ``common.mlflow_client``'s
-retrying client (see there why).
+Every call names its run explicitly (see ``tasks.runs`` why).
 """
 
 import os
@@ -25,11 +24,10 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.urls import url_for
 
-from common.runs import mlflow_run
-from common.source_info import code_version_tags, mlflow_run_url
-from common.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
+from tasks.runs import code_version_tags, mlflow_run, mlflow_run_url
+from tasks.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tfnn.network import Sequential
 from tfnn.serialization import save_network, weights_digest
 from tfnn.training import History, learning_failure
@@ -54,7 +52,7 @@ def tracked_run(
     run_name: str | None = None,
     resume_run_id: str | None = None,
 ) -> Iterator[str]:
-    """``common.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
+    """``tasks.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
     flow run's id and name, and Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``) ends it
     KILLED. A failure propagates, so that Prefect marks the flow run Failed (Crashed) too.
     The run also gets the flow run's UI page and the code version (``run_context_tags``),
@@ -183,7 +181,7 @@ def prefect_flow_run_url(flow_run_id: str) -> str | None:
 def run_context_tags() -> dict[str, str]:
     """Tags for the MLflow run of the current flow run: its Prefect UI page (when there is a
     UI), the flow run that started it all (a retrain's or sweep's, found by the failure hook),
-    and the code version (``common.source_info.code_version_tags``)."""
+    and the code version (``tasks.runs.code_version_tags``)."""
     flow_run_id = str(runtime.flow_run.id)
     tags = {ROOT_FLOW_RUN_TAG: str(runtime.flow_run.root_flow_run_id)}
     if url := prefect_flow_run_url(flow_run_id):

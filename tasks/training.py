@@ -10,9 +10,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
-from common.config import TrainConfig
-from common.epoch_logger import EpochLogger
+from tasks.config import TrainConfig
 from tasks.data import PreparedData
+from tasks.epoch_logger import EpochLogger
 from tasks.model import fit_arguments
 from tfnn.network import Sequential
 from tfnn.training import History, StepCallback, fit

@@ -111,7 +111,7 @@ def run_on_a_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tup
 
 def tfnn_command(*args: str) -> list[str]:
     """The ``tfnn`` console command of this checkout, to run in a subprocess."""
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def tfnn_env(**extra: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.cli import main
+from cli import main
 from flows.train import train_flow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     # store appears in the working directory and Prefect runs its ephemeral server.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    command = [sys.executable, "-m", "flows.cli", "train", "--data-dir", str(small_mnist_dir)]
+    command = [sys.executable, "-m", "cli", "train", "--data-dir", str(small_mnist_dir)]
     code, output = run_on_a_terminal(
         [*command, "--epochs", "2", "--hidden-sizes", "8"], tmp_path, env
     )
@@ -173,11 +173,11 @@ def test_offline_tfds_default_is_refused_before_any_run(tmp_path, monkeypatch, c
     # The default source with no network and nothing downloaded: refused at once with the way
     # out, instead of tfds retrying for minutes inside a run. (The probe is replaced so the
     # test means the same on a machine that is online.)
-    import common.data_source
+    import tasks.data_source
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setattr(common.data_source, "tfds_reachable", lambda: False)
+    monkeypatch.setattr(tasks.data_source, "tfds_reachable", lambda: False)
     assert main(["train", "--data-source", "tfds:mnist"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("tfnn: error: tfds:mnist: tensorflow-datasets cannot download")

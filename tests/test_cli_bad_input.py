@@ -18,9 +18,9 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from servers import free_port
 
-from common.config import TrainConfig
-from common.mlflow_client import library_versions
-from flows.cli.output import TF_STARTUP
+from cli.output import TF_STARTUP
+from tasks.config import TrainConfig
+from tasks.runs import library_versions
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network

@@ -134,7 +134,7 @@ def test_no_progress_draws_no_bar_on_a_terminal(runs):
 @pytest.mark.parametrize("command", ["train", "compare", "retrain", "schedule", "sweep"])
 def test_every_command_that_trains_takes_no_progress(command):
     # Parsing only: the flag is part of each command's generated options.
-    from flows.cli import build_parser
+    from cli import build_parser
 
     args = build_parser().parse_args([command, "--no-progress"])
     assert args.progress is False

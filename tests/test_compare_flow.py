@@ -7,8 +7,8 @@ import matplotlib.image
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
-from common.config import RunOptions, TrainConfig
 from flows.compare import compare_flow
+from tasks.config import RunOptions, TrainConfig
 
 
 def test_relu_against_tanh_makes_two_child_runs_under_one_parent(

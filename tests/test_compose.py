@@ -32,9 +32,9 @@ from prefect.utilities.schema_tools import validate
 from pydantic import TypeAdapter
 from servers import free_port, stop
 
-from common.config import TrainConfig
 from flows.schedules import build_deployments
 from flows.watch import watch_deployment
+from tasks.config import TrainConfig
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
@@ -585,7 +585,7 @@ def test_images_install_dependencies_before_the_code_and_servers_have_no_tensorf
                 assert "-c constraints.txt" in line, line
     worker = stages["worker"]
     copied = [line.split()[1] for line in worker if line.startswith("COPY")]
-    for package in ("tfnn", "common", "tasks", "flows", "prefect.yaml"):
+    for package in ("tfnn", "cli", "tasks", "flows", "prefect.yaml"):
         assert package in copied
     # Dependencies from pyproject and constraints only; the code comes after them.
     first_code = next(i for i, line in enumerate(worker) if line.startswith("COPY tfnn"))
@@ -595,7 +595,7 @@ def test_images_install_dependencies_before_the_code_and_servers_have_no_tensorf
     base_copies = {
         word for line in stages["base"] if line.startswith("COPY") for word in line.split()
     }
-    assert not {"tfnn", "tasks", "flows", "common", "README.md"} & base_copies
+    assert not {"tfnn", "tasks", "flows", "cli", "README.md"} & base_copies
     assert not any(line.startswith("COPY") and "tfnn" in line.split() for line in stages["server"])
 
     # What each image installs: the servers no TensorFlow, the worker the very TensorFlow the

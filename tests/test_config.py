@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from common.config import RunOptions, TrainConfig, describe_validation_error
+from tasks.config import RunOptions, TrainConfig, describe_validation_error
 
 
 def refused(model, **fields) -> str:

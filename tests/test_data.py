@@ -1,5 +1,5 @@
 """Tests for the data readers (tfnn.idx, tfnn.mnist, tfnn.preprocessing) and the command's
-data source (common.data_source): IDX reading and writing, MNIST loaders, tfds offline
+data source (tasks.data_source): IDX reading and writing, MNIST loaders, tfds offline
 behaviour."""
 
 import gzip
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import data_source
-from common.data_source import DATA_DIR_HINT, check_tfds_source, load_source
+from tasks import data_source
+from tasks.data_source import DATA_DIR_HINT, check_tfds_source, load_source
 from tfnn.errors import DataError, MissingSourceError
 from tfnn.idx import load_idx_images, load_idx_labels, write_idx_images, write_idx_labels
 from tfnn.mnist import MnistArrays, load_dataset, load_mnist_idx, load_mnist_tfds

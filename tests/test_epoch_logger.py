@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from common.epoch_logger import EpochLogger
+from tasks.epoch_logger import EpochLogger
 from tfnn.mnist import load_dataset
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD

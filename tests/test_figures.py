@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import figures
+from tasks import plots as figures
 from tasks.plots import DIGITS_SHOWN, shown_digits
 
 

@@ -5,8 +5,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from servers import MLFLOW, free_port, start, stop, wait_for
 
-from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ from conftest import run_tfnn, tfnn_env, train_uninterrupted
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from common.config import TrainConfig
 from flows.retrain import retrain_flow
+from tasks.config import TrainConfig
 from tasks.tracking import WARNING_TAG
 
 # Subprocesses, real servers or signals: the slow lane.

@@ -26,8 +26,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_UI_URL
 
-from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.tracking import tracked_run
 from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess

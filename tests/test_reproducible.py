@@ -12,8 +12,8 @@ import tensorflow as tf
 from conftest import EPOCH_METRICS, train_uninterrupted
 from mlflow.tracking import MlflowClient
 
-from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.tracking import WEIGHTS_TAG
 from tfnn.mnist import load_dataset
 

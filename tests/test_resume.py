@@ -21,8 +21,8 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from common.config import TrainConfig
-from common.runs import ResumeError, check_resumable, hold_run_directory
+from tasks.config import TrainConfig
+from tasks.runs import ResumeError, check_resumable, hold_run_directory
 from tasks.tracking import WEIGHTS_TAG
 
 # Subprocesses, real servers or signals: the slow lane.
@@ -126,7 +126,7 @@ def test_a_run_directory_is_held_by_one_process_and_freed_by_its_death(tmp_path)
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from common.runs import "
+            "import sys, time; from pathlib import Path; from tasks.runs import "
             "hold_run_directory\n"
             "with hold_run_directory(Path(sys.argv[1])):\n    print('held', flush=True); "
             "time.sleep(600)",

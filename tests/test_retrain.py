@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from common.config import RunOptions, TrainConfig
-from flows.cli import main
+from cli import main
 from flows.retrain import retrain_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.registry import decide
 from tfnn.mnist import load_mnist_idx
 from tfnn.optimizers import SGD

@@ -15,8 +15,8 @@ from conftest import tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from common.config import RunOptions, TrainConfig
 from flows.retrain import retrain_flow
+from tasks.config import RunOptions, TrainConfig
 from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess
 from tfnn.serialization import load_network

@@ -4,11 +4,11 @@ import pytest
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
 
-from common.config import RunOptions, TrainConfig
-from flows.cli import build_parser, main
+from cli import build_parser, main
 from flows.retrain import retrain_flow
 from flows.schedules import DEFAULT_RETRAIN_CRON, build_deployments
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 
 
 def test_deployments_carry_the_crons_and_a_parameter_set_the_flows_accept():

@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from servers import MLFLOW, free_port, start, stop, wait_for
 
-from common.config import TrainConfig
-from flows.cli import main
+from cli import main
 from flows.retrain import retrain_flow
+from tasks.config import TrainConfig
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import load_png_images

@@ -170,7 +170,7 @@ def run(command: list[str], env: dict[str, str], cwd: Path, **extra: str) -> str
 
 
 def tfnn(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def prefect_call(env, read):
@@ -249,7 +249,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     assert retrain.entrypoint == "flows/retrain.py:retrain_flow"
     assert retrain.schedules[0].schedule.cron == "30 5 * * 1"
     # Only what differs from TrainConfig's and RunOptions' defaults (model name, margin: the
-    # defaults, written once in common/config.py).
+    # defaults, written once in tasks/config.py).
     assert retrain.parameters == {"config": {"data_source": str(small_mnist_dir)}}
     assert deployed["scheduled-train"].schedules[0].schedule.cron == "0 5 * * *"
 

@@ -22,7 +22,7 @@ HEAVY = ("tensorflow", "mlflow", "prefect", "pandas", "sqlalchemy", "keras")
 # (or packages, by their top-level name) it loaded.
 PROBE = """
 import json, sys
-from flows.cli import main
+from cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as stop:

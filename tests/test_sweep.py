@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from common.grid import SweepError, SweepSpec, load_sweep_file
-from flows.cli import main
+from cli import main
 from flows.sweep import sweep_flow, sweep_task_runner
+from tasks.grid import SweepError, SweepSpec, load_sweep_file
 from tfnn.mnist import load_mnist_idx
 
 # relu at this rate overflows on the first steps (NonFiniteLossError); tanh saturates and stays

@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from servers import free_port
 
-from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.tracking import WEIGHTS_TAG
 
 # Subprocesses, real servers or signals: the slow lane.

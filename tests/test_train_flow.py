@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from common.config import RunOptions, TrainConfig
 from flows.train import TrainResult, train_flow
+from tasks.config import RunOptions, TrainConfig
 from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD

@@ -12,8 +12,8 @@ from conftest import assert_weights_equal
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
-from common.config import RunOptions, TrainConfig
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential, build_mlp
 from tfnn.optimizers import SGD

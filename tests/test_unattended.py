@@ -92,7 +92,7 @@ def test_commands_started_together_in_an_empty_directory_share_one_store(small_m
 
 
 def test_a_broken_store_is_refused_naming_its_file(tmp_path, monkeypatch):
-    from flows.cli import preflight
+    from cli import preflight
 
     database = tmp_path / "mlflow.db"
     database.write_bytes(b"half a migration " * 100)  # not an SQLite file at all

@@ -19,12 +19,12 @@ from conftest import (
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from common.config import RunOptions, TrainConfig
-from common.grid import SweepSpec
 from flows.retrain import retrain_flow
 from flows.sweep import sweep_flow, sweep_task_runner
 from flows.train import train_flow
+from tasks.config import RunOptions, TrainConfig
 from tasks.data import prepare_data
+from tasks.grid import SweepSpec
 from tasks.tracking import BEST_EPOCH_TAG, WEIGHTS_TAG
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import load_mnist_idx

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.config import TrainConfig, check_utf8
-from common.data_source import check_tfds_source, load_source
-from common.errors import InputError, one_line
-from common.locking import exclusive_lock
+from tasks.config import TrainConfig, check_utf8
+from tasks.data_source import check_tfds_source, load_source
+from tasks.config import InputError, one_line
+from cli.locking import exclusive_lock
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import check_png
@@ -99,7 +99,7 @@ def check_tracking() -> None:
     ``TFNN_*_TIMEOUT_SECONDS`` variables."""
     import mlflow
 
-    from common.timeouts import check_timeouts
+    from tasks.timeouts import check_timeouts
 
     try:
         check_timeouts()
@@ -319,7 +319,7 @@ def check_resume(
     training it (holding its directory under ``output_dir``)."""
     from mlflow.tracking import MlflowClient
 
-    from common.runs import ResumeError, check_run_to_resume, hold_run_directory
+    from tasks.runs import ResumeError, check_run_to_resume, hold_run_directory
 
     run = _resumed_run(run_id)
     if experiment is not None:

@@ -24,8 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.config import TrainConfig, describe_validation_error
-from common.errors import InputError
+from tasks.config import InputError, TrainConfig, describe_validation_error
 
 # A sweep trains every configuration it lists: thousands by mistake (three fields of 20
 # values) would run for days, so a larger sweep must be asked for.

@@ -1,19 +1,35 @@
-"""An MLflow run's life: open or reopen it, end it FINISHED, FAILED or KILLED; and the lock
-on its output directory that says a process is training it. Runs are always addressed by
-explicit id (see ``common.mlflow_client``)."""
+"""An MLflow run's life: open or reopen it, end it FINISHED, FAILED or KILLED; the lock on
+its output directory that says a process is training it; the tags that say where its code
+came from, and the MLflow UI's address of a run.
+
+Tracking-server outages are MLflow's to ride out: its HTTP requests retry refused
+connections and 5xx replies with backoff (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``). MLflow's "active
+run" lives in a thread-local and Prefect runs each task in a worker thread, so every call
+names its run explicitly.
+"""
 
 import fcntl
 import os
+import platform
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mlflow.entities import Param, Run, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_DIRTY,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 
-from common.errors import one_line
-from common.mlflow_client import library_versions
+from tasks.config import CHAMPION_ALIAS, installed_version, one_line
 
 ERROR_TAG = "tfnn.error"
 LOCK_FILE = "run.lock"
@@ -124,3 +140,81 @@ def mlflow_run(
                 )
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+LIBRARIES = ("tensorflow", "numpy", "prefect", "mlflow")
+# How MLflow's stores say "no such registered model, version or alias".
+MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+def champion_version(client: MlflowClient, model_name: str) -> ModelVersion | None:
+    """The version that ``models:/<model_name>@champion`` points at; None when the model or
+    its alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException as error:
+        if error.error_code in MISSING_CODES:
+            return None
+        raise
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a run depends on, as MLflow params ``version.<library>``."""
+    versions = {"python": platform.python_version()}
+    versions |= {name: installed_version(name) for name in LIBRARIES}
+    return {f"version.{name}": value for name, value in versions.items()}
+
+
+PACKAGE_VERSION_TAG = "tfnn.version"
+CHECKOUT = Path(__file__).resolve().parents[1]
+GIT_TIMEOUT_SECONDS = 5
+
+
+def package_version() -> str:
+    """The installed ``tfnn`` distribution's version, or ``unknown`` when it is not installed
+    (run from a checkout on ``PYTHONPATH``)."""
+    try:
+        return version("tfnn")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(CHECKOUT), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):  # no git, or a hung file system
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def code_version_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's standard source tags for code run from ``entry_point`` (``module:function``):
+    in a git checkout, its commit and whether tracked files differ from it
+    (``mlflow.source.git.commit``, ``mlflow.source.git.dirty``); always the package version
+    (``tfnn.version``), which is all an installed wheel or an image without ``.git`` has."""
+    tags = {
+        MLFLOW_SOURCE_NAME: entry_point,
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        PACKAGE_VERSION_TAG: package_version(),
+    }
+    # Only this project's own checkout counts, not a repository it happens to sit inside.
+    if (CHECKOUT / ".git").exists() and (commit := _git("rev-parse", "HEAD")):
+        changed = _git("status", "--porcelain", "--untracked-files=no")
+        tags[MLFLOW_GIT_COMMIT] = commit
+        if changed is not None:
+            tags[MLFLOW_GIT_DIRTY] = str(bool(changed)).lower()
+    return tags
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI's page of a run, when the tracking URI is a server that has a UI
+    (``http(s)://``); None for a local store, which has no address to link to."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from common.errors import InputError
-from common.locking import exclusive_lock
+from cli.locking import exclusive_lock
+from tasks.config import InputError
 
 # The server: Prefect's API app under uvicorn, as Prefect's temporary server runs it, and a
 # thread that asks it to stop (SIGTERM, uvicorn's graceful exit) once its stdin closes.

@@ -14,7 +14,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from common.runs import ResumeError
+from tasks.runs import ResumeError
 from tfnn.network import Sequential
 from tfnn.serialization import TrainingCheckpoint
 from tfnn.training import EarlyStopping, History

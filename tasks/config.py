@@ -2,12 +2,15 @@
 is recorded (``RunOptions``).
 
 The CLI flags, the Prefect flow parameters, the deployments and the MLflow params are all
-derived from these two; nothing re-lists their fields or defaults by hand.
+derived from these two; nothing re-lists their fields or defaults by hand. Also the error
+that means "bad input, nothing started" and how any error is told in one line. Nothing here
+imports TensorFlow, MLflow or Prefect: the command's parser and refusals are built on it.
 """
 
 import math
 import os
 from contextlib import suppress
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 from pydantic import (
@@ -226,3 +229,32 @@ def describe_validation_error(error: ValidationError) -> str:
         parts.append(f"{field}: {message} (got {item.get('input')!r})")
     kind = "run options" if error.title == RunOptions.__name__ else "configuration"
     return f"invalid {kind}: " + "; ".join(parts)
+
+
+class InputError(ValueError):
+    """Input refused before any run started; the message names the problem and the way out."""
+
+
+def one_line(error: BaseException, typed: bool = True) -> str:
+    """``Type: message`` on one line; without ``typed`` the message alone (the type's name
+    when it has none), for errors whose message already says what went wrong."""
+    message = " ".join(str(error).split())
+    if typed:
+        return f"{type(error).__name__}: {message}"
+    return message or type(error).__name__
+
+
+# The same library under another distribution name: the worker image installs
+# tensorflow-cpu, TensorFlow without the GPU wheels, and mlflow-skinny, MLflow's client.
+ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "mlflow": ("mlflow", "mlflow-skinny")}
+
+
+def installed_version(name: str) -> str:
+    """The version of distribution ``name`` (or of its alias), ``PackageNotFoundError`` if
+    none is installed."""
+    for candidate in ALIASES.get(name, (name,)):
+        try:
+            return version(candidate)
+        except PackageNotFoundError:
+            continue
+    raise PackageNotFoundError(name)

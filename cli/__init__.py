@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from flows.cli.commands import HANDLERS, DidNotLearn, Inputs
-from flows.cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
-from flows.cli.parser import OPTIONS, build_parser, given_fields
-from flows.cli.prefect_server import PrefectServer, prefect_api
+from cli.commands import HANDLERS, DidNotLearn, Inputs
+from cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
+from cli.parser import OPTIONS, build_parser, given_fields
+from cli.prefect_server import PrefectServer, prefect_api
 
 __all__ = ["build_parser", "main"]
 
@@ -31,7 +31,7 @@ def _refusals() -> tuple[type[BaseException], ...]:
     modules already imported can have raised theirs."""
     from pydantic import ValidationError
 
-    from common.errors import InputError
+    from tasks.config import InputError
     from tfnn.errors import DataError
 
     kinds = [ValidationError, InputError, DataError]
@@ -43,8 +43,7 @@ def _refusals() -> tuple[type[BaseException], ...]:
 def _error_line(error: BaseException) -> str:
     from pydantic import ValidationError
 
-    from common.config import describe_validation_error
-    from common.errors import one_line
+    from tasks.config import describe_validation_error, one_line
 
     if isinstance(error, ValidationError):
         return f"tfnn: error: {describe_validation_error(error)}"
@@ -55,8 +54,7 @@ def read_inputs(args: argparse.Namespace, recorded: dict[str, str] | None = None
     """The flags as typed configs, checked as far as flags alone allow (no service, no
     TensorFlow): ``ValidationError`` or ``InputError`` otherwise. ``recorded``: a resumed
     run's configuration, which flags given override."""
-    from common.config import RunOptions, TrainConfig
-    from common.errors import InputError
+    from tasks.config import InputError, RunOptions, TrainConfig
 
     if args.command not in OPTIONS:
         return Inputs()
@@ -80,8 +78,8 @@ def read_inputs(args: argparse.Namespace, recorded: dict[str, str] | None = None
 
 
 def _sweep_inputs(args: argparse.Namespace, options) -> Inputs:
-    from common.config import TrainConfig
-    from common.grid import SweepError, SweepSpec, load_sweep_file
+    from tasks.config import TrainConfig
+    from tasks.grid import SweepError, SweepSpec, load_sweep_file
 
     spec = load_sweep_file(args.grid) if args.grid else SweepSpec()
     grid = {}
@@ -110,7 +108,7 @@ def check_inputs(
     """Refuse bad data, an unwritable output directory, unreachable services, a run that
     cannot be resumed, unreadable images and unknown models before any run starts (raises
     one of ``_refusals()``); a resumed run's configuration is read here."""
-    from flows.cli import preflight
+    from cli import preflight
 
     if args.command in _CHECKED:
         resume = inputs.options.resume
@@ -176,7 +174,7 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     args = build_parser().parse_args(argv)
     set_output_environment(args.verbose)
     if args.command == "check-data":  # no run, no Prefect: its own report and exit codes
-        from flows.cli.check_data import run_check_data
+        from cli.check_data import run_check_data
 
         return run_check_data(args)
     # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.config import RunOptions, TrainConfig
-from common.grid import SweepSpec
+from tasks.config import RunOptions, TrainConfig
+from tasks.grid import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ def schedule(args: argparse.Namespace, inputs: Inputs) -> list[str]:
 def sweep(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     import os
 
-    from common.grid import DEFAULT_MAX_CONCURRENCY
-    from flows.cli.parser import DASK_ADDRESS_ENV
+    from cli.parser import DASK_ADDRESS_ENV
     from flows.sweep import sweep_flow, sweep_task_runner
+    from tasks.grid import DEFAULT_MAX_CONCURRENCY
 
     explicit = args.dask_workers or args.max_concurrency
     runner = sweep_task_runner(
@@ -126,7 +126,7 @@ def predict(args: argparse.Namespace, inputs: Inputs) -> list[str]:
 
 
 def evaluate(args: argparse.Namespace, inputs: Inputs) -> list[str]:
-    from common.config import default_data_source
+    from tasks.config import default_data_source
     from tasks.evaluate import evaluate_saved_network
 
     loss, accuracy = evaluate_saved_network(args.weights, args.data_source or default_data_source())

@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import fields
 
-from common.config import DATA_DIR_ENV, RunOptions
+from tasks.config import DATA_DIR_ENV, RunOptions
 
 EXIT_REFUSED, EXIT_USAGE = 1, 2
 DEFAULT_MODEL_NAME = RunOptions().model_name
@@ -17,7 +17,7 @@ DEFAULT_MODEL_NAME = RunOptions().model_name
 
 def add_check_data_command(commands) -> argparse.ArgumentParser:
     """Register ``check-data`` and its flags, one per ``CheckThresholds`` field."""
-    from common.data_profile import CheckThresholds, env_name
+    from tasks.data_profile import CheckThresholds, env_name
 
     parser = commands.add_parser(
         "check-data", help="check new data against the champion's before it is trained on"
@@ -51,7 +51,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     """Check ``args.data_dir``, print the report; the exit code."""
     from pathlib import Path
 
-    from common.data_profile import CheckThresholds
+    from tasks.data_profile import CheckThresholds
 
     try:
         thresholds = CheckThresholds.from_environment(
@@ -76,8 +76,8 @@ def run_check_data(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The report is the command's output: no download bars or TensorFlow start-up chatter.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from common.data_check import check_data
-    from flows.cli.output import start_tensorflow_quietly
+    from cli.output import start_tensorflow_quietly
+    from tasks.data_watch import check_data
 
     start_tensorflow_quietly()
 

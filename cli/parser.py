@@ -9,9 +9,9 @@ import argparse
 
 from pydantic import BaseModel
 
-from common.config import COMPARED_ACTIVATIONS, PREDICTIONS_FILE, RunOptions, TrainConfig
-from common.grid import DEFAULT_MAX_CONCURRENCY
 from flows.crons import default_crons, is_valid_cron
+from tasks.config import COMPARED_ACTIVATIONS, PREDICTIONS_FILE, RunOptions, TrainConfig
+from tasks.grid import DEFAULT_MAX_CONCURRENCY
 
 SUMMARY = (
     "The ``tfnn`` command: runs the flows with flags derived from ``TrainConfig`` and "
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_flags(subparsers["sweep"])
     _add_predict_flags(subparsers["predict"])
     _add_evaluate_flags(subparsers["evaluate"])
-    from flows.cli.check_data import add_check_data_command
+    from cli.check_data import add_check_data_command
 
     _add_output_flags(add_check_data_command(commands), argparse.SUPPRESS)
     return parser
@@ -161,7 +161,7 @@ def _versions() -> str:
     metadata: importing them would take seconds."""
     from importlib.metadata import PackageNotFoundError
 
-    from common.versions import installed_version
+    from tasks.config import installed_version
 
     def installed(name: str) -> str:
         try:

@@ -1,1 +1,0 @@
-"""What tasks and flows share that is not a task: typed configs, the MLflow client, runs, locks."""

@@ -111,25 +111,24 @@ def check_inputs(
     from cli import preflight
 
     if args.command in _CHECKED:
-        resume = inputs.options.resume
-        if resume:
-            inputs = read_inputs(args, preflight.resumed_config_fields(resume))
+        resume, output_dir = inputs.options.resume, inputs.options.output_dir
+        if resume:  # the configuration is the run's: read it first
+            preflight.check_tracking()
+            inputs = read_inputs(args, preflight.check_resume(resume, args.experiment, output_dir))
+            preflight.check_resumed_config(resume, inputs.config)
         preflight.check_data(inputs.config)
-        preflight.check_output_dir(inputs.options.output_dir)
-        preflight.check_tracking()
-        if resume:
-            # A resumed run stays in its own experiment unless one is named.
-            preflight.check_resume(
-                resume, inputs.config, args.experiment, inputs.options.output_dir
-            )
+        preflight.check_output_dir(output_dir)
+        if not resume:
+            preflight.check_tracking()
     if args.command == "predict":
         from flows.predict import DEFAULT_MODEL_URI
 
         args.model = args.model or DEFAULT_MODEL_URI
         preflight.check_predict(args.images, args.labels, args.output, args.model, args.trust_model)
-    if args.command != "evaluate":
-        # The temporary server gets its start-up timeout; a configured one, a quick check.
-        server.wait() if server else preflight.check_orchestration()
+    if server:
+        server.wait()  # its start-up timeout
+    elif args.command != "evaluate":
+        preflight.check_orchestration()
     return inputs
 
 

@@ -2,7 +2,7 @@
 
 from prefect import flow
 
-from flows.model_guard import one_run_per_model
+from flows.model_guard import model_slot
 from flows.notify import FAILURE_HOOKS
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
@@ -27,7 +27,6 @@ from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
     **FAILURE_HOOKS,
 )
-@one_run_per_model(lambda arguments: arguments["options"].model_name)
 def retrain_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
@@ -40,51 +39,58 @@ def retrain_flow(
     ``options.margin``. With nothing new since the last decision it trains nothing. Started
     by a ``tfnn.data.changed`` event (``data_event_id``), it trains only on the data the check
     passed (``data_digest``)."""
-    if config.validation_fraction == 0:
-        raise ValueError("a retrain decides on validation: set validation_fraction > 0")
-    data = prepare_data(load_data(config.data_source), config.validation_fraction)
-    model_name, margin, warm_start = options.model_name, options.margin, options.warm_start
-    champion = find_champion(model_name)
-    key = retrain_key(config, data.digest, warm_start, margin)
-    skip_reason = changed_since_check(data_digest, data.digest) or already_decided(
-        model_name, key, champion
-    )
-    if skip_reason:
-        decision = Decision(
-            model_name, "skipped", skip_reason, key, champion_version=champion and champion.version
+    with model_slot(options.model_name):  # in a deployment's run
+        if config.validation_fraction == 0:
+            raise ValueError("a retrain decides on validation: set validation_fraction > 0")
+        data = prepare_data(load_data(config.data_source), config.validation_fraction)
+        model_name, margin, warm_start = options.model_name, options.margin, options.warm_start
+        champion = find_champion(model_name)
+        key = retrain_key(config, data.digest, warm_start, margin)
+        skip_reason = changed_since_check(data_digest, data.digest) or already_decided(
+            model_name, key, champion
         )
-    else:
-        challenger = train_flow(
-            config,
-            # A challenger is always a registered version: the decision compares versions.
-            options.model_copy(update={"register_model": True}),
-            run_name="challenger",
-            warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start and champion else None,
-        )
-        if data_event_id:
-            tag_data_event(challenger.run_id, data_event_id, data_digest)
-        if challenger.warning:  # not registered, so not a candidate
+        if skip_reason:
             decision = Decision(
                 model_name,
-                "kept",
-                challenger.warning,
+                "skipped",
+                skip_reason,
                 key,
                 champion_version=champion and champion.version,
-                challenger_run_id=challenger.run_id,
             )
         else:
-            decision = challenge(
-                model_name,
-                champion,
-                challenger.model_version,
-                challenger.run_id,
-                data,
-                margin,
-                key,
+            challenger = train_flow(
+                config,
+                # A challenger is always a registered version: the decision compares versions.
+                options.model_copy(update={"register_model": True}),
+                run_name="challenger",
+                warm_start_from=f"runs:/{champion.run_id}/weights"
+                if warm_start and champion
+                else None,
             )
-            record_decision(decision)
-            # The card written at registration did not know the decision yet.
-            publish_model_card(challenger.run_id, model_name, challenger.model_version)
-    publish_decision(decision, data_change(data_event_id, data_digest, data.source))
-    print(f"{decision.action}: {decision.reason}")
-    return decision
+            if data_event_id:
+                tag_data_event(challenger.run_id, data_event_id, data_digest)
+            if challenger.warning:  # not registered, so not a candidate
+                decision = Decision(
+                    model_name,
+                    "kept",
+                    challenger.warning,
+                    key,
+                    champion_version=champion and champion.version,
+                    challenger_run_id=challenger.run_id,
+                )
+            else:
+                decision = challenge(
+                    model_name,
+                    champion,
+                    challenger.model_version,
+                    challenger.run_id,
+                    data,
+                    margin,
+                    key,
+                )
+                record_decision(decision)
+                # The card written at registration did not know the decision yet.
+                publish_model_card(challenger.run_id, model_name, challenger.model_version)
+        publish_decision(decision, data_change(data_event_id, data_digest, data.source))
+        print(f"{decision.action}: {decision.reason}")
+        return decision

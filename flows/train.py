@@ -2,7 +2,7 @@
 
 from prefect import flow
 
-from flows.model_guard import one_run_per_model
+from flows.model_guard import model_slot
 from flows.notify import FAILURE_HOOKS
 from tasks.config import RunOptions, TrainConfig
 from tasks.pipeline import TrainResult, train_pipeline
@@ -17,7 +17,6 @@ __all__ = ["TrainResult", "train_flow"]
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
     **FAILURE_HOOKS,
 )
-@one_run_per_model(lambda arguments: arguments["options"].registered_model_name)
 def train_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     options: RunOptions = RunOptions(),  # noqa: B008 - the same
@@ -32,4 +31,5 @@ def train_flow(
     newest checkpoint. ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a
     saved network's weights.
     """
-    return train_pipeline(config, options, parent_run_id, run_name, warm_start_from)
+    with model_slot(options.registered_model_name):  # in a deployment's run
+        return train_pipeline(config, options, parent_run_id, run_name, warm_start_from)

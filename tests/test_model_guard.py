@@ -7,13 +7,13 @@ import time
 import pytest
 from conftest import tfnn_command, tfnn_env
 from mlflow.tracking import MlflowClient
-from prefect import flow, runtime
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from flows.model_guard import model_limit_name, one_run_per_model
+from flows.model_guard import model_limit_name, model_slot
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
@@ -113,19 +113,12 @@ def test_triggered_train_and_retrain_do_not_overlap(small_mnist_dir, tmp_path):
 
 
 def test_runs_started_by_hand_hold_no_slot(prefect_harness):
-    """Outside a deployment the guard takes no slot: its model's limit is never even made."""
+    """Outside a deployment the guard takes no slot: its model's limit is not even made."""
     name = "by-hand-model"
 
     @flow
-    @one_run_per_model(lambda arguments: arguments["model"])
-    def guarded(model: str) -> str | None:
-        return runtime.deployment.id
+    def by_hand() -> list[str]:
+        with model_slot(name), get_client(sync_client=True) as client:
+            return [limit.name for limit in client.read_global_concurrency_limits(limit=100)]
 
-    @flow
-    def outer() -> str | None:
-        return guarded(name)
-
-    assert outer() is None
-    with get_client(sync_client=True) as client:
-        names = [limit.name for limit in client.read_global_concurrency_limits(limit=100)]
-    assert model_limit_name(name) not in names
+    assert model_limit_name(name) not in by_hand()

@@ -1,12 +1,12 @@
 """Tasks on their own, for the cases the flows' tests on local IDX files cannot reach."""
 
 import json
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from tasks.data import PreparedData
 from tasks.lineage import log_dataset
@@ -43,27 +43,31 @@ def test_log_dataset_records_a_tfds_source_as_its_catalog_page(mlflow_store):
         }
 
 
-def test_runs_logging_the_same_new_dataset_at_once_both_record_it(mlflow_store):
+def test_a_run_that_loses_the_race_to_create_a_dataset_still_records_it(mlflow_store):
     # MLflow's store checks whether a dataset exists and then inserts it, so two sweep
-    # configurations logging a new dataset at the same moment race: the loser used to fail
-    # with a unique-constraint error. Both must end up holding both inputs.
+    # configurations logging a new dataset at once race, and the loser's request fails on
+    # the unique constraint. The race is forced here: just before the first run's insert,
+    # the second run logs the same dataset through another connection of the real store.
     client = MlflowClient()
     experiment = client.create_experiment("race")
-    for attempt in range(12):
-        data = prepared(f"/data/mnist-{attempt}")  # a dataset the store does not hold yet
-        run_ids = [client.create_run(experiment).info.run_id for _ in range(2)]
-        start = threading.Barrier(2)
+    data = prepared("/data/mnist-race")
+    loser, winner = (client.create_run(experiment).info.run_id for _ in range(2))
+    raced = []
 
-        def log(run_id: str, data: PreparedData = data, start: threading.Barrier = start) -> None:
-            start.wait()
-            log_dataset.fn(run_id, data, num_parameters=1)
+    def win_first(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO DATASETS") and not raced:
+            raced.append(statement)
+            log_dataset.fn(winner, data, num_parameters=1)
 
-        with ThreadPoolExecutor(2) as pool:
-            for done in [pool.submit(log, run_id) for run_id in run_ids]:
-                done.result()
-        for run_id in run_ids:
-            inputs = client.get_run(run_id).inputs.dataset_inputs
-            assert sorted(i.dataset.name for i in inputs) == [
-                f"/data/mnist-{attempt}:testing",
-                f"/data/mnist-{attempt}:training",
-            ]
+    event.listen(Engine, "before_cursor_execute", win_first)
+    try:
+        log_dataset.fn(loser, data, num_parameters=1)
+    finally:
+        event.remove(Engine, "before_cursor_execute", win_first)
+    assert raced  # the winner's insert went in between the loser's lookup and its insert
+    for run_id in (loser, winner):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.name for i in inputs) == [
+            "/data/mnist-race:testing",
+            "/data/mnist-race:training",
+        ]

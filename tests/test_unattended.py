@@ -96,7 +96,6 @@ def test_a_broken_store_is_refused_naming_its_file(tmp_path, monkeypatch):
 
     database = tmp_path / "mlflow.db"
     database.write_bytes(b"half a migration " * 100)  # not an SQLite file at all
-    monkeypatch.setattr(preflight, "_checked_stores", set())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
     with pytest.raises(preflight.InputError) as refusal:
         preflight.check_tracking()

@@ -3,7 +3,6 @@
 from prefect import flow
 
 from flows.model_guard import model_slot
-from flows.notify import FAILURE_HOOKS
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
@@ -25,7 +24,6 @@ from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
     name="retrain-mnist",
     log_prints=True,
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
-    **FAILURE_HOOKS,
 )
 def retrain_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default

@@ -14,7 +14,6 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.notify import FAILURE_HOOKS
 from tasks.config import RunOptions, TrainConfig
 from tasks.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
 from tasks.pipeline import TrainResult, train_pipeline
@@ -82,7 +81,6 @@ def train_configuration(
     name="sweep-mnist",
     log_prints=True,
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
-    **FAILURE_HOOKS,
 )
 def sweep_flow(
     spec: SweepSpec,

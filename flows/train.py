@@ -3,7 +3,6 @@
 from prefect import flow
 
 from flows.model_guard import model_slot
-from flows.notify import FAILURE_HOOKS
 from tasks.config import RunOptions, TrainConfig
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
@@ -15,7 +14,6 @@ __all__ = ["TrainResult", "train_flow"]
     name="train-mnist",
     log_prints=True,
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
-    **FAILURE_HOOKS,
 )
 def train_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default

@@ -180,7 +180,7 @@ def prefect_flow_run_url(flow_run_id: str) -> str | None:
 
 def run_context_tags() -> dict[str, str]:
     """Tags for the MLflow run of the current flow run: its Prefect UI page (when there is a
-    UI), the flow run that started it all (a retrain's or sweep's, found by the failure hook),
+    UI), the flow run that started it all (a retrain's or sweep's),
     and the code version (``tasks.runs.code_version_tags``)."""
     flow_run_id = str(runtime.flow_run.id)
     tags = {ROOT_FLOW_RUN_TAG: str(runtime.flow_run.root_flow_run_id)}

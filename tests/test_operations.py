@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, use_mlflow_store
 from mlflow.tracking import MlflowClient
 from prefect import flow
+from prefect.automations import Automation
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -24,8 +25,12 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.settings import PREFECT_UI_URL
+from prefect.deployments import run_deployment
+from prefect.flow_engine import run_flow
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+from servers import VENV_BIN, free_port, start, stop, wait_for
 
+from flows.alerts import install_failure_alert
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
 from tasks.tracking import tracked_run
@@ -226,50 +231,45 @@ def test_links_both_ways_against_real_servers(
     assert [link.data for link in links] == [f"[MLflow run {run.info.run_id}]({url})"]
 
 
-def test_failure_alert_reaches_the_receiver(prefect_harness, mlflow_server, tmp_path, monkeypatch):
-    receiver = receiving_alerts("ops-test-alerts")
+def test_failure_alert_automation_notifies_once_per_failed_deployment_run(mlflow_store, tmp_path):
+    """The automation of flows/failure_alert.yaml on a real `prefect server start`: a failed
+    run of a deployment alerts once through a webhook block; a failed run by hand does not."""
+    home, port = tmp_path / "prefect-home", free_port()
+    api, log = f"http://127.0.0.1:{port}/api", tmp_path / "prefect-server.log"
+    private = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
+    server = start(
+        [*prefect, "--port", str(port)], log, **private, PREFECT_UI_URL=f"http://127.0.0.1:{port}"
+    )
+    receiver = None
+    missing = tmp_path / "no-such-data"
     try:
-        monkeypatch.setenv("TFNN_NOTIFY_BLOCK", "custom-webhook/ops-test-alerts")
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        mlflow.set_tracking_uri(mlflow_server)
-        missing = tmp_path / "no-such-data"
-        Receiver.received.clear()
-        try:
-            state = train_flow(small_config(missing), return_state=True)
-            runs = mlflow.search_runs(
-                filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
-                search_all_experiments=True,
-                output_format="list",
-            )
-        finally:
-            mlflow.set_tracking_uri(None)
+        wait_for(f"{api}/health", server, log)
+        with temporary_settings({PREFECT_API_URL: api}):
+            receiver = receiving_alerts("ops-test-alerts")
+            Receiver.received.clear()
+            alert = install_failure_alert("custom-webhook/ops-test-alerts")
+            assert Automation.read(name="tfnn failure alert").id == alert.id
+            train_flow.to_deployment("alert-test").apply()
+            scheduled = run_deployment("train-mnist/alert-test", timeout=0)
+            parameters = {"config": small_config(missing), "options": RunOptions()}
+            by_deployment = run_flow(train_flow, scheduled, parameters, return_type="state")
+            by_hand = train_flow(small_config(missing), return_state=True)
+            deadline = time.monotonic() + 90
+            while not Receiver.received and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(10)  # time for a second alert, the by-hand run's, if one were sent
     finally:
-        receiver.shutdown()
-        receiver.server_close()
-    assert state.is_failed()
-    flow_run_id = str(state.state_details.flow_run_id)
-    [run] = runs
-    assert len(Receiver.received) == 1
-    message = Receiver.received[0]
-    assert message["subject"].startswith("tfnn: train-mnist run ")
-    assert message["subject"].endswith(" Failed")
+        if receiver:
+            receiver.shutdown()
+            receiver.server_close()
+        stop(server)
+    assert by_deployment.is_failed() and by_hand.is_failed()
+    assert len(Receiver.received) == 1, Receiver.received
+    [message] = Receiver.received
+    assert message["subject"] == f"tfnn: train-mnist run {scheduled.name} Failed"
     body = message["body"]
+    assert f"run {scheduled.name} of deployment alert-test: Failed." in body
     assert str(missing) in body  # the reason
-    assert f"Prefect: {PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}" in body
-    mlflow_url = f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    assert f"MLflow: {mlflow_url}" in body
-
-
-def test_no_block_configured_sends_nothing(prefect_harness, mlflow_store, tmp_path, monkeypatch):
-    # A block that would reach this receiver exists; only TFNN_NOTIFY_BLOCK is unset.
-    receiver = receiving_alerts("ops-test-unnamed")
-    try:
-        monkeypatch.delenv("TFNN_NOTIFY_BLOCK", raising=False)
-        Receiver.received.clear()
-        state = train_flow(small_config(tmp_path / "absent"), return_state=True)
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
-    assert state.is_failed()
-    assert Receiver.received == []
+    assert f"Prefect: http://127.0.0.1:{port}/runs/flow-run/{scheduled.id}" in body
+    assert f"prefect.flow_run_id = {scheduled.id}" in body

@@ -37,58 +37,52 @@ def retrain_flow(
     ``options.margin``. With nothing new since the last decision it trains nothing. Started
     by a ``tfnn.data.changed`` event (``data_event_id``), it trains only on the data the check
     passed (``data_digest``)."""
+    if config.validation_fraction == 0:
+        raise ValueError("a retrain decides on validation: set validation_fraction > 0")
     with model_slot(options.model_name):  # in a deployment's run
-        if config.validation_fraction == 0:
-            raise ValueError("a retrain decides on validation: set validation_fraction > 0")
         data = prepare_data(load_data(config.data_source), config.validation_fraction)
-        model_name, margin, warm_start = options.model_name, options.margin, options.warm_start
-        champion = find_champion(model_name)
-        key = retrain_key(config, data.digest, warm_start, margin)
+        champion = find_champion(options.model_name)
+        key = retrain_key(config, data.digest, options.warm_start, options.margin)
         skip_reason = changed_since_check(data_digest, data.digest) or already_decided(
-            model_name, key, champion
+            options.model_name, key, champion
         )
         if skip_reason:
             decision = Decision(
-                model_name,
-                "skipped",
-                skip_reason,
-                key,
-                champion_version=champion and champion.version,
+                options.model_name, "skipped", skip_reason, key, champion and champion.version
             )
         else:
-            challenger = train_flow(
-                config,
-                # A challenger is always a registered version: the decision compares versions.
-                options.model_copy(update={"register_model": True}),
-                run_name="challenger",
-                warm_start_from=f"runs:/{champion.run_id}/weights"
-                if warm_start and champion
-                else None,
-            )
-            if data_event_id:
-                tag_data_event(challenger.run_id, data_event_id, data_digest)
-            if challenger.warning:  # not registered, so not a candidate
-                decision = Decision(
-                    model_name,
-                    "kept",
-                    challenger.warning,
-                    key,
-                    champion_version=champion and champion.version,
-                    challenger_run_id=challenger.run_id,
-                )
-            else:
-                decision = challenge(
-                    model_name,
-                    champion,
-                    challenger.model_version,
-                    challenger.run_id,
-                    data,
-                    margin,
-                    key,
-                )
-                record_decision(decision)
-                # The card written at registration did not know the decision yet.
-                publish_model_card(challenger.run_id, model_name, challenger.model_version)
+            decision = _challenge(config, options, data, champion, key, data_event_id, data_digest)
         publish_decision(decision, data_change(data_event_id, data_digest, data.source))
-        print(f"{decision.action}: {decision.reason}")
-        return decision
+    print(f"{decision.action}: {decision.reason}")
+    return decision
+
+
+def _challenge(config, options, data, champion, key, data_event_id, data_digest) -> Decision:
+    """Train the challenger (a subflow) and decide between it and ``champion``."""
+    model_name = options.model_name
+    warm_start = options.warm_start and champion
+    challenger = train_flow(
+        config,
+        # A challenger is always a registered version: the decision compares versions.
+        options.model_copy(update={"register_model": True}),
+        run_name="challenger",
+        warm_start_from=f"runs:/{champion.run_id}/weights" if warm_start else None,
+    )
+    if data_event_id:
+        tag_data_event(challenger.run_id, data_event_id, data_digest)
+    if challenger.warning:  # not registered, so not a candidate
+        return Decision(
+            model_name,
+            "kept",
+            challenger.warning,
+            key,
+            champion_version=champion and champion.version,
+            challenger_run_id=challenger.run_id,
+        )
+    decision = challenge(
+        model_name, champion, challenger.model_version, challenger.run_id, data, options.margin, key
+    )
+    record_decision(decision)
+    # The card written at registration did not know the decision yet.
+    publish_model_card(challenger.run_id, model_name, challenger.model_version)
+    return decision

@@ -50,7 +50,7 @@ def train_once(config: TrainConfig, arrays, fraction: float) -> tuple[float, lis
         batch_size=config.batch_size,
         seed=config.seed,
         validation=(x[kept:], y[kept:]) if fraction else None,
-        early_stopping=EarlyStopping(0, restore_best=True) if fraction else None,
+        callbacks=[EarlyStopping(0, restore_best=True)] if fraction else [],
     )
     # fit's own evaluation, compiled afresh: the timing below is of warm calls only.
     trainer = Trainer(network, optimizer)

@@ -11,11 +11,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from cli.commands import HANDLERS, DidNotLearn, Inputs
 from cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
 from cli.parser import OPTIONS, build_parser, given_fields
-from cli.prefect_server import PrefectServer, prefect_api
+
+if TYPE_CHECKING:
+    from cli.prefect_server import PrefectServer
 
 __all__ = ["build_parser", "main"]
 
@@ -103,7 +106,7 @@ def _sweep_inputs(args: argparse.Namespace, options) -> Inputs:
 
 
 def check_inputs(
-    args: argparse.Namespace, inputs: Inputs, server: PrefectServer | None = None
+    args: argparse.Namespace, inputs: Inputs, server: "PrefectServer | None" = None
 ) -> Inputs:
     """Refuse bad data, an unwritable output directory, unreachable services, a run that
     cannot be resumed, unreadable images and unknown models before any run starts (raises
@@ -184,7 +187,10 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
         print(_error_line(error), file=sys.stderr)
         return EXIT_USAGE
     server = None
-    if args.command != "evaluate":  # it starts while the rest imports and checks the input
+    if args.command != "evaluate":
+        from cli.prefect_server import prefect_api
+
+        # it starts while the rest imports and checks the input
         server = services.enter_context(prefect_api())
     start_tensorflow_quietly()
     import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal

@@ -6,11 +6,19 @@ Building the parser imports no TensorFlow, MLflow or Prefect.
 """
 
 import argparse
+from importlib.metadata import PackageNotFoundError
 
 from pydantic import BaseModel
 
+from cli.check_data import add_check_data_command
 from flows.crons import default_crons, is_valid_cron
-from tasks.config import COMPARED_ACTIVATIONS, PREDICTIONS_FILE, RunOptions, TrainConfig
+from tasks.config import (
+    COMPARED_ACTIVATIONS,
+    PREDICTIONS_FILE,
+    RunOptions,
+    TrainConfig,
+    installed_version,
+)
 from tasks.grid import DEFAULT_MAX_CONCURRENCY
 
 SUMMARY = (
@@ -150,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_flags(subparsers["sweep"])
     _add_predict_flags(subparsers["predict"])
     _add_evaluate_flags(subparsers["evaluate"])
-    from cli.check_data import add_check_data_command
 
     _add_output_flags(add_check_data_command(commands), argparse.SUPPRESS)
     return parser
@@ -159,9 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _versions() -> str:
     """This package's version and those of the services' libraries, read from their
     metadata: importing them would take seconds."""
-    from importlib.metadata import PackageNotFoundError
-
-    from tasks.config import installed_version
 
     def installed(name: str) -> str:
         try:

@@ -19,6 +19,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
 from cli.locking import exclusive_lock
 from tasks.config import InputError
 
@@ -48,7 +52,6 @@ class PrefectServer:
     """A Prefect API server on a free loopback port; ``url`` is its API address."""
 
     def __init__(self) -> None:
-        from prefect.settings import get_current_settings
 
         settings = get_current_settings()
         self.timeout = settings.server.ephemeral.startup_timeout_seconds
@@ -112,7 +115,6 @@ def prefect_api() -> Iterator[PrefectServer | None]:
     """A temporary server for the block when no Prefect API is configured (None when one
     is), this process and its children pointed at it; Prefect's pending logs and events
     are sent before it stops."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     if get_current_settings().api.url:
         yield None
@@ -125,12 +127,8 @@ def prefect_api() -> Iterator[PrefectServer | None]:
             try:
                 yield server
             finally:
-                if "prefect.logging.handlers" in sys.modules:
-                    from prefect.events.worker import EventsWorker
-                    from prefect.logging.handlers import APILogWorker
-
-                    for worker in (APILogWorker, EventsWorker):
-                        worker.drain_all(timeout=_STOP_SECONDS)
+                for worker in (APILogWorker, EventsWorker):
+                    worker.drain_all(timeout=_STOP_SECONDS)
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

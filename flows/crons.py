@@ -6,6 +6,8 @@ so this module holds what the command's parser needs and ``flows.schedules`` the
 
 import os
 
+from croniter import croniter  # the library Prefect's CronSchedule vendors
+
 TRAIN_CRON_ENV, RETRAIN_CRON_ENV = "TFNN_TRAIN_CRON", "TFNN_RETRAIN_CRON"
 # Nightly training at 02:00 and a weekly retrain on Sunday at 03:00 (UTC).
 DEFAULT_TRAIN_CRON, DEFAULT_RETRAIN_CRON = "0 2 * * *", "0 3 * * 0"
@@ -23,6 +25,5 @@ def is_valid_cron(text: str) -> bool:
     """Whether Prefect's ``CronSchedule`` accepts ``text`` (the same rules: croniter's, and
     no random or hashed fields)."""
     fields = text.split()
-    from croniter import croniter  # the library Prefect's CronSchedule vendors
 
     return croniter.is_valid(text) and not any(f.casefold() in ("r", "h") for f in fields)

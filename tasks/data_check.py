@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from tasks.config import CHAMPION_ALIAS
 from tasks.data_profile import (
@@ -23,6 +26,7 @@ from tasks.data_profile import (
     profile_of,
 )
 from tasks.data_source import load_source
+from tasks.runs import champion_version
 from tfnn.errors import DataError
 from tfnn.mnist import MnistArrays
 from tfnn.preprocessing import flatten_and_scale
@@ -46,11 +50,6 @@ class ChampionRecord:
 def find_champion_record(model_name: str) -> ChampionRecord | None:
     """The champion of ``model_name`` and its run's data digest, profile and final validation
     accuracy; None when the model has no champion."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from tasks.runs import champion_version
 
     client = MlflowClient()
     version = champion_version(client, model_name)
@@ -76,7 +75,6 @@ def find_champion_record(model_name: str) -> ChampionRecord | None:
 def champion_accuracy(model_name: str, arrays: MnistArrays) -> float:
     """The champion's accuracy on (at most ``MAX_ACCURACY_EXAMPLES``, evenly spaced) training
     examples of ``arrays``, loaded from the registry as it is served."""
-    import mlflow
 
     rows = np.linspace(0, len(arrays.train_labels) - 1, MAX_ACCURACY_EXAMPLES).astype(int)
     rows = np.unique(rows)

@@ -6,9 +6,13 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.config import InputError
 from tasks.data import PreparedData
+from tasks.data_source import load_source
 from tfnn.metrics import accuracy, confusion_matrix, per_class_accuracy
 from tfnn.network import Sequential
+from tfnn.preprocessing import preprocess
+from tfnn.serialization import load_network
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,10 +68,6 @@ def evaluate_saved_network(weights_dir: str, data_source: str) -> tuple[float, f
     """The test loss and accuracy of the network saved in ``weights_dir`` (a run's
     ``weights/`` artifacts) on ``data_source``'s test split; ``InputError`` if the network
     does not fit the data's pixels and classes."""
-    from tasks.config import InputError
-    from tasks.data_source import load_source
-    from tfnn.preprocessing import preprocess
-    from tfnn.serialization import load_network
 
     network = load_network(weights_dir)
     arrays = load_source(data_source)

@@ -26,17 +26,15 @@ def network_for(config: TrainConfig, input_dim: int, num_classes: int) -> Sequen
 
 def fit_arguments(config: TrainConfig, validation: bool) -> dict[str, Any]:
     """The keyword arguments of ``tfnn.fit`` that ``config`` sets: the optimizer, epochs,
-    batch size and seed, and, when there is a ``validation`` set, early stopping."""
+    batch size and seed, and, when there is a ``validation`` set, the early-stopping
+    callback (first, so that later callbacks record its state)."""
+    stopping = EarlyStopping(config.early_stopping_patience, config.restore_best)
     return {
         "optimizer": SGD(config.learning_rate),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "seed": config.seed,
-        "early_stopping": (
-            EarlyStopping(config.early_stopping_patience, config.restore_best)
-            if validation
-            else None
-        ),
+        "callbacks": [stopping] if validation else [],
     }
 
 

@@ -89,11 +89,7 @@ def run_description(run: Run) -> str:
 
 
 def model_card(
-    run: Run,
-    model_name: str,
-    version: str,
-    run_url: str | None,
-    plots: list[str],
+    run: Run, model_name: str, version: str, run_url: str | None, plots: list[str]
 ) -> str:
     """The markdown description of version ``version`` of ``model_name``, trained by ``run``;
     ``run_url`` is the MLflow UI's page of the run (None for a local store), ``plots`` the

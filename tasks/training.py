@@ -2,20 +2,21 @@
 
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
+from rich.console import Console
+from rich.progress import Progress
 
 from tasks.config import TrainConfig
 from tasks.data import PreparedData
 from tasks.epoch_logger import EpochLogger
 from tasks.model import fit_arguments
 from tfnn.network import Sequential
-from tfnn.training import History, StepCallback, fit
+from tfnn.training import Callback, History, fit
 
 # A run's progress in Prefect, without opening MLflow: a progress artifact updated after
 # every epoch and one log line per epoch with its metrics.
@@ -45,44 +46,38 @@ def train(
     """
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     arguments = fit_arguments(config, validation=data.validation is not None)
-    early_stopping = arguments["early_stopping"]
+    early_stopping = next(iter(arguments["callbacks"]), None)
     logger = EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping)
-    with _progress_bar(show_progress, config.epochs, steps_per_epoch) as advance:
-        completed_epochs = logger.resume() if resume else 0
+    completed_epochs = logger.resume() if resume else 0
+    arguments["callbacks"] += [logger, EpochProgress(config.epochs, completed_epochs)]
+    with ExitStack() as bar:
+        # Off a terminal a bar would only leave its last frame in a log.
+        if show_progress and sys.stderr.isatty():
+            progress = bar.enter_context(Progress(console=Console(stderr=True)))
+            arguments["callbacks"].append(ProgressBar(progress, config.epochs, steps_per_epoch))
         return fit(
             network,
             train=(data.x_train, data.y_train),
             test=(data.x_test, data.y_test),
             validation=data.validation,
-            **arguments,
-            callbacks=[logger, EpochProgress(config.epochs, completed_epochs)],
-            initial_epoch=completed_epochs,
             history=logger.history,
-            step_callback=advance,
-            # Each refresh ends a compiled chunk of steps, so refresh ~20 times an epoch.
-            steps_per_call=max(1, steps_per_epoch // 20) if advance else None,
+            **arguments,
         )
 
 
-@contextmanager
-def _progress_bar(
-    enabled: bool, epochs: int, steps_per_epoch: int
-) -> Iterator[StepCallback | None]:
-    # Off a terminal a bar would only leave its last frame in a log; stdout is the result's.
-    if not (enabled and sys.stderr.isatty()):
-        yield None
-        return
-    from rich.console import Console  # rich comes with prefect
-    from rich.progress import Progress
+class ProgressBar(Callback):
+    """A ``tfnn.fit`` callback drawing a rich progress bar of the run's steps (on stderr:
+    stdout is the command's result), refreshed about 20 times an epoch (each refresh ends a
+    compiled chunk of steps)."""
 
-    with Progress(console=Console(stderr=True)) as progress:
-        bar = progress.add_task("training", total=epochs * steps_per_epoch)
+    def __init__(self, progress: Progress, epochs: int, steps_per_epoch: int):
+        self.progress, self.epochs = progress, epochs
+        self.bar = progress.add_task("training", total=epochs * steps_per_epoch)
+        self.steps_per_call = max(1, steps_per_epoch // 20)
 
-        def advance(epoch: int, first_step: int, losses: np.ndarray) -> None:
-            description = f"epoch {epoch}/{epochs} loss {losses[-1]:.4f}"
-            progress.update(bar, advance=len(losses), description=description)
-
-        yield advance
+    def on_steps(self, epoch: int, first_step: int, losses: np.ndarray) -> None:
+        description = f"epoch {epoch}/{self.epochs} loss {losses[-1]:.4f}"
+        self.progress.update(self.bar, advance=len(losses), description=description)
 
 
 class EpochProgress:

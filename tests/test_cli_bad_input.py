@@ -8,12 +8,11 @@ import shutil
 import struct
 import subprocess
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import crafted_model, tfnn_command, tfnn_env
+from conftest import crafted_model, run_each, tfnn_command, tfnn_env
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from servers import free_port
@@ -377,8 +376,7 @@ def outcomes(small_mnist_dir, tmp_path_factory) -> dict[str, tuple]:
         )
         return result, fragment, database
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(CASES, pool.map(run, CASES)))
+    return run_each(CASES, run)
 
 
 @pytest.mark.parametrize("case", CASES)

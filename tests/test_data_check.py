@@ -210,6 +210,7 @@ def check(champion_store, name, *flags):
     return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.slow  # tfnn check-data in a subprocess
 def test_the_champions_own_data_and_more_of_it_pass(champion_store):
     code, out, err = check(champion_store, "data")
     assert code == 0, out + err
@@ -219,12 +220,14 @@ def test_the_champions_own_data_and_more_of_it_pass(champion_store):
     assert "900 training and 200 test examples" in out and "refused" not in out
 
 
+@pytest.mark.slow  # tfnn check-data in a subprocess
 def test_inverted_images_are_refused_with_the_pixel_statistics(champion_store):
     code, out, err = check(champion_store, "inverted")
     assert code == 1 and err == "", err
     assert "data check REFUSED" in out and "train pixel mean moved" in out
 
 
+@pytest.mark.slow  # tfnn check-data in a subprocess
 def test_a_relabelled_class_is_refused_by_its_counts_and_the_champions_accuracy(champion_store):
     code, out, _ = check(champion_store, "relabelled")
     assert code == 1
@@ -233,6 +236,7 @@ def test_a_relabelled_class_is_refused_by_its_counts_and_the_champions_accuracy(
     assert "labels corrupted or shifted" in out
 
 
+@pytest.mark.slow  # tfnn check-data in a subprocess
 def test_a_changed_test_split_passes_only_when_allowed(champion_store):
     code, out, _ = check(champion_store, "new-test")
     assert code == 1 and "the test split changed" in out
@@ -240,6 +244,7 @@ def test_a_changed_test_split_passes_only_when_allowed(champion_store):
     assert code == 0, out + err
 
 
+@pytest.mark.slow  # tfnn check-data in a subprocess
 def test_malformed_files_are_refused_and_bad_flags_are_one_line(champion_store):
     code, out, _ = check(champion_store, "broken")
     assert code == 1 and "malformed data:" in out and "not found" in out
@@ -250,6 +255,7 @@ def test_malformed_files_are_refused_and_bad_flags_are_one_line(champion_store):
     assert (code, out) == (2, "") and len(err.splitlines()) == 1 and "not a directory" in err
 
 
+@pytest.mark.slow  # tfnn check-data in a subprocess
 def test_the_recorded_profile_is_the_training_data_s(champion_store):
     directory, env = champion_store
     result = subprocess.run(

@@ -127,7 +127,7 @@ def test_missing_files_are_named(saved, missing):
     assert isinstance(info.value, ValueError)
 
 
-def fit_checkpointed(network, checkpoint, problem, epochs, initial_epoch=0, history=None):
+def fit_checkpointed(network, checkpoint, problem, epochs, history=None):
     """``fit`` with batches of 4 (3 steps an epoch) saving ``checkpoint`` after every epoch,
     as ``EpochLogger`` does."""
     history = history or History()
@@ -143,7 +143,6 @@ def fit_checkpointed(network, checkpoint, problem, epochs, initial_epoch=0, hist
         batch_size=4,
         seed=2,
         callbacks=[save],
-        initial_epoch=initial_epoch,
         history=history,
     )
 
@@ -170,7 +169,8 @@ def test_restored_checkpoint_resumes_like_uninterrupted_training(tmp_path, probl
     resumed = build_mlp([4, 5, 3], seed=1)
     checkpoint = TrainingCheckpoint(resumed, tmp_path)
     epoch, history = checkpoint.restore_latest()
-    history = fit_checkpointed(resumed, checkpoint, problem, 3, epoch, history)
+    assert epoch == len(history.train_loss) == 1  # fit resumes after the history's last epoch
+    history = fit_checkpointed(resumed, checkpoint, problem, 3, history)
     for a, b in zip(weights_of(resumed), weights_of(uninterrupted)):
         np.testing.assert_array_equal(a, b)
     assert history == full.__class__(**{**vars(full), "epoch_seconds": history.epoch_seconds})

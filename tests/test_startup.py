@@ -8,11 +8,10 @@ import importlib.metadata
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import tfnn_env
+from conftest import run_each, tfnn_env
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
@@ -99,11 +98,11 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, list[str], list[str], str
     env = tfnn_env(PREFECT_HOME=str(directory / "prefect"), MLFLOW_TRACKING_URI="sqlite://")
     cases = {**HELP, **{name: argv for name, (argv, _) in REFUSALS.items()}}
 
-    def run(argv: list[str]) -> tuple[int, list[str], list[str], str]:
-        return run_probe([arg.format(grid=directory) for arg in argv], HEAVY, directory, env, 120)
+    def run(case: str) -> tuple[int, list[str], list[str], str]:
+        argv = [arg.format(grid=directory) for arg in cases[case]]
+        return run_probe(argv, HEAVY, directory, env, 120)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(cases, pool.map(run, cases.values())))
+    return run_each(cases, run)
 
 
 @pytest.mark.parametrize("case", HELP)

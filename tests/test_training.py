@@ -9,6 +9,7 @@ from conftest import weights_of
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
 from tfnn.training import (
+    Callback,
     EarlyStopping,
     History,
     NonFiniteLossError,
@@ -154,21 +155,24 @@ def test_epoch_callbacks_get_epoch_metrics_and_network(tiny_problem):
         }
 
 
+class StepRecorder(Callback):
+    """Every chunk of steps ``fit`` reports, after every ``steps_per_call`` steps."""
+
+    def __init__(self, steps_per_call, on_steps=None):
+        self.steps_per_call, self.chunks = steps_per_call, []
+        self.record = on_steps or (lambda epoch, first, losses: None)
+
+    def on_steps(self, epoch, first_step, losses):
+        self.chunks.append((epoch, first_step, losses.copy()))
+        self.record(epoch, first_step, losses)
+
+
 def test_step_callback_chunks_cover_every_step_once(tiny_problem):
-    chunks = []
-
-    def record(epoch, first_step, losses):
-        chunks.append((epoch, first_step, losses.copy()))
-
+    recorder = StepRecorder(steps_per_call=2)
     history = fit(
-        build_mlp([3, 4, 2]),
-        SGD(0.1),
-        *tiny_problem,
-        epochs=2,
-        batch_size=2,
-        step_callback=record,
-        steps_per_call=2,
+        build_mlp([3, 4, 2]), SGD(0.1), *tiny_problem, epochs=2, batch_size=2, callbacks=[recorder]
     )
+    chunks = recorder.chunks
     assert [(epoch, first, len(losses)) for epoch, first, losses in chunks] == [
         (1, 0, 2),
         (1, 2, 2),
@@ -216,7 +220,6 @@ def test_resumed_training_equals_uninterrupted_training(tiny_problem):
         epochs=4,
         batch_size=3,
         seed=7,
-        initial_epoch=2,
         history=partial,
         callbacks=[lambda epoch, metrics, net: epochs_seen.append(epoch)],
     )
@@ -241,8 +244,7 @@ def test_non_finite_loss_stops_before_the_bad_update():
             (x, y),
             epochs=5,
             batch_size=8,
-            steps_per_call=1,
-            step_callback=lambda epoch, first, losses: snapshots.append(weights_of(network)),
+            callbacks=[StepRecorder(1, lambda *_: snapshots.append(weights_of(network)))],
         )
     error = info.value
     assert not math.isfinite(error.loss)
@@ -260,7 +262,10 @@ def test_non_finite_loss_stops_before_the_bad_update():
         ({"epochs": 0, "batch_size": 2}, "epochs must be >= 1"),
         ({"epochs": 1, "batch_size": 0}, "batch_size must be between 1 and .*10.*got 0"),
         ({"epochs": 1, "batch_size": 11}, "batch_size must be between 1 and .*10.*got 11"),
-        ({"epochs": 1, "batch_size": 2, "steps_per_call": 0}, "steps_per_call must be >= 1"),
+        (
+            {"epochs": 1, "batch_size": 2, "callbacks": [StepRecorder(0)]},
+            "steps_per_call must be >= 1",
+        ),
     ],
 )
 def test_bad_arguments_are_rejected(tiny_problem, kwargs, message):
@@ -361,9 +366,9 @@ def test_early_stopping_stops_by_its_rule_and_keeps_the_best_epochs_weights(rest
         epochs=50,
         batch_size=4,
         validation=(x[40:], y[40:]),
-        early_stopping=EarlyStopping(patience=2, restore_best=restore_best),
         callbacks=[
-            lambda epoch, metrics, net: snapshots.append([w.numpy() for w in net.all_weights])
+            EarlyStopping(patience=2, restore_best=restore_best),
+            lambda epoch, metrics, net: snapshots.append([w.numpy() for w in net.all_weights]),
         ],
     )
     # By hand: the first epoch of lowest val_loss, and the stop two epochs without a new one.
@@ -381,4 +386,4 @@ def test_early_stopping_needs_a_validation_set():
     network = build_mlp([2, 2], seed=0)
     data = (np.zeros((4, 2), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]])
     with pytest.raises(ValueError, match="needs a validation set"):
-        fit(network, SGD(0.1), data, data, epochs=1, batch_size=2, early_stopping=EarlyStopping(1))
+        fit(network, SGD(0.1), data, data, epochs=1, batch_size=2, callbacks=[EarlyStopping(1)])

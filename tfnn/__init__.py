@@ -21,6 +21,7 @@ _MODULES = {
     "Sequential": "network",
     "build_mlp": "network",
     "SGD": "optimizers",
+    "Callback": "training",
     "EarlyStopping": "training",
     "History": "training",
     "NonFiniteLossError": "training",

@@ -19,10 +19,39 @@ from tfnn.metrics import correct_predictions
 from tfnn.network import Sequential
 from tfnn.optimizers import SGD
 
-# (epoch, metrics, network) after every epoch; epoch counts from 1.
-EpochCallback = Callable[[int, dict[str, float], Sequential], None]
-# (epoch, first_step, losses) after every chunk of steps; steps count from 0 within the epoch.
-StepCallback = Callable[[int, int, np.ndarray], None]
+# A plain function ``(epoch, metrics, network)`` is a callback too: its ``on_epoch_end``.
+EpochFunction = Callable[[int, dict[str, float], Sequential], None]
+
+
+class Callback:
+    """What ``fit`` calls as it trains; override what you need. Epochs count from 1, steps
+    from 0 within their epoch.
+
+    ``steps_per_call``: call ``on_steps`` after every this many steps (None: once an epoch);
+    each call ends a compiled chunk of steps, so ask for no more than a progress bar needs.
+    ``stop_training``: ``fit`` ends once a callback's turns true (checked after each epoch).
+    """
+
+    steps_per_call: int | None = None
+    needs_validation = False
+
+    @property
+    def stop_training(self) -> bool:
+        return False
+
+    def on_steps(self, epoch: int, first_step: int, losses: np.ndarray) -> None:
+        """After a chunk of steps: ``losses`` holds each step's training loss."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
+        """After each epoch, with its metrics (``History.epoch_metrics``)."""
+
+    def on_train_end(self, network: Sequential) -> None:
+        """Once training ends, however many epochs it ran."""
+
+
+class _EpochFunction(Callback):
+    def __init__(self, function: EpochFunction):
+        self.on_epoch_end = function
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -102,10 +131,11 @@ class History:
         return history
 
 
-class EarlyStopping:
+class EarlyStopping(Callback):
     """Watches the validation loss after each epoch: remembers the best epoch (the first of
-    lowest loss) and, with ``restore_best``, a copy of its weights; ``stopped`` once
-    ``patience`` epochs (0: never) passed without a new best.
+    lowest loss) and, with ``restore_best``, a copy of its weights, which it puts back in the
+    network when training ends; ``stopped`` (and training with it) once ``patience`` epochs
+    (0: never) passed without a new best. Needs ``fit``'s ``validation``.
 
     ``best_epoch``, ``best_val_loss`` and ``epochs_waited`` are the whole state a resumed
     run needs, with the best epoch's weights (``best_weights``) when it restores them.
@@ -118,9 +148,21 @@ class EarlyStopping:
         self.best_epoch, self.best_val_loss, self.epochs_waited = 0, math.inf, 0
         self.best_weights: list[np.ndarray] | None = None
 
+    needs_validation = True
+
     @property
     def stopped(self) -> bool:
         return self.patience > 0 and self.epochs_waited >= self.patience
+
+    stop_training = stopped
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
+        self.update(epoch, metrics["val_loss"], network)
+
+    def on_train_end(self, network: Sequential) -> None:
+        if self.best_weights is not None:
+            for variable, value in zip(network.all_weights, self.best_weights):
+                variable.assign(value)
 
     def update(self, epoch: int, val_loss: float, network: Sequential) -> None:
         """Record epoch ``epoch``'s validation loss for ``network``'s current weights."""
@@ -209,47 +251,41 @@ def fit(
     test: tuple[np.ndarray, np.ndarray],
     *,
     epochs: int,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    early_stopping: EarlyStopping | None = None,
     batch_size: int,
     seed: int = 0,
-    callbacks: Sequence[EpochCallback] = (),
-    step_callback: StepCallback | None = None,
-    steps_per_call: int | None = None,
-    initial_epoch: int = 0,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[Callback | EpochFunction] = (),
     history: History | None = None,
 ) -> History:
-    """Train ``network`` with minibatch ``optimizer`` steps for epochs ``initial_epoch+1..epochs``.
+    """Train ``network`` with minibatch ``optimizer`` steps, up to epoch ``epochs``.
 
     ``train`` and ``test`` are ``(x, y)`` pairs: ``x`` float32 ``(n, input_dim)``, ``y``
     float32 ``(n, outputs)``. Each epoch visits the training rows in a fresh order
     fixed by ``(seed, epoch)``, in batches of ``batch_size`` (the last may be smaller).
     After each epoch the validation set (if given) and the test set are evaluated and
-    every callback is called. Decisions use validation only: ``early_stopping`` (which
-    needs ``validation``) ends training once it is ``stopped`` and, with its
-    ``restore_best``, leaves the best validation epoch's weights in ``network``.
-    ``step_callback`` is called after every ``steps_per_call`` steps (default: once
-    per epoch). To resume, pass the completed epoch count as ``initial_epoch`` and the
-    history so far. Raises ``NonFiniteLossError`` naming the epoch and step where
-    the loss stopped being finite.
+    every callback's ``on_epoch_end`` is called, in order (an ``EarlyStopping`` before the
+    callbacks that record its state). Decisions use validation only. To resume, pass the
+    history so far: training continues after its last epoch. Raises ``NonFiniteLossError``
+    naming the epoch and step where the loss stopped being finite.
     """
     x_train, y_train = (tf.convert_to_tensor(a, tf.float32) for a in train)
     x_test, y_test = (tf.convert_to_tensor(a, tf.float32) for a in test)
+    callbacks = [c if isinstance(c, Callback) else _EpochFunction(c) for c in callbacks]
     num_examples = int(x_train.shape[0])
-    _check_fit_arguments(num_examples, int(x_test.shape[0]), epochs, batch_size, steps_per_call)
+    _check_fit_arguments(num_examples, int(x_test.shape[0]), epochs, batch_size, callbacks)
     if validation is not None:
         x_val, y_val = (tf.convert_to_tensor(a, tf.float32) for a in validation)
         if int(x_val.shape[0]) == 0:
             raise ValueError("the validation set must not be empty")
-    elif early_stopping is not None:
+    elif any(c.needs_validation for c in callbacks):
         raise ValueError("early stopping needs a validation set")
     trainer = Trainer(network, optimizer)
     history = history or History()
     steps_per_epoch = math.ceil(num_examples / batch_size)
-    chunk = steps_per_call or steps_per_epoch
+    chunk = min([c.steps_per_call for c in callbacks if c.steps_per_call] or [steps_per_epoch])
 
-    for epoch in range(initial_epoch + 1, epochs + 1):
-        if early_stopping is not None and early_stopping.stopped:
+    for epoch in range(len(history.train_loss) + 1, epochs + 1):
+        if any(c.stop_training for c in callbacks):
             break  # a run resumed after the epoch it stopped at
         started = time.perf_counter()
         order = epoch_order(num_examples, seed, epoch)
@@ -270,8 +306,8 @@ def fit(
                 raise NonFiniteLossError(epoch, first + int(bad[0]), float(losses[bad[0]]))
             epoch_losses.append(losses)
             correct += int(chunk_correct)
-            if step_callback is not None:
-                step_callback(epoch, first, losses)
+            for callback in callbacks:
+                callback.on_steps(epoch, first, losses)
         if validation is not None:
             val_loss, val_accuracy = trainer.evaluate(x_val, y_val)
             history.val_loss.append(float(val_loss))
@@ -285,18 +321,15 @@ def fit(
         history.test_accuracy.append(float(test_accuracy))
         history.epoch_seconds.append(time.perf_counter() - started)
         metrics = history.epoch_metrics(epoch)
-        if early_stopping is not None:
-            early_stopping.update(epoch, metrics["val_loss"], network)
         for callback in callbacks:
-            callback(epoch, metrics, network)
-    if early_stopping is not None and early_stopping.best_weights is not None:
-        for variable, value in zip(network.all_weights, early_stopping.best_weights):
-            variable.assign(value)
+            callback.on_epoch_end(epoch, metrics, network)
+    for callback in callbacks:
+        callback.on_train_end(network)
     return history
 
 
 def _check_fit_arguments(
-    num_train: int, num_test: int, epochs: int, batch_size: int, steps_per_call: int | None
+    num_train: int, num_test: int, epochs: int, batch_size: int, callbacks: list[Callback]
 ) -> None:
     if num_train == 0 or num_test == 0:
         raise ValueError("training and test sets must not be empty")
@@ -306,8 +339,9 @@ def _check_fit_arguments(
         raise ValueError(
             f"batch_size must be between 1 and the training set size {num_train}, got {batch_size}"
         )
-    if steps_per_call is not None and steps_per_call < 1:
-        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    for callback in callbacks:
+        if callback.steps_per_call is not None and callback.steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {callback.steps_per_call}")
 
 
 def learning_failure(history: History, chance_accuracy: float, margin: float = 0.05) -> str | None:

@@ -7,12 +7,16 @@
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
 
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
 from flows.train import train_flow
 from flows.watch import data_changed_trigger
 from tasks.config import RunOptions, TrainConfig
+
+# As prefect.yaml says: a cron means the same hour wherever the server runs.
+TIMEZONE = "UTC"
 
 __all__ = [
     "DEFAULT_RETRAIN_CRON",
@@ -42,13 +46,13 @@ def build_deployments(
     return [
         train_flow.to_deployment(
             "scheduled-train",
-            cron=train_cron,
+            schedules=[Cron(train_cron, timezone=TIMEZONE)],
             parameters=parameters,
             concurrency_limit=one_at_a_time,
         ),
         retrain_flow.to_deployment(
             "scheduled-retrain",
-            cron=retrain_cron,
+            schedules=[Cron(retrain_cron, timezone=TIMEZONE)],
             parameters=parameters,
             concurrency_limit=one_at_a_time,
             triggers=[data_changed_trigger(config.data_source)],  # flows/watch.py

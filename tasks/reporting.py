@@ -12,7 +12,7 @@ from tfnn.training import History
 @task(cache_policy=NONE)
 def publish_summary(run_id: str, model_uri: str, history: History, evaluation: Evaluation) -> None:
     """A markdown artifact with the final metrics and the MLflow run id, and a table
-    artifact of the per-epoch metrics."""
+    artifact of the per-epoch metrics (to 4 decimals)."""
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation.metrics().items())
     create_markdown_artifact(
         key="training-summary",
@@ -23,13 +23,13 @@ def publish_summary(run_id: str, model_uri: str, history: History, evaluation: E
             f"| metric | value |\n|---|---|\n{rows}\n"
         ),
     )
+    # Rounded as the UI shows them: a float's 17 digits overflow the page.
+    rounded = (
+        {"epoch": epoch, **{k: round(v, 4) for k, v in history.epoch_metrics(epoch).items()}}
+        for epoch in range(1, history.epochs + 1)
+    )
     create_table_artifact(
-        key="epoch-metrics",
-        description="Metrics after each epoch",
-        table=[
-            {"epoch": epoch, **history.epoch_metrics(epoch)}
-            for epoch in range(1, history.epochs + 1)
-        ],
+        key="epoch-metrics", description="Metrics after each epoch", table=[*rounded]
     )
 
 

@@ -68,15 +68,21 @@ def train(
 class ProgressBar(Callback):
     """A ``tfnn.fit`` callback drawing a rich progress bar of the run's steps (on stderr:
     stdout is the command's result), refreshed about 20 times an epoch (each refresh ends a
-    compiled chunk of steps)."""
+    compiled chunk of steps). Its loss is the epoch's running mean, which becomes the
+    ``train_loss`` MLflow logs, not the last batch's."""
 
     def __init__(self, progress: Progress, epochs: int, steps_per_epoch: int):
         self.progress, self.epochs = progress, epochs
         self.bar = progress.add_task("training", total=epochs * steps_per_epoch)
         self.steps_per_call = max(1, steps_per_epoch // 20)
+        self.epoch_losses: list[float] = []
 
     def on_steps(self, epoch: int, first_step: int, losses: np.ndarray) -> None:
-        description = f"epoch {epoch}/{self.epochs} loss {losses[-1]:.4f}"
+        if first_step == 0:
+            self.epoch_losses = []
+        self.epoch_losses.extend(losses.tolist())
+        mean = float(np.mean(self.epoch_losses))
+        description = f"epoch {epoch}/{self.epochs} loss {mean:.4f}"
         self.progress.update(self.bar, advance=len(losses), description=description)
 
 

@@ -1,6 +1,8 @@
 """Deployments with cron schedules, and the command-line checks of the new commands."""
 
 import pytest
+import yaml
+from conftest import ROOT
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
 
@@ -19,6 +21,10 @@ def test_deployments_carry_the_crons_and_a_parameter_set_the_flows_accept():
     assert (retrain.name, retrain.flow_name) == ("scheduled-retrain", "retrain-mnist")
     assert [s.schedule.cron for s in train.schedules] == ["*/10 * * * *"]
     assert [s.schedule.cron for s in retrain.schedules] == ["0 6 * * 1"]
+    # The timezone of prefect.yaml's schedules, which the compose stack deploys.
+    deployed = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    zones = {s["timezone"] for d in deployed for s in d["schedules"] if "cron" in s}
+    assert {s.schedule.timezone for s in [*train.schedules, *retrain.schedules]} == zones == {"UTC"}
     for deployment, flow in ((train, train_flow), (retrain, retrain_flow)):
         # The server's type check at registration, then the flow run's own validation.
         schema = parameter_schema(flow).model_dump_for_openapi()

@@ -1,17 +1,25 @@
 """Tasks on their own, for the cases the flows' tests on local IDX files cannot reach."""
 
+import io
 import json
 import warnings
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.progress import Progress
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from tasks.data import PreparedData
 from tasks.lineage import log_dataset
+from tasks.training import ProgressBar
 from tfnn.mnist import MnistArrays
+from tfnn.network import build_mlp
+from tfnn.optimizers import SGD
 from tfnn.preprocessing import preprocess
+from tfnn.training import fit
 
 
 def prepared(source: str) -> PreparedData:
@@ -71,3 +79,27 @@ def test_a_run_that_loses_the_race_to_create_a_dataset_still_records_it(mlflow_s
             "/data/mnist-race:testing",
             "/data/mnist-race:training",
         ]
+
+
+def test_the_progress_bar_shows_the_epochs_running_mean_loss():
+    # The number MLflow logs as train_loss, not the last batch's.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).astype(int)]
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        bar = ProgressBar(progress, epochs=2, steps_per_epoch=10)
+        history = fit(
+            build_mlp([3, 4, 2], seed=0),
+            SGD(0.5),
+            (x, y),
+            (x, y),
+            epochs=2,
+            batch_size=3,
+            callbacks=[bar],
+        )
+    [shown] = progress.tasks
+    assert shown.completed == 20
+    epoch, loss = shown.description.removeprefix("epoch ").split(" loss ")
+    assert epoch == "2/2"
+    assert float(loss) == pytest.approx(history.train_loss[-1], abs=1e-4)
+    assert f"{history.step_loss[-1]:.4f}" != loss  # the last batch's is another number

@@ -66,11 +66,31 @@ def compare(args: argparse.Namespace, inputs: Inputs) -> list[str]:
 def retrain(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     from flows.retrain import retrain_flow
 
-    decision = retrain_flow(inputs.config, inputs.options)
-    return [
-        f"{decision.action}: {decision.reason}",
-        f"champion: models:/{inputs.options.model_name}@champion",
-    ]
+    return decision_lines(retrain_flow(inputs.config, inputs.options))
+
+
+def decision_lines(decision) -> list[str]:
+    """A retrain's result: the decision and why, the challenger's run, version and scores
+    beside the champion's (validation decides; test is for information), the champion."""
+
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    lines = [f"{decision.action}: {decision.reason}"]
+    if decision.challenger_run_id:
+        lines.append(
+            f"challenger: mlflow run id {decision.challenger_run_id}  version "
+            f"{decision.challenger_version or '-'}  val_accuracy "
+            f"{score(decision.challenger_val_accuracy)}  test_accuracy "
+            f"{score(decision.challenger_test_accuracy)}"
+        )
+    if decision.champion_val_accuracy is not None:
+        lines.append(
+            f"champion before: version {decision.champion_version}  val_accuracy "
+            f"{score(decision.champion_val_accuracy)}  test_accuracy "
+            f"{score(decision.champion_test_accuracy)}"
+        )
+    return [*lines, f"champion: models:/{decision.model_name}@champion"]
 
 
 def schedule(args: argparse.Namespace, inputs: Inputs) -> list[str]:

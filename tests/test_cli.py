@@ -13,7 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from cli import main
+from cli.commands import decision_lines
 from flows.train import train_flow
+from tasks.registry import Decision
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID_LINE = re.compile(r"mlflow run id: (\w+)  model: (\S+)")
@@ -183,3 +185,28 @@ def test_offline_tfds_default_is_refused_before_any_run(tmp_path, monkeypatch, c
     assert line.startswith("tfnn: error: tfds:mnist: tensorflow-datasets cannot download")
     assert "--data-dir DIR" in line
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_retrain_prints_the_challengers_run_version_and_both_scores():
+    decision = Decision(
+        "m",
+        "promoted",
+        "0.9700 > 0.9600 + margin 0",
+        "key",
+        champion_version="3",
+        challenger_version="4",
+        champion_val_accuracy=0.96,
+        challenger_val_accuracy=0.97,
+        champion_test_accuracy=0.955,
+        challenger_test_accuracy=0.9612,
+        challenger_run_id="r" * 32,
+    )
+    assert decision_lines(decision) == [
+        "promoted: 0.9700 > 0.9600 + margin 0",
+        f"challenger: mlflow run id {'r' * 32}  version 4  val_accuracy 0.9700  "
+        "test_accuracy 0.9612",
+        "champion before: version 3  val_accuracy 0.9600  test_accuracy 0.9550",
+        "champion: models:/m@champion",
+    ]
+    skipped = Decision("m", "skipped", "nothing new", "key", champion_version="3")
+    assert decision_lines(skipped) == ["skipped: nothing new", "champion: models:/m@champion"]

@@ -9,6 +9,7 @@ result lines; errors are one line on stderr, ``--traceback`` shows the full stac
 import argparse
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
@@ -198,8 +199,8 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     try:
         inputs = check_inputs(args, inputs, server)
     except _refusals() as error:
-        if args.traceback:
-            raise
+        if args.traceback:  # the stack too; the exit code stays a refusal's
+            traceback.print_exc()
         print(_error_line(error), file=sys.stderr)
         return EXIT_USAGE
 
@@ -214,7 +215,7 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
         return EXIT_FAILED
     except Exception as error:
         if args.traceback:
-            raise
+            traceback.print_exc()
         print(_error_line(error), file=sys.stderr)
         refused = args.command in _STARTS_NO_RUN and isinstance(error, _refusals())
         return EXIT_USAGE if refused else EXIT_FAILED

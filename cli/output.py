@@ -33,6 +33,10 @@ def set_output_environment(verbose: bool) -> None:
     # Nor MLflow's INFO lines on stderr (against a server, the registry's "Waiting up to
     # 300 seconds for model version to finish creation" on every registration).
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Off a terminal, MLflow's tqdm bars for artifact downloads (a retrain loading the
+    # champion, predict loading its model) would only fill a log with frames.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Only the terminal's handler: the API handler still sends every flow-run log line to
     # the Prefect server (and UI).
     if verbose:

@@ -11,6 +11,7 @@ import math
 import os
 from contextlib import suppress
 from importlib.metadata import PackageNotFoundError, version
+from itertools import pairwise
 from typing import Annotated, Any
 
 from pydantic import (
@@ -28,11 +29,13 @@ from tfnn.names import (
     INITIALIZER_NAMES,
     LOSS_NAMES,
     MAX_LAYERS,
+    MAX_PARAMETERS,
     MAX_UNITS,
     check_name,
 )
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
+MNIST_PIXELS, MNIST_CLASSES = 28 * 28, 10
 # The defaults of the other commands' own flags, shared with their flows.
 COMPARED_ACTIVATIONS = ("relu", "tanh")  # the notebook's second experiment
 PREDICTIONS_FILE = "predictions.csv"
@@ -149,6 +152,21 @@ class TrainConfig(BaseModel):
             with suppress(TypeError, ValueError):
                 values = {**values, "restore_best": float(fraction) > 0}
         return values
+
+    @model_validator(mode="after")
+    def _fits_the_limit(self) -> "TrainConfig":
+        # Checked on MNIST's 784 pixels and 10 classes (every source's), before anything
+        # starts: a network too big for the machine would be killed mid-run, leaving its
+        # MLflow run RUNNING.
+        sizes = self.layer_sizes(MNIST_PIXELS, MNIST_CLASSES)
+        parameters = sum((a + 1) * b for a, b in pairwise(sizes))
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"hidden_sizes: {','.join(map(str, self.hidden_sizes))} makes a network of "
+                f"{parameters:,} parameters on MNIST, more than the {MAX_PARAMETERS:,} allowed; "
+                "use fewer or smaller hidden layers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _validation_needed(self) -> "TrainConfig":

@@ -69,16 +69,17 @@ class Predictions:
 
 @task
 def load_digits(paths: list[str], labels_path: str | None = None) -> Digits:
-    """Digits from PNG files and/or IDX image files, named by the PNG's file name or
-    ``<idx file>:<index>``, with the labels of an IDX label file if given."""
+    """Digits from PNG files and/or IDX image files, named by the path as given (two
+    ``a.png`` in different folders stay apart) or ``<idx path>:<index>``, with the labels of
+    an IDX label file if given."""
     images, names = [], []
-    for path in map(Path, paths):
-        if path.suffix.lower() == ".png":
-            images.append(load_png_images([path]))
-            names.append(path.name)
+    for given in paths:
+        if Path(given).suffix.lower() == ".png":
+            images.append(load_png_images([Path(given)]))
+            names.append(given)
         else:
-            images.append(load_idx_images(path))
-            names += [f"{path.name}:{i}" for i in range(len(images[-1]))]
+            images.append(load_idx_images(given))
+            names += [f"{given}:{i}" for i in range(len(images[-1]))]
     if not images:
         raise DataError("no images given: pass PNG files or an IDX image file")
     labels = load_idx_labels(labels_path) if labels_path else None

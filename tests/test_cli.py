@@ -137,6 +137,39 @@ def test_failed_run_exits_1_with_one_line_and_no_traceback(small_mnist_dir, tmp_
 
 
 @pytest.mark.slow
+def test_traceback_shows_the_stack_and_keeps_the_exit_codes(small_mnist_dir, tmp_path):
+    env = tfnn_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        PREFECT_HOME=str(tmp_path / "prefect"),
+    )
+    small = ["--hidden-sizes", "8", "--no-register", "--epochs", "1"]
+    refused = run_tfnn(
+        "--traceback",
+        "train",
+        "--data-dir",
+        str(tmp_path / "absent"),
+        *small,
+        cwd=tmp_path,
+        env=env,
+    )
+    failed = run_tfnn(
+        "--traceback",
+        "train",
+        "--data-dir",
+        str(small_mnist_dir),
+        *small,
+        "--learning-rate",
+        "1e30",
+        cwd=tmp_path,
+        env=env,
+    )
+    for result, code in ((refused, 2), (failed, 1)):
+        assert result.returncode == code, result.stderr[-3000:]
+        assert "Traceback (most recent call last)" in result.stderr
+        assert result.stderr.splitlines()[-1].startswith("tfnn: error: ")
+
+
+@pytest.mark.slow
 def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     # The README's command in a fresh directory with no servers configured: MLflow's local
     # store appears in the working directory and Prefect runs its ephemeral server.

@@ -100,6 +100,36 @@ def test_against_an_mlflow_server_stderr_stays_empty(runs):
     assert served.stderr == ""
 
 
+def test_predict_through_a_pipe_draws_no_download_bars(runs, small_mnist_dir, mlflow_server):
+    # Loading the model from the server's registry downloads its artifacts, which MLflow
+    # shows as tqdm bars on stderr; off a terminal they would only fill a log.
+    results, directory = runs
+    assert results["servers"].returncode == 0
+    images, labels = (
+        small_mnist_dir / f"t10k-{kind}-idx{n}-ubyte.gz"
+        for kind, n in (("images", 3), ("labels", 1))
+    )
+    flags = ["--images", str(images), "--labels", str(labels)]
+    predicted = subprocess.run(
+        tfnn_command(
+            "predict",
+            "--model",
+            "models:/tfnn-mnist/1",
+            *flags,
+            "--output",
+            str(directory / "predictions.csv"),
+        ),
+        cwd=directory,
+        env={**train_env(directory), "MLFLOW_TRACKING_URI": mlflow_server},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert predicted.stdout.startswith("200 predictions by models:/tfnn-mnist/1")
+    assert predicted.stderr == ""
+
+
 def test_verbose_shows_prefect_info_lines_and_the_server_gets_them_anyway(runs, monkeypatch):
     results, directory = runs
     verbose, quiet = results["verbose"], results["quiet"]

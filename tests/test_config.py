@@ -35,3 +35,18 @@ def test_a_model_name_that_breaks_model_uris_is_refused(name):
     line = refused(RunOptions, model_name=name)
     assert line.startswith("invalid run options: model_name: ") and f"(got {name!r})" in line
     assert RunOptions(model_name="tfnn-mnist_v2.1").model_name == "tfnn-mnist_v2.1"
+
+
+def test_a_network_over_the_parameter_limit_is_refused_before_anything_starts():
+    # By hand: 784*65536 + 65536 + 9 * (65536*65536 + 65536) + 65536*10 + 10 parameters.
+    sizes = ",".join(["65536"] * 10)
+    parameters = 784 * 65536 + 65536 + 9 * (65536 * 65536 + 65536) + 65536 * 10 + 10
+    with pytest.raises(ValidationError) as refused:
+        TrainConfig(hidden_sizes=sizes)
+    assert f"makes a network of {parameters:,} parameters on MNIST" in str(refused.value)
+    assert "more than the 100,000,000 allowed" in str(refused.value)
+    # Two hidden layers of w units: (784+1)*w + (w+1)*w + (w+1)*10 = w*w + 796*w + 10.
+    widest = max(w for w in range(9000, 11000) if w * w + 796 * w + 10 <= 100_000_000)
+    assert TrainConfig(hidden_sizes=f"{widest},{widest}").hidden_sizes == (widest, widest)
+    with pytest.raises(ValidationError):
+        TrainConfig(hidden_sizes=f"{widest + 1},{widest + 1}")

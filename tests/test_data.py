@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_mnist_dir
 
 from tasks import data_source
 from tasks.data_source import DATA_DIR_HINT, check_tfds_source, load_source
@@ -333,6 +334,20 @@ def test_real_mnist_raw_copy_has_same_digest(real_mnist, tmp_path):
             gzip.decompress((REAL_MNIST / name).read_bytes())
         )
     assert load_mnist_idx(tmp_path).digest() == real_mnist.digest()
+
+
+def test_a_split_held_both_raw_and_gzipped_is_refused_naming_both(tmp_path):
+    write_mnist_dir(tmp_path)
+    gzipped = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = tmp_path / "train-images-idx3-ubyte"
+    raw.write_bytes(gzip.decompress(gzipped.read_bytes()))
+    with pytest.raises(DataError) as refused:
+        load_mnist_idx(tmp_path)
+    assert str(refused.value) == (
+        f"{raw} and {gzipped.name} both exist; keep one, so that the run reads the file you mean"
+    )
+    raw.unlink()
+    assert len(load_mnist_idx(tmp_path).train_labels) == 600
 
 
 def test_real_mnist_preprocess(real_mnist):

@@ -64,6 +64,10 @@ REFUSALS = {
     "unknown loss": (["train", "--loss", "hinge"], "unknown loss 'hinge'"),
     "unknown initializer": (["train", "--initializer", "zeros"], "unknown initializer"),
     "too many units": (["train", "--hidden-sizes", "100000"], "hidden_sizes"),
+    "too many parameters": (
+        ["train", "--hidden-sizes", ",".join(["65536"] * 10)],
+        "parameters on MNIST, more than the 100,000,000 allowed",
+    ),
     "validation fraction": (["train", "--validation-fraction", "2"], "validation_fraction"),
     "retrain without validation": (
         ["retrain", "--validation-fraction", "0"],

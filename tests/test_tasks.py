@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import event
@@ -14,7 +15,9 @@ from sqlalchemy.engine import Engine
 
 from tasks.data import PreparedData
 from tasks.lineage import log_dataset
+from tasks.predict import load_digits
 from tasks.training import ProgressBar
+from tfnn.idx import write_idx_images
 from tfnn.mnist import MnistArrays
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
@@ -103,3 +106,14 @@ def test_the_progress_bar_shows_the_epochs_running_mean_loss():
     assert epoch == "2/2"
     assert float(loss) == pytest.approx(history.train_loss[-1], abs=1e-4)
     assert f"{history.step_loss[-1]:.4f}" != loss  # the last batch's is another number
+
+
+def test_digits_are_named_by_their_paths_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(tmp_path / folder / "a.png")
+    idx = tmp_path / "few-images-idx3-ubyte"
+    write_idx_images(idx, np.zeros((2, 28, 28), np.uint8))
+    digits = load_digits.fn(["first/a.png", "./second/a.png", str(idx)])
+    assert digits.names == ["first/a.png", "./second/a.png", f"{idx}:0", f"{idx}:1"]

@@ -74,10 +74,14 @@ def _check_split(
 
 
 def _find(directory: Path, name: str) -> Path:
-    # The compressed file wins if both exist: it is what the mirrors publish.
-    for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.is_file():
-            return candidate
+    found = [c for c in (directory / f"{name}.gz", directory / name) if c.is_file()]
+    if len(found) == 2:  # which one is the data is not ours to guess
+        raise DataError(
+            f"{found[1]} and {found[0].name} both exist; keep one, so that the run reads the "
+            "file you mean"
+        )
+    if found:
+        return found[0]
     expected = ", ".join(f"{n}[.gz]" for n in MNIST_FILES)
     raise DataError(f"{directory / name}[.gz]: not found; the directory must hold {expected}")
 

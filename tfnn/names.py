@@ -13,6 +13,7 @@ INITIALIZER_NAMES = ("notebook_normal", "he_normal", "glorot_uniform")
 
 MAX_LAYERS = 64
 MAX_UNITS = 1 << 16
+MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
 
 
 def check_name(name: str, known: Iterable[str], kind: str) -> str:

@@ -9,13 +9,12 @@ import tensorflow as tf
 from tfnn.layers import Dense
 from tfnn.losses import get_loss, softmax_cross_entropy_from_logits
 from tfnn.metrics import correct_predictions
-from tfnn.names import MAX_LAYERS, MAX_UNITS
+from tfnn.names import MAX_LAYERS, MAX_PARAMETERS, MAX_UNITS
 
 SPEC_FORMAT = "tfnn.sequential/1"
 # What ``from_spec`` builds at most: a spec comes from a file, and an absurd one (units=1e9
 # is terabytes) must be refused before anything is allocated. MNIST networks are far inside.
-# MAX_LAYERS and MAX_UNITS live in tfnn.names, where TrainConfig reads them without TensorFlow.
-MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights
+# The limits live in tfnn.names, where TrainConfig reads them without TensorFlow.
 
 
 class Sequential(tf.Module):

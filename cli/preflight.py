@@ -29,6 +29,7 @@ from prefect.settings import (
 from cli.locking import exclusive_lock
 from tasks.config import InputError, TrainConfig, check_utf8, one_line
 from tasks.data_source import check_tfds_source, load_source
+from tasks.epoch_logger import keep_checkpoints
 from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
 from tasks.runs import ResumeError, check_run_to_resume, hold_run_directory
 from tasks.timeouts import check_timeouts
@@ -107,11 +108,13 @@ def check_output_dir(directory: str) -> None:
 
 def check_tracking() -> None:
     """Ask the MLflow store for one experiment and one registered model (also checks the
-    ``TFNN_*_TIMEOUT_SECONDS`` variables). A local SQLite store is created or migrated here,
-    by its first user, under a lock beside the file: commands started together in one
-    directory create it once instead of all migrating it at once and breaking it."""
+    ``TFNN_*_SECONDS`` and ``TFNN_KEEP_CHECKPOINTS`` variables, read once the run exists).
+    A local SQLite store is created or migrated here, by its first user, under a lock beside
+    the file: commands started together in one directory create it once instead of all
+    migrating it at once and breaking it."""
     try:
         check_timeouts()
+        keep_checkpoints()
     except ValueError as error:
         raise InputError(str(error)) from None
     uri = mlflow.get_tracking_uri()

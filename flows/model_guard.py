@@ -19,10 +19,9 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
-from tasks.timeouts import env_seconds
+from tasks.timeouts import MODEL_WAIT_ENV, timeout_seconds
 
 LIMIT_PREFIX = "tfnn-model-"
-WAIT_SECONDS_ENV = "TFNN_MODEL_WAIT_SECONDS"
 # A retrain holds its model's slot while its training subflow runs in the same context.
 _held: ContextVar[frozenset[str]] = ContextVar("tfnn_model_slots", default=frozenset())
 
@@ -44,7 +43,7 @@ def model_slot(model_name: str | None) -> Iterator[None]:
     name = model_limit_name(model_name)
     with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    wait = env_seconds(WAIT_SECONDS_ENV, 0) or None
+    wait = timeout_seconds(MODEL_WAIT_ENV)
     with concurrency(name, occupy=1, timeout_seconds=wait, strict=True):
         token = _held.set(_held.get() | {model_name})
         try:

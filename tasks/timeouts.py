@@ -9,11 +9,14 @@ DATA_TIMEOUT_ENV = "TFNN_DATA_TIMEOUT_SECONDS"
 UPLOAD_TIMEOUT_ENV = "TFNN_UPLOAD_TIMEOUT_SECONDS"
 REGISTRY_TIMEOUT_ENV = "TFNN_REGISTRY_TIMEOUT_SECONDS"
 FLOW_TIMEOUT_ENV = "TFNN_FLOW_TIMEOUT_SECONDS"
+# How long a deployment's run waits for its model's slot (flows.model_guard).
+MODEL_WAIT_ENV = "TFNN_MODEL_WAIT_SECONDS"
 DEFAULTS = {
     DATA_TIMEOUT_ENV: 1800.0,  # one attempt at downloading MNIST on a slow line
     UPLOAD_TIMEOUT_ENV: 1800.0,
     REGISTRY_TIMEOUT_ENV: 600.0,
     FLOW_TIMEOUT_ENV: 0.0,  # training time grows with the data: no limit unless asked
+    MODEL_WAIT_ENV: 0.0,  # as long as the other run takes
 }
 
 

@@ -1,9 +1,12 @@
 """The typed configs refuse, before anything starts, what would fail only after training."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import RunOptions, TrainConfig, describe_validation_error
+from cli.preflight import check_tracking
+from tasks.config import InputError, RunOptions, TrainConfig, describe_validation_error
 
 
 def refused(model, **fields) -> str:
@@ -50,3 +53,20 @@ def test_a_network_over_the_parameter_limit_is_refused_before_anything_starts():
     assert TrainConfig(hidden_sizes=f"{widest},{widest}").hidden_sizes == (widest, widest)
     with pytest.raises(ValidationError):
         TrainConfig(hidden_sizes=f"{widest + 1},{widest + 1}")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TFNN_KEEP_CHECKPOINTS", "0", "TFNN_KEEP_CHECKPOINTS: expected a whole number >= 1"),
+        ("TFNN_MODEL_WAIT_SECONDS", "nan", "TFNN_MODEL_WAIT_SECONDS='nan': expected a number"),
+        ("TFNN_MODEL_WAIT_SECONDS", "-5", "TFNN_MODEL_WAIT_SECONDS='-5': expected a number"),
+    ],
+)
+def test_settings_read_during_a_run_are_checked_before_it(
+    variable, value, message, mlflow_store, monkeypatch
+):
+    # Read once the MLflow run exists, they are checked with the tracking store, first.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_tracking()

@@ -88,7 +88,7 @@ def test_predict_command_on_idx_files(champion, small_mnist_dir, tmp_path, capsy
     true = load_idx_labels(labels)
     rows = read_csv(output)
     assert len(rows) == len(true)
-    assert [row["image"] for row in rows[:2]] == [f"{images.name}:0", f"{images.name}:1"]
+    assert [row["image"] for row in rows[:2]] == [f"{images}:0", f"{images}:1"]
     got = np.array([[float(row[f"p{k}"]) for k in range(10)] for row in rows])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert [int(row["predicted"]) for row in rows] == expected.argmax(1).tolist()

@@ -46,10 +46,9 @@ def tracked_run(epochs: int, data, workdir: Path) -> tuple[int, int, int]:
     fit(
         network,
         train=data[0],
-        test=data[1],
-        **fit_arguments(config.model_copy(update={"epochs": epochs}), validation=False),
-        callbacks=[logger],
-        history=logger.history,
+        evaluate={"test": data[1]},
+        **fit_arguments(config.model_copy(update={"epochs": epochs}), validation=False)
+        | {"callbacks": [logger.history, logger]},
     )
     artifacts = Path(urlparse(client.get_run(run_id).info.artifact_uri).path)
     history = (checkpoints / "history.jsonl").stat().st_size

@@ -73,8 +73,9 @@ network = tfnn.build_mlp(
     seed=c["seed"],
 )
 tfnn.fit(
-    network, SGD(c["learning_rate"]), (x[:kept], y[:kept]), (x_test, y_test), epochs=1,
-    validation=(x[kept:], y[kept:]), batch_size=c["batch_size"], seed=c["seed"],
+    network, SGD(c["learning_rate"]), (x[:kept], y[:kept]),
+    {"val": (x[kept:], y[kept:]), "test": (x_test, y_test)}, epochs=1,
+    batch_size=c["batch_size"], seed=c["seed"],
 )
 """
 

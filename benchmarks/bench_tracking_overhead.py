@@ -68,7 +68,7 @@ def bare_run(config: TrainConfig, data) -> tuple[float, float]:
     history = fit(
         network,
         train=(data.x_train, data.y_train),
-        test=(data.x_test, data.y_test),
+        evaluate={"test": (data.x_test, data.y_test)},
         **fit_arguments(config, validation=False),
     )
     wall = time.perf_counter() - started

@@ -200,7 +200,7 @@ def bench_tfnn(train, test, epochs: int, seed: int) -> dict:
         network,
         tfnn.SGD(LEARNING_RATE),
         train,
-        test,
+        {"test": test},
         epochs=epochs,
         batch_size=BATCH_SIZE,
         seed=seed,

@@ -45,11 +45,10 @@ def train_once(config: TrainConfig, arrays, fraction: float) -> tuple[float, lis
         network,
         optimizer,
         (x[:kept], y[:kept]),
-        test,
+        ({"val": (x[kept:], y[kept:])} if fraction else {}) | {"test": test},
         epochs=config.epochs,
         batch_size=config.batch_size,
         seed=config.seed,
-        validation=(x[kept:], y[kept:]) if fraction else None,
         callbacks=[EarlyStopping(0, restore_best=True)] if fraction else [],
     )
     # fit's own evaluation, compiled afresh: the timing below is of warm calls only.

@@ -321,7 +321,7 @@ def train_mnist(activation):
         network,
         tfnn.SGD(0.1),
         train,
-        test,
+        {"test": test},
         epochs=5,
         batch_size=32,
         seed=42,

@@ -35,6 +35,13 @@ class PreparedData:
         return (self.x_val, self.y_val) if len(self.x_val) else None
 
     @property
+    def evaluation_sets(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``tfnn.fit``'s ``evaluate``: ``val`` (left out when no examples are held out) and
+        ``test``."""
+        held_out = {"val": (self.x_val, self.y_val)} if len(self.x_val) else {}
+        return held_out | {"test": (self.x_test, self.y_test)}
+
+    @property
     def input_dim(self) -> int:
         return self.x_train.shape[1]
 

@@ -45,24 +45,22 @@ def train(
     checkpoint (see ``EpochLogger.resume``), exactly as an uninterrupted run would.
     """
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
-    arguments = fit_arguments(config, validation=data.validation is not None)
+    sets = data.evaluation_sets
+    arguments = fit_arguments(config, validation="val" in sets)
     early_stopping = next(iter(arguments["callbacks"]), None)
     logger = EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping)
     completed_epochs = logger.resume() if resume else 0
-    arguments["callbacks"] += [logger, EpochProgress(config.epochs, completed_epochs)]
+    arguments["callbacks"] += [
+        logger.history,
+        logger,
+        EpochProgress(config.epochs, completed_epochs),
+    ]
     with ExitStack() as bar:
         # Off a terminal a bar would only leave its last frame in a log.
         if show_progress and sys.stderr.isatty():
             progress = bar.enter_context(Progress(console=Console(stderr=True)))
             arguments["callbacks"].append(ProgressBar(progress, config.epochs, steps_per_epoch))
-        return fit(
-            network,
-            train=(data.x_train, data.y_train),
-            test=(data.x_test, data.y_test),
-            validation=data.validation,
-            history=logger.history,
-            **arguments,
-        )
+        return fit(network, train=(data.x_train, data.y_train), evaluate=sets, **arguments)
 
 
 class ProgressBar(Callback):

@@ -57,13 +57,8 @@ def train_uninterrupted(config) -> tuple:
     train, validation = (x[:kept], y[:kept]), (x[kept:], y[kept:])
     test = preprocess(arrays.test_images, arrays.test_labels)
     network = network_for(config, 784, 10)
-    history = fit(
-        network,
-        train=train,
-        test=test,
-        validation=validation if kept < len(x) else None,
-        **fit_arguments(config, validation=kept < len(x)),
-    )
+    sets = ({"val": validation} if kept < len(x) else {}) | {"test": test}
+    history = fit(network, train=train, evaluate=sets, **fit_arguments(config, "val" in sets))
     return history, weights_digest(network)
 
 

@@ -22,7 +22,14 @@ def test_evaluate_prints_the_saved_networks_test_metrics(small_mnist_dir, tmp_pa
     x_train, y_train = preprocess(arrays.train_images, arrays.train_labels)
     x, y = preprocess(arrays.test_images, arrays.test_labels)
     network = build_mlp([784, 16, 10], seed=5)
-    fit(network, SGD(0.05), (x_train[:100], y_train[:100]), (x, y), epochs=1, batch_size=50)
+    fit(
+        network,
+        SGD(0.05),
+        (x_train[:100], y_train[:100]),
+        {"test": (x, y)},
+        epochs=1,
+        batch_size=50,
+    )
     saved = save_network(network, tmp_path / "model")
 
     result = subprocess.run(

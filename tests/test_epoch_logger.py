@@ -24,7 +24,7 @@ def small_data(small_mnist_dir):
     arrays = load_dataset(str(small_mnist_dir))
     return (
         preprocess(arrays.train_images, arrays.train_labels),
-        preprocess(arrays.test_images, arrays.test_labels),
+        {"test": preprocess(arrays.test_images, arrays.test_labels)},
     )
 
 
@@ -46,8 +46,7 @@ def tracked_fit(tmp_path: Path, data, epochs: int) -> tuple[str, EpochLogger, Pa
         *data,
         epochs=epochs,
         batch_size=600,
-        callbacks=[logger],
-        history=logger.history,
+        callbacks=[logger.history, logger],
     )
     return run_id, logger, checkpoints
 

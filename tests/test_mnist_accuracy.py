@@ -23,7 +23,7 @@ def mnist(real_mnist_dir):
     arrays = load_mnist_idx(real_mnist_dir)
     train = preprocess(arrays.train_images, arrays.train_labels)
     test = preprocess(arrays.test_images, arrays.test_labels)
-    return train, test
+    return train, {"test": test}
 
 
 def train_like_the_notebook(mnist, initializer: str, seed: int):
@@ -40,7 +40,7 @@ def train_like_the_notebook(mnist, initializer: str, seed: int):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_he_normal_reaches_the_accuracy_floor(mnist, seed):
     network, history = train_like_the_notebook(mnist, "he_normal", seed)
-    x_test, y_test = mnist[1]
+    x_test, y_test = mnist[1]["test"]
     predicted = network.predict(x_test).numpy().argmax(1)
     accuracy = np.mean(predicted == y_test.argmax(1))
     np.testing.assert_allclose(history.test_accuracy[-1], accuracy, rtol=1e-6)

@@ -129,7 +129,7 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
         expected,
         SGD(config.learning_rate),
         (x_train[:540], y_train[:540]),
-        (x_test, preprocess(arrays.test_images, labels)[1]),
+        {"test": (x_test, preprocess(arrays.test_images, labels)[1])},
         epochs=1,
         batch_size=config.batch_size,
         seed=config.seed,

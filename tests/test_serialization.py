@@ -33,7 +33,7 @@ def problem():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 4)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, size=12)]
-    return (x, y), (x[:4], y[:4])
+    return (x, y), {"test": (x[:4], y[:4])}
 
 
 def test_round_trip_predicts_identically(saved):
@@ -142,8 +142,7 @@ def fit_checkpointed(network, checkpoint, problem, epochs, history=None):
         epochs=epochs,
         batch_size=4,
         seed=2,
-        callbacks=[save],
-        history=history,
+        callbacks=[history, save],
     )
 
 

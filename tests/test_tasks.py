@@ -95,7 +95,7 @@ def test_the_progress_bar_shows_the_epochs_running_mean_loss():
             build_mlp([3, 4, 2], seed=0),
             SGD(0.5),
             (x, y),
-            (x, y),
+            {"test": (x, y)},
             epochs=2,
             batch_size=3,
             callbacks=[bar],

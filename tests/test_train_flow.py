@@ -69,7 +69,7 @@ def bare_library_weights(data_dir: Path) -> list[list[np.ndarray]]:
         network,
         SGD(LEARNING_RATE),
         preprocess(arrays.train_images, arrays.train_labels),
-        preprocess(arrays.test_images, arrays.test_labels),
+        {"test": preprocess(arrays.test_images, arrays.test_labels)},
         epochs=EPOCHS,
         batch_size=BATCH_SIZE,
         seed=SEED,

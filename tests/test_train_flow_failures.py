@@ -102,7 +102,7 @@ def test_run_diverging_later_keeps_the_last_good_checkpoint(
         reference,
         SGD(1.0),
         preprocess(arrays.train_images, arrays.train_labels),
-        preprocess(arrays.test_images, arrays.test_labels),
+        {"test": preprocess(arrays.test_images, arrays.test_labels)},
         epochs=good,
         batch_size=600,
         seed=42,

@@ -53,7 +53,7 @@ def tiny_problem():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 3)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[(x[:, 0] - x[:, 2] > 0).astype(int)]
-    return (x[:10], y[:10]), (x[10:], y[10:])
+    return (x[:10], y[:10]), {"test": (x[10:], y[10:])}
 
 
 def separable_blobs(n: int, seed: int):
@@ -68,7 +68,7 @@ def test_fit_learns_a_separable_problem():
     train, test = separable_blobs(200, seed=1), separable_blobs(100, seed=2)
     network = build_mlp([2, 8, 2], seed=0)
     initial_loss = float(network.loss(*train))
-    history = fit(network, SGD(0.1), train, test, epochs=15, batch_size=16, seed=0)
+    history = fit(network, SGD(0.1), train, {"test": test}, epochs=15, batch_size=16, seed=0)
     assert history.train_loss[-1] < 0.1 * initial_loss
     assert history.test_loss[-1] < 0.1 * initial_loss
     assert all(b <= a * 1.05 for a, b in zip(history.train_loss, history.train_loss[1:]))
@@ -79,10 +79,10 @@ def test_fit_learns_a_separable_problem():
 
 
 def test_one_full_batch_epoch_is_one_numpy_sgd_step(tiny_problem):
-    train, test = tiny_problem
+    train, sets = tiny_problem
     network = build_mlp([3, 4, 2], seed=1)
     before = [w.astype(np.float64) for w in weights_of(network)]
-    history = fit(network, SGD(0.5), train, test, epochs=1, batch_size=10)
+    history = fit(network, SGD(0.5), train, sets, epochs=1, batch_size=10)
     loss, _ = numpy_loss_and_logits(before, *train)
     expected = [w - 0.5 * g for w, g in zip(before, numpy_gradient(before, *train))]
     assert len(history.step_loss) == 1
@@ -92,10 +92,11 @@ def test_one_full_batch_epoch_is_one_numpy_sgd_step(tiny_problem):
 
 
 def test_minibatches_follow_epoch_order_and_match_numpy_sgd(tiny_problem):
-    train, test = tiny_problem
+    train, sets = tiny_problem
+    test = sets["test"]
     network = build_mlp([3, 4, 2], seed=2)
     weights = [w.astype(np.float64) for w in weights_of(network)]
-    history = fit(network, SGD(0.3), train, test, epochs=1, batch_size=4, seed=5)
+    history = fit(network, SGD(0.3), train, sets, epochs=1, batch_size=4, seed=5)
 
     order = epoch_order(10, seed=5, epoch=1).numpy()
     losses, correct = [], 0
@@ -220,10 +221,9 @@ def test_resumed_training_equals_uninterrupted_training(tiny_problem):
         epochs=4,
         batch_size=3,
         seed=7,
-        history=partial,
-        callbacks=[lambda epoch, metrics, net: epochs_seen.append(epoch)],
+        callbacks=[partial, lambda epoch, metrics, net: epochs_seen.append(epoch)],
     )
-    assert epochs_seen == [3, 4]
+    assert epochs_seen == [3, 4] and history is partial
     for a, b in zip(weights_of(uninterrupted), weights_of(resumed)):
         np.testing.assert_array_equal(a, b)
     for name in ("step_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy"):
@@ -241,7 +241,7 @@ def test_non_finite_loss_stops_before_the_bad_update():
             network,
             SGD(1e6),
             (x, y),
-            (x, y),
+            {"test": (x, y)},
             epochs=5,
             batch_size=8,
             callbacks=[StepRecorder(1, lambda *_: snapshots.append(weights_of(network)))],
@@ -274,11 +274,13 @@ def test_bad_arguments_are_rejected(tiny_problem, kwargs, message):
 
 
 def test_empty_sets_and_bad_learning_rates_are_rejected(tiny_problem):
-    train, test = tiny_problem
+    train, sets = tiny_problem
     empty = (train[0][:0], train[1][:0])
-    for sets in ((empty, test), (train, empty)):
+    for given, evaluate in ((empty, sets), (train, {"test": empty}), (train, {"val": empty})):
         with pytest.raises(ValueError, match="must not be empty"):
-            fit(build_mlp([3, 4, 2]), SGD(0.1), *sets, epochs=1, batch_size=1)
+            fit(build_mlp([3, 4, 2]), SGD(0.1), given, evaluate, epochs=1, batch_size=1)
+    with pytest.raises(ValueError, match=r"'val' and 'test'.*'validation'"):
+        fit(build_mlp([3, 4, 2]), SGD(0.1), train, {"validation": train}, epochs=1, batch_size=1)
     for learning_rate in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="learning_rate must be > 0"):
             SGD(learning_rate)
@@ -362,10 +364,9 @@ def test_early_stopping_stops_by_its_rule_and_keeps_the_best_epochs_weights(rest
         network,
         SGD(0.5),
         (x[:40], y[:40]),
-        (x[40:], y[40:]),
+        {"val": (x[40:], y[40:]), "test": (x[40:], y[40:])},
         epochs=50,
         batch_size=4,
-        validation=(x[40:], y[40:]),
         callbacks=[
             EarlyStopping(patience=2, restore_best=restore_best),
             lambda epoch, metrics, net: snapshots.append([w.numpy() for w in net.all_weights]),
@@ -386,4 +387,12 @@ def test_early_stopping_needs_a_validation_set():
     network = build_mlp([2, 2], seed=0)
     data = (np.zeros((4, 2), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]])
     with pytest.raises(ValueError, match="needs a validation set"):
-        fit(network, SGD(0.1), data, data, epochs=1, batch_size=2, callbacks=[EarlyStopping(1)])
+        fit(
+            network,
+            SGD(0.1),
+            data,
+            {"test": data},
+            epochs=1,
+            batch_size=2,
+            callbacks=[EarlyStopping(1)],
+        )

@@ -8,7 +8,7 @@ Python only sees the per-step losses when the chunk ends.
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,18 +70,20 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclass
-class History:
-    """What training measured, as plain lists (one entry per step or per epoch)."""
+class History(Callback):
+    """What training measured, as plain lists (one entry per step or per epoch). ``fit``
+    records into the History among its callbacks, first (a new one if none is given): pass
+    the history of an interrupted run to continue it after its last epoch."""
 
     step_loss: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
+    # Empty when training had no validation set (or no test set).
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-    # Empty when training had no validation set.
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -92,19 +94,20 @@ class History:
         """The first epoch (from 1) of lowest validation loss; None without validation."""
         return int(np.argmin(self.val_loss)) + 1 if self.val_loss else None
 
+    def on_steps(self, epoch: int, first_step: int, losses: np.ndarray) -> None:
+        self.step_loss.extend(losses.tolist())
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
+        for name, value in metrics.items():
+            getattr(self, name).append(value)
+
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
-        """The per-epoch values of epoch ``epoch`` (counted from 1) by name."""
-        i = epoch - 1
-        metrics = {
-            "train_loss": self.train_loss[i],
-            "train_accuracy": self.train_accuracy[i],
-            "test_loss": self.test_loss[i],
-            "test_accuracy": self.test_accuracy[i],
-            "epoch_seconds": self.epoch_seconds[i],
+        """The per-epoch values of epoch ``epoch`` (counted from 1) by name, those measured."""
+        return {
+            name: values[epoch - 1]
+            for name, values in vars(self).items()
+            if name != "step_loss" and values
         }
-        if self.val_loss:
-            metrics |= {"val_loss": self.val_loss[i], "val_accuracy": self.val_accuracy[i]}
-        return metrics
 
     def epoch_record(self, epoch: int, steps_per_epoch: int) -> dict[str, Any]:
         """Epoch ``epoch``'s entry of every per-epoch list by name (lists that are empty, such
@@ -248,43 +251,37 @@ def fit(
     network: Sequential,
     optimizer: SGD,
     train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
+    evaluate: Mapping[str, tuple[np.ndarray, np.ndarray]],
     *,
     epochs: int,
     batch_size: int,
     seed: int = 0,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: Sequence[Callback | EpochFunction] = (),
-    history: History | None = None,
 ) -> History:
     """Train ``network`` with minibatch ``optimizer`` steps, up to epoch ``epochs``.
 
-    ``train`` and ``test`` are ``(x, y)`` pairs: ``x`` float32 ``(n, input_dim)``, ``y``
-    float32 ``(n, outputs)``. Each epoch visits the training rows in a fresh order
-    fixed by ``(seed, epoch)``, in batches of ``batch_size`` (the last may be smaller).
-    After each epoch the validation set (if given) and the test set are evaluated and
-    every callback's ``on_epoch_end`` is called, in order (an ``EarlyStopping`` before the
-    callbacks that record its state). Decisions use validation only. To resume, pass the
-    history so far: training continues after its last epoch. Raises ``NonFiniteLossError``
-    naming the epoch and step where the loss stopped being finite.
+    ``train`` and each set of ``evaluate`` are ``(x, y)`` pairs: ``x`` float32
+    ``(n, input_dim)``, ``y`` float32 ``(n, outputs)``. Each epoch visits the training rows in
+    a fresh order fixed by ``(seed, epoch)``, in batches of ``batch_size`` (the last may be
+    smaller). After each epoch the sets of ``evaluate`` are measured, ``"val"`` (validation:
+    what decisions such as early stopping use) and ``"test"`` (reported), and every callback's
+    ``on_epoch_end`` is called, in order (an ``EarlyStopping`` before the callbacks that record
+    its state). Returns the ``History`` among ``callbacks``, continued after its last epoch,
+    or a new one. Raises ``NonFiniteLossError`` naming the epoch and step where the loss
+    stopped being finite.
     """
     x_train, y_train = (tf.convert_to_tensor(a, tf.float32) for a in train)
-    x_test, y_test = (tf.convert_to_tensor(a, tf.float32) for a in test)
+    sets = {n: [tf.convert_to_tensor(a, tf.float32) for a in xy] for n, xy in evaluate.items()}
     callbacks = [c if isinstance(c, Callback) else _EpochFunction(c) for c in callbacks]
+    history = next((c for c in callbacks if isinstance(c, History)), None) or History()
+    callbacks = [history] + [c for c in callbacks if c is not history]
     num_examples = int(x_train.shape[0])
-    _check_fit_arguments(num_examples, int(x_test.shape[0]), epochs, batch_size, callbacks)
-    if validation is not None:
-        x_val, y_val = (tf.convert_to_tensor(a, tf.float32) for a in validation)
-        if int(x_val.shape[0]) == 0:
-            raise ValueError("the validation set must not be empty")
-    elif any(c.needs_validation for c in callbacks):
-        raise ValueError("early stopping needs a validation set")
+    _check_fit_arguments(num_examples, sets, epochs, batch_size, callbacks)
     trainer = Trainer(network, optimizer)
-    history = history or History()
     steps_per_epoch = math.ceil(num_examples / batch_size)
     chunk = min([c.steps_per_call for c in callbacks if c.steps_per_call] or [steps_per_epoch])
 
-    for epoch in range(len(history.train_loss) + 1, epochs + 1):
+    for epoch in range(history.epochs + 1, epochs + 1):
         if any(c.stop_training for c in callbacks):
             break  # a run resumed after the epoch it stopped at
         started = time.perf_counter()
@@ -308,19 +305,15 @@ def fit(
             correct += int(chunk_correct)
             for callback in callbacks:
                 callback.on_steps(epoch, first, losses)
-        if validation is not None:
-            val_loss, val_accuracy = trainer.evaluate(x_val, y_val)
-            history.val_loss.append(float(val_loss))
-            history.val_accuracy.append(float(val_accuracy))
-        test_loss, test_accuracy = trainer.evaluate(x_test, y_test)
-        losses = np.concatenate(epoch_losses)
-        history.step_loss.extend(losses.tolist())
-        history.train_loss.append(float(losses.mean()))
-        history.train_accuracy.append(correct / num_examples)
-        history.test_loss.append(float(test_loss))
-        history.test_accuracy.append(float(test_accuracy))
-        history.epoch_seconds.append(time.perf_counter() - started)
-        metrics = history.epoch_metrics(epoch)
+        metrics = {
+            "train_loss": float(np.concatenate(epoch_losses).mean()),
+            "train_accuracy": correct / num_examples,
+        }
+        for name in ("val", "test"):
+            if name in sets:
+                loss, accuracy = trainer.evaluate(*sets[name])
+                metrics |= {f"{name}_loss": float(loss), f"{name}_accuracy": float(accuracy)}
+        metrics["epoch_seconds"] = time.perf_counter() - started
         for callback in callbacks:
             callback.on_epoch_end(epoch, metrics, network)
     for callback in callbacks:
@@ -329,10 +322,14 @@ def fit(
 
 
 def _check_fit_arguments(
-    num_train: int, num_test: int, epochs: int, batch_size: int, callbacks: list[Callback]
+    num_train: int, sets: dict, epochs: int, batch_size: int, callbacks: list[Callback]
 ) -> None:
-    if num_train == 0 or num_test == 0:
-        raise ValueError("training and test sets must not be empty")
+    if num_train == 0 or any(int(x.shape[0]) == 0 for x, _ in sets.values()):
+        raise ValueError("the training and evaluation sets must not be empty")
+    if unknown := set(sets) - {"val", "test"}:
+        raise ValueError(f"evaluate names 'val' and 'test' sets, got {sorted(unknown)}")
+    if "val" not in sets and any(c.needs_validation for c in callbacks):
+        raise ValueError("early stopping needs a validation set (evaluate['val'])")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 1 <= batch_size <= num_train:

@@ -4,6 +4,8 @@ directories, and MNIST-format data (small synthetic files, or the real shared di
 import os
 import pty
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -169,12 +171,47 @@ def prefect_harness():
         yield
 
 
+_STORE_TEMPLATE: list[Path] = []
+
+
+def _store_template() -> Path:
+    # Migrating a new SQLite store costs about 2 s; the suite migrates one and copies it.
+    if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        database = Path(tempfile.mkdtemp(prefix="tfnn-store-template-")) / "mlflow.db"
+        client = MlflowClient(f"sqlite:///{database}")
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+        _STORE_TEMPLATE.append(database)
+    return _STORE_TEMPLATE[0]
+
+
+def assert_nothing_recorded(directory: Path) -> None:
+    """The store that ``use_mlflow_store`` made in ``directory`` holds no experiment but the
+    Default, no run, and no artifact."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert client.search_runs(["0"]) == [] and not (directory / "mlruns").exists()
+
+
 def use_mlflow_store(monkeypatch: pytest.MonkeyPatch, directory: Path) -> str:
-    """Make ``directory`` the working directory and MLflow's store (SQLite + ./mlruns) there."""
+    """Make ``directory`` the working directory and MLflow's store (SQLite + ./mlruns) there:
+    a copy of a migrated store, its Default experiment's artifacts in ``directory``."""
     import mlflow
 
     monkeypatch.chdir(directory)
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    database = directory / "mlflow.db"
+    shutil.copyfile(_store_template(), database)
+    with sqlite3.connect(database) as db:
+        location = str(directory / "mlruns" / "0")
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [location]
+        )
+    db.close()
+    uri = f"sqlite:///{database}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri

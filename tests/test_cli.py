@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TERMINAL_CODE, run_on_a_terminal, run_tfnn, tfnn_env
+from conftest import (
+    TERMINAL_CODE,
+    assert_nothing_recorded,
+    run_on_a_terminal,
+    run_tfnn,
+    tfnn_env,
+)
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -56,7 +62,7 @@ def test_bad_flag_is_refused_before_any_work(
     assert err.count("\n") == 1 and err.endswith("\n")
     assert err.startswith(f"tfnn: error: invalid configuration: {field}: ")
     assert problem in err
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert_nothing_recorded(tmp_path)
     assert flow_run_count() == runs_before
 
 
@@ -86,7 +92,7 @@ def test_flow_parameter_validation_refuses_a_bad_config(prefect_harness, mlflow_
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     assert tasks == []
-    assert not (tmp_path / "mlflow.db").exists()
+    assert_nothing_recorded(tmp_path)
 
 
 def test_train_prints_final_metrics_and_run_id(

@@ -10,16 +10,12 @@ import argparse
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
 
 from cli.commands import HANDLERS, DidNotLearn, Inputs
 from cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
 from cli.parser import OPTIONS, build_parser, given_fields
-
-if TYPE_CHECKING:
-    from cli.prefect_server import PrefectServer
 
 __all__ = ["build_parser", "main"]
 
@@ -107,7 +103,7 @@ def _sweep_inputs(args: argparse.Namespace, options) -> Inputs:
 
 
 def check_inputs(
-    args: argparse.Namespace, inputs: Inputs, server: "PrefectServer | None" = None
+    args: argparse.Namespace, inputs: Inputs, wait_for_server: Callable[[], None] | None = None
 ) -> Inputs:
     """Refuse bad data, an unwritable output directory, unreachable services, a run that
     cannot be resumed, unreadable images and unknown models before any run starts (raises
@@ -129,8 +125,8 @@ def check_inputs(
 
         args.model = args.model or DEFAULT_MODEL_URI
         preflight.check_predict(args.images, args.labels, args.output, args.model, args.trust_model)
-    if server:
-        server.wait()  # its start-up timeout
+    if wait_for_server:
+        wait_for_server()  # its start-up timeout
     elif args.command != "evaluate":
         preflight.check_orchestration()
     return inputs
@@ -187,17 +183,17 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     except _refusals() as error:
         print(_error_line(error), file=sys.stderr)
         return EXIT_USAGE
-    server = None
+    wait_for_server = None
     if args.command != "evaluate":
         from cli.prefect_server import prefect_api
 
         # it starts while the rest imports and checks the input
-        server = services.enter_context(prefect_api())
+        wait_for_server = services.enter_context(prefect_api())
     start_tensorflow_quietly()
     import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
 
     try:
-        inputs = check_inputs(args, inputs, server)
+        inputs = check_inputs(args, inputs, wait_for_server)
     except _refusals() as error:
         if args.traceback:  # the stack too; the exit code stays a refusal's
             traceback.print_exc()

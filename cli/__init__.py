@@ -50,15 +50,27 @@ def _error_line(error: BaseException) -> str:
     return f"tfnn: error: {one_line(error, typed=False)}"
 
 
-def read_inputs(args: argparse.Namespace, recorded: dict[str, str] | None = None) -> Inputs:
+def read_inputs(
+    args: argparse.Namespace,
+    recorded: dict[str, str] | None = None,
+    recorded_options: dict[str, object] | None = None,
+) -> Inputs:
     """The flags as typed configs, checked as far as flags alone allow (no service, no
     TensorFlow): ``ValidationError`` or ``InputError`` otherwise. ``recorded``: a resumed
-    run's configuration, which flags given override."""
+    run's configuration, which flags given override; ``recorded_options``: the run options it
+    was started with, which a flag may not change."""
     from tasks.config import InputError, RunOptions, TrainConfig
 
     if args.command not in OPTIONS:
         return Inputs()
-    options = RunOptions(**given_fields(args, RunOptions))
+    given = given_fields(args, RunOptions)
+    for name, value in (recorded_options or {}).items():
+        if given.setdefault(name, value) != value:
+            raise InputError(
+                f"--resume {given['resume']}: the run was started with {name} {value!r}, "
+                f"not {given[name]!r}; leave out that flag, or start a new run"
+            )
+    options = RunOptions(**given)
     if args.command == "sweep":
         return _sweep_inputs(args, options)
     if options.resume and recorded is None:  # the configuration is the run's: read it later
@@ -114,7 +126,7 @@ def check_inputs(
         resume, output_dir = inputs.options.resume, inputs.options.output_dir
         if resume:  # the configuration is the run's: read it first
             preflight.check_tracking()
-            inputs = read_inputs(args, preflight.check_resume(resume, args.experiment, output_dir))
+            inputs = read_inputs(args, *preflight.check_resume(resume, args.experiment, output_dir))
             preflight.check_resumed_config(resume, inputs.config)
         preflight.check_data(inputs.config)
         preflight.check_output_dir(output_dir)

@@ -31,7 +31,7 @@ from tasks.config import InputError, TrainConfig, check_utf8, one_line
 from tasks.data_source import check_tfds_source, load_source
 from tasks.epoch_logger import keep_checkpoints
 from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
-from tasks.runs import ResumeError, check_run_to_resume, hold_run_directory
+from tasks.runs import ResumeError, check_run_to_resume, hold_run_directory, recorded_options
 from tasks.timeouts import check_timeouts
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
@@ -180,10 +180,13 @@ def check_orchestration() -> None:
             ) from None
 
 
-def check_resume(run_id: str, experiment: str | None, output_dir: str) -> dict[str, str]:
-    """The configuration that MLflow run ``run_id`` recorded (strings, for ``TrainConfig``),
-    after checking that it exists, is unfinished, is in ``experiment`` if one is named, and
-    that no process is training it (holding its directory under ``output_dir``)."""
+def check_resume(
+    run_id: str, experiment: str | None, output_dir: str
+) -> tuple[dict[str, str], dict[str, object]]:
+    """The configuration (strings, for ``TrainConfig``) and the run options that MLflow run
+    ``run_id`` recorded, after checking that it exists, is unfinished, is in ``experiment`` if
+    one is named, and that no process is training it (holding its directory under
+    ``output_dir``)."""
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException as error:
@@ -202,7 +205,7 @@ def check_resume(run_id: str, experiment: str | None, output_dir: str) -> dict[s
             pass
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
-    return TrainConfig.fields_from_params(run.data.params)
+    return TrainConfig.fields_from_params(run.data.params), recorded_options(run.data.tags)
 
 
 def check_resumed_config(run_id: str, config: TrainConfig) -> None:

@@ -16,7 +16,7 @@ from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
 from tasks.registry import download_weights, register_model
 from tasks.reporting import publish_summary
-from tasks.runs import hold_run_directory
+from tasks.runs import hold_run_directory, option_tags
 from tasks.tracking import (
     flag_if_not_learning,
     log_evaluation,
@@ -59,7 +59,12 @@ def train_pipeline(
             held.enter_context(hold_run_directory(Path(options.output_dir) / options.resume))
         run_id = held.enter_context(
             tracked_run(
-                config.as_params(), options.experiment, parent_run_id, run_name, options.resume
+                config.as_params(),
+                options.experiment,
+                parent_run_id,
+                run_name,
+                options.resume,
+                option_tags(options),
             )
         )
         run_dir = Path(options.output_dir) / run_id

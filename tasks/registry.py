@@ -110,9 +110,15 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    # Not retried: a retry after a lost reply would make a second version.
-    created = client.create_model_version(
-        name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/")
+    # A resumed run that had registered before it was stopped keeps that version. Not
+    # retried: a retry after a lost reply would make a second version.
+    earlier = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    created = (
+        earlier[0]
+        if earlier
+        else client.create_model_version(
+            name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/")
+        )
     )
     version = client.get_model_version(name, created.version)
     if version.status != "READY":

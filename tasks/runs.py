@@ -10,6 +10,7 @@ names its run explicitly.
 """
 
 import fcntl
+import json
 import os
 import platform
 import subprocess
@@ -33,6 +34,23 @@ from tasks.config import CHAMPION_ALIAS, installed_version, one_line
 
 ERROR_TAG = "tfnn.error"
 LOCK_FILE = "run.lock"
+# The run options a resumed run keeps (where its model goes), recorded as tags.
+OPTION_TAG_PREFIX = "tfnn.option."
+KEPT_OPTIONS = ("model_name", "register_model")
+
+
+def option_tags(options) -> dict[str, str]:
+    """``RunOptions``' ``KEPT_OPTIONS`` as the run's tags (JSON values)."""
+    return {OPTION_TAG_PREFIX + name: json.dumps(getattr(options, name)) for name in KEPT_OPTIONS}
+
+
+def recorded_options(tags: dict[str, str]) -> dict[str, object]:
+    """The ``KEPT_OPTIONS`` a run was started with, from its tags (none before they were)."""
+    return {
+        name: json.loads(tags[OPTION_TAG_PREFIX + name])
+        for name in KEPT_OPTIONS
+        if OPTION_TAG_PREFIX + name in tags
+    }
 
 
 class ResumeError(ValueError):

@@ -13,7 +13,7 @@ import mlflow
 import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
@@ -51,6 +51,7 @@ def tracked_run(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """``tasks.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
     flow run's id and name, and Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``) ends it
@@ -58,6 +59,7 @@ def tracked_run(
     The run also gets the flow run's UI page and the code version (``run_context_tags``),
     the flow run a link to the run's UI page, and the run system metrics while it is open."""
     tags = {
+        **(tags or {}),
         "prefect.flow_run_id": str(runtime.flow_run.id),
         "prefect.flow_run_name": str(runtime.flow_run.name),
         **run_context_tags(),
@@ -123,6 +125,10 @@ def log_trained_model(
     example = data.x_test[:5]
     # In the run's experiment: a logged model made without one lands in experiment 0.
     experiment_id = client.get_run(run_id).info.experiment_id
+    # A resumed run that had logged its model before it was stopped keeps that one.
+    for earlier in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'"):
+        if earlier.status == LoggedModelStatus.READY:
+            return f"models:/{earlier.model_id}"
     logged = mlflow.initialize_logged_model(
         name="model", source_run_id=run_id, experiment_id=experiment_id
     )

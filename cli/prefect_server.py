@@ -22,8 +22,8 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from cli.locking import exclusive_lock
 from tasks.config import InputError
+from tasks.locking import exclusive_lock
 
 # Prefect's API app under uvicorn, as Prefect runs it, and a thread that stops it (SIGTERM:
 # uvicorn's graceful exit) once its stdin closes.

@@ -26,10 +26,10 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from cli.locking import exclusive_lock
 from tasks.config import InputError, TrainConfig, check_utf8, one_line
 from tasks.data_source import check_tfds_source, load_source
 from tasks.epoch_logger import keep_checkpoints
+from tasks.locking import exclusive_lock
 from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
 from tasks.runs import ResumeError, check_run_to_resume, hold_run_directory, recorded_options
 from tasks.timeouts import check_timeouts

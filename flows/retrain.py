@@ -82,7 +82,7 @@ def _challenge(config, options, data, champion, key, data_event_id, data_digest)
     decision = challenge(
         model_name, champion, challenger.model_version, challenger.run_id, data, options.margin, key
     )
-    record_decision(decision)
+    decision = record_decision(decision)
     # The card written at registration did not know the decision yet.
     publish_model_card(challenger.run_id, model_name, challenger.model_version)
     return decision

@@ -12,7 +12,9 @@ margin trains again.
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -24,6 +26,7 @@ from prefect.cache_policies import NONE
 
 from tasks.config import CHAMPION_ALIAS, TrainConfig
 from tasks.data import PreparedData
+from tasks.locking import exclusive_lock
 from tasks.runs import champion_version
 from tasks.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tfnn.metrics import accuracy
@@ -207,15 +210,47 @@ def challenge(
     )
 
 
+@contextmanager
+def promotion_lock() -> Iterator[None]:
+    """Held while a promotion reads the champion and moves it. A local SQLite store is locked
+    beside its file, so retrains started together on one machine take turns. MLflow has no
+    compare-and-set of an alias: against a tracking server the check is made just before the
+    move, and the stack's deployments run one training per model at a time."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with exclusive_lock(f"{Path(uri.removeprefix('sqlite:///').split('?')[0]).absolute()}.lock"):
+        yield
+
+
 @task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
-def record_decision(decision: Decision) -> None:
+def record_decision(decision: Decision) -> Decision:
     """Tag the challenger's run and version with the decision; on promotion, move the
-    ``champion`` alias to the (already READY) challenger in one registry call.
+    ``champion`` alias to the (already READY) challenger, compare-and-set: only if it still
+    points at the version compared with. If another retrain moved it meanwhile, the
+    challenger is kept, and the decision returned says so.
 
     The retrain key, which makes a repeat a no-op, is written last: a retrain killed before
     the alias moved is not mistaken for one already decided, so its winner is not lost.
     """
     client = MlflowClient()
+    with promotion_lock():
+        if decision.action == "promoted":
+            now = champion_version(client, decision.model_name)
+            now = now and str(now.version)
+            if now == decision.champion_version:
+                client.set_registered_model_alias(
+                    decision.model_name, CHAMPION_ALIAS, decision.challenger_version
+                )
+            else:
+                decision = replace(
+                    decision,
+                    action="kept",
+                    reason=f"the champion moved to version {now} while this challenger was "
+                    f"compared with version {decision.champion_version or 'none'}: kept; "
+                    f"retrain again to compare with version {now}",
+                )
     tags = decision.tags()
     key = tags.pop(KEY_TAG)
 
@@ -225,8 +260,5 @@ def record_decision(decision: Decision) -> None:
 
     for name, value in tags.items():
         tag(name, value)
-    if decision.action == "promoted":
-        client.set_registered_model_alias(
-            decision.model_name, CHAMPION_ALIAS, decision.challenger_version
-        )
     tag(KEY_TAG, key)
+    return decision

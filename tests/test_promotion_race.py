@@ -1,0 +1,46 @@
+"""Two retrains that finish together both compared their challenger with the same champion:
+the alias moves once, compare-and-set, and the other challenger is kept, saying why."""
+
+import threading
+
+from mlflow.tracking import MlflowClient
+
+from tasks.config import CHAMPION_ALIAS
+from tasks.registry import Decision, record_decision
+
+NAME = "raced"
+
+
+def test_two_promotions_against_one_champion_move_the_alias_once(prefect_harness, mlflow_store):
+    client = MlflowClient()
+    client.create_registered_model(NAME)
+    experiment = client.create_experiment("race")
+    runs = [client.create_run(experiment).info.run_id for _ in range(3)]
+    for run_id in runs:  # versions 1, 2 and 3; 1 is the champion
+        client.create_model_version(NAME, f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(NAME, CHAMPION_ALIAS, "1")
+    decisions = [
+        Decision(NAME, "promoted", "better", f"key{v}", "1", str(v), challenger_run_id=runs[v - 1])
+        for v in (2, 3)
+    ]
+    start, recorded = threading.Barrier(2), {}
+
+    def promote(decision: Decision) -> None:
+        start.wait()
+        recorded[decision.challenger_version] = record_decision(decision)
+
+    threads = [threading.Thread(target=promote, args=(d,)) for d in decisions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    actions = sorted((d.action, v) for v, d in recorded.items())
+    assert [action for action, _ in actions] == ["kept", "promoted"]
+    [(_, kept)] = [(a, v) for a, v in actions if a == "kept"]
+    [(_, winner)] = [(a, v) for a, v in actions if a == "promoted"]
+    champion = client.get_model_version_by_alias(NAME, CHAMPION_ALIAS)
+    assert str(champion.version) == winner
+    assert recorded[kept].reason.startswith(f"the champion moved to version {winner} while")
+    # Both versions carry the decision that was really made.
+    for version, decision in recorded.items():
+        assert client.get_model_version(NAME, version).tags["tfnn.decision"] == decision.action

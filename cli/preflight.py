@@ -144,15 +144,28 @@ def check_tracking() -> None:
                 f"{database}: the MLflow store needs a writable directory ({error.strerror}); "
                 "run from a writable directory or set MLFLOW_TRACKING_URI"
             ) from None
+        creating = database.with_name(database.name + ".creating")
         try:
             logging.getLogger("alembic").setLevel(logging.ERROR)  # its table creation log
-            MlflowClient().search_experiments(max_results=1)
-            MlflowClient().search_registered_models(max_results=1)  # the registry's tables
+            if not database.exists():
+                # Migrated beside it, then renamed into place: a creation killed or out of
+                # disk leaves no store, never half of one that every later run trips on.
+                creating.unlink(missing_ok=True)
+                _open_store(f"sqlite:///{creating}")
+                os.replace(creating, database)
+            _open_store(uri)
         except Exception as error:  # alembic, SQLAlchemy and MLflow errors alike
+            creating.unlink(missing_ok=True)
             raise InputError(
                 f"MLflow store {database} cannot be opened ({one_line(error)}); move it aside "
                 "or set MLFLOW_TRACKING_URI"
             ) from None
+
+
+def _open_store(uri: str) -> None:
+    client = MlflowClient(uri)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)  # the registry's tables
 
 
 def check_orchestration() -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -288,3 +289,49 @@ def test_a_read_only_working_directory_is_refused_at_once(small_mnist_dir, tmp_p
         line,
     )
     assert list(work.iterdir()) == []
+
+
+CREATE_STORE = "from cli import preflight; preflight.check_tracking()"
+
+
+@pytest.mark.parametrize("after", [0.05, 0.4, 1.0])
+def test_a_store_killed_while_it_is_created_is_whole_or_absent(tmp_path, after):
+    database = tmp_path / "mlflow.db"
+    env = tfnn_env(MLFLOW_TRACKING_URI=f"sqlite:///{database}")
+    process = subprocess.Popen([sys.executable, "-c", CREATE_STORE], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        # The file SQLite creates (or, with the fix, the one migrated beside it).
+        while not list(tmp_path.glob("mlflow.db.creating")) + list(tmp_path.glob("mlflow.db")):
+            assert process.poll() is None, "the command ended before the store was made"
+            assert time.monotonic() < deadline, "the store's creation never started"
+            time.sleep(0.005)
+        time.sleep(after)
+    finally:
+        process.kill()
+        process.wait()
+    # Either no store or a whole one: the next command opens it (or creates it) and runs.
+    if database.exists():
+        client = MlflowClient(f"sqlite:///{database}")
+        assert client.search_experiments() and client.search_registered_models() == []
+    again = subprocess.run([sys.executable, "-c", CREATE_STORE], cwd=tmp_path, env=env)
+    assert again.returncode == 0
+    assert MlflowClient(f"sqlite:///{database}").create_experiment("after") is not None
+
+
+def test_a_store_that_runs_out_of_disk_while_it_is_created_leaves_none(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)])
+    if mounted.returncode != 0:
+        pytest.skip("mounting a 512 KB tmpfs needs root")
+    try:
+        env = tfnn_env(MLFLOW_TRACKING_URI=f"sqlite:///{small / 'mlflow.db'}")
+        result = subprocess.run(
+            [sys.executable, "-c", CREATE_STORE], env=env, capture_output=True, text=True
+        )
+        assert result.returncode != 0
+        assert f"InputError: MLflow store {small / 'mlflow.db'} cannot be opened" in result.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["mlflow.db.lock"]
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=True)

@@ -132,6 +132,8 @@ def check_inputs(
         preflight.check_output_dir(output_dir)
         if not resume:
             preflight.check_tracking()
+        if args.command == "retrain":
+            preflight.check_champion(inputs.options.model_name)
     if args.command == "predict":
         from flows.predict import DEFAULT_MODEL_URI
 

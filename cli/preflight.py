@@ -26,12 +26,18 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from tasks.config import InputError, TrainConfig, check_utf8, one_line
+from tasks.config import CHAMPION_ALIAS, InputError, TrainConfig, check_utf8, one_line
 from tasks.data_source import check_tfds_source, load_source
 from tasks.epoch_logger import keep_checkpoints
 from tasks.locking import exclusive_lock
 from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
-from tasks.runs import ResumeError, check_run_to_resume, hold_run_directory, recorded_options
+from tasks.runs import (
+    ResumeError,
+    champion_version,
+    check_run_to_resume,
+    hold_run_directory,
+    recorded_options,
+)
 from tasks.timeouts import check_timeouts
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
@@ -227,6 +233,22 @@ def check_resumed_config(run_id: str, config: TrainConfig) -> None:
         check_run_to_resume(MlflowClient().get_run(run_id), config.as_params())
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
+
+
+def check_champion(model_name: str) -> None:
+    """``InputError`` if ``model_name`` has a champion whose model cannot be read (its run's
+    artifacts deleted): a retrain would train and register a challenger, then fail."""
+    version = champion_version(MlflowClient(), model_name)
+    if version is None:
+        return
+    uri = f"models:/{model_name}@{CHAMPION_ALIAS}"
+    try:
+        get_model_info(uri)
+    except (MlflowException, OSError) as error:
+        raise InputError(
+            f"{uri}: the champion (version {version.version}) cannot be loaded "
+            f"({one_line(error)}); restore its artifacts, or point the alias at another version"
+        ) from None
 
 
 def check_predict(

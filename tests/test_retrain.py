@@ -2,6 +2,7 @@
 warm starts. Scores are re-derived independently from the saved weights with NumPy."""
 
 import asyncio
+import shutil
 import tempfile
 
 import mlflow
@@ -179,3 +180,24 @@ def test_compare_registers_each_child_under_the_given_name(
         "relu",
         "tanh",
     }
+
+
+def test_a_champion_whose_artifacts_are_gone_is_refused_before_a_retrain(
+    prefect_harness, mlflow_store, small_mnist_dir, capsys
+):
+    flags = ["--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden-sizes", "8"]
+    assert main(["retrain", *flags, "--no-progress"]) == 0  # no champion: v1 becomes it
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    model_id = champion.source.removeprefix("models:/")
+    shutil.rmtree(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    capsys.readouterr()
+
+    # Another seed: a retrain with something new to train.
+    assert main(["retrain", *flags, "--seed", "1", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(
+        f"tfnn: error: models:/{NAME}@champion: the champion (version 1) cannot be loaded ("
+    )
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]

@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.deployments import run_deployment
 from prefect.flow_engine import run_flow
+from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
@@ -132,11 +133,18 @@ def test_progress_artifact_and_one_log_line_per_epoch(local_run):
                 key=ArtifactFilterKey(any_=["training-progress"]),
             )
         )
-        logs = prefect.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
+        # Prefect ships log lines from a background worker: send what it holds, then give
+        # the server a moment to store them.
+        APILogHandler().flush()
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        deadline = time.monotonic() + 30
+        while True:
+            logs = prefect.read_logs(log_filter=log_filter)
+            lines = [log.message for log in logs if log.message.startswith("epoch ")]
+            if len(lines) >= EPOCHS or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     assert [artifact.data for artifact in progress] == [100.0]
-    lines = [log.message for log in logs if log.message.startswith("epoch ")]
     assert len(lines) == EPOCHS
     for epoch, line in enumerate(lines, start=1):
         loss = client.get_metric_history(run.info.run_id, "val_loss")[epoch - 1].value

@@ -281,6 +281,7 @@ def check_predict(
             get_model_info(model_uri)
     except MlflowException as error:
         raise InputError(
-            f"--model {model_uri}: not found on the tracking server ({one_line(error)}); "
-            "name a registered model version or alias, a logged model or a run"
+            f"--model {model_uri}: cannot be loaded from the tracking server "
+            f"({one_line(error)}); name a registered model version or alias, a logged model "
+            "or a run whose artifacts exist"
         ) from None

@@ -281,11 +281,11 @@ BAD_PREDICT = {
     ),
     "predict with a model the registry lacks": (
         "--images test-images --model models:/tfnn-mnist/7",
-        "--model models:/tfnn-mnist/7: not found on the tracking server",
+        "--model models:/tfnn-mnist/7: cannot be loaded from the tracking server",
     ),
     "predict with the champion and none registered": (
         "--images test-images",
-        "--model models:/tfnn-mnist@champion: not found on the tracking server",
+        "--model models:/tfnn-mnist@champion: cannot be loaded from the tracking server",
     ),
 }
 BAD_SWEEP = {

@@ -183,7 +183,7 @@ def test_compare_registers_each_child_under_the_given_name(
 
 
 def test_a_champion_whose_artifacts_are_gone_is_refused_before_a_retrain(
-    prefect_harness, mlflow_store, small_mnist_dir, capsys
+    prefect_harness, mlflow_store, small_mnist_dir, capsys, tmp_path
 ):
     flags = ["--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden-sizes", "8"]
     assert main(["retrain", *flags, "--no-progress"]) == 0  # no champion: v1 becomes it
@@ -201,3 +201,12 @@ def test_a_champion_whose_artifacts_are_gone_is_refused_before_a_retrain(
         f"tfnn: error: models:/{NAME}@champion: the champion (version 1) cannot be loaded ("
     )
     assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+    # predict reads the same champion: refused before anything is read or written.
+    images = str(small_mnist_dir / "t10k-images-idx3-ubyte.gz")
+    output = tmp_path / "predictions.csv"
+    assert main(["predict", "--images", images, "--output", str(output)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"tfnn: error: --model models:/{NAME}@champion: ")
+    assert "cannot be loaded" in err and not output.exists()

@@ -7,11 +7,14 @@ result lines; errors are one line on stderr, ``--traceback`` shows the full stac
 """
 
 import argparse
+import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 from cli.commands import HANDLERS, DidNotLearn, Inputs
 from cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
@@ -183,6 +186,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_prefect_home() -> None:
+    """``InputError`` unless Prefect can keep its settings and database in ``PREFECT_HOME``
+    (default ``~/.prefect``): checked before Prefect is imported, which warns in several lines
+    and goes on."""
+    from tasks.config import InputError
+
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"{home}: Prefect cannot keep its settings there ({error.strerror}); set "
+            "PREFECT_HOME to a writable directory"
+        ) from None
+
+
 def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     args = build_parser().parse_args(argv)
     set_output_environment(args.verbose)
@@ -194,6 +215,7 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     # nothing. A resumed run's configuration needs its MLflow run, so it is checked later.
     try:
         inputs = read_inputs(args)
+        check_prefect_home()
     except _refusals() as error:
         print(_error_line(error), file=sys.stderr)
         return EXIT_USAGE

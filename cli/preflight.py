@@ -45,6 +45,8 @@ from tfnn.png import check_png
 from tfnn.preprocessing import validation_split
 
 CHECK_TIMEOUT_SECONDS = 5
+# The stores MLflow's tracking accepts: its REST server, SQLAlchemy databases and files.
+TRACKING_SCHEMES = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql", "file")
 
 
 @contextmanager
@@ -124,6 +126,12 @@ def check_tracking() -> None:
     except ValueError as error:
         raise InputError(str(error)) from None
     uri = mlflow.get_tracking_uri()
+    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else "file"
+    if scheme not in TRACKING_SCHEMES:
+        raise InputError(
+            f"MLFLOW_TRACKING_URI={uri}: the scheme {scheme!r} is not one MLflow can track to; "
+            "use http(s)://HOST:PORT, sqlite:///FILE, a database URL or a directory"
+        )
     if not uri.startswith("sqlite:///"):
         try:
             with _quick_mlflow():
@@ -142,6 +150,11 @@ def check_tracking() -> None:
             ) from None
         return
     database = Path(uri.removeprefix("sqlite:///").split("?")[0]).absolute()
+    if database.is_dir():  # SQLite would retry opening it for minutes
+        raise InputError(
+            f"MLflow store {database} is a directory, not a SQLite file; move it aside or set "
+            "MLFLOW_TRACKING_URI"
+        )
     with ExitStack() as held:
         try:
             held.enter_context(exclusive_lock(f"{database}.lock"))

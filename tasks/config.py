@@ -37,6 +37,7 @@ from tfnn.names import (
 DATA_DIR_ENV = "TFNN_DATA_DIR"
 MNIST_PIXELS, MNIST_CLASSES = 28 * 28, 10
 # The defaults of the other commands' own flags, shared with their flows.
+MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow's, refused by it only once a run is starting
 COMPARED_ACTIVATIONS = ("relu", "tanh")  # the notebook's second experiment
 PREDICTIONS_FILE = "predictions.csv"
 CHAMPION_ALIAS = "champion"  # the registered version that serving, retrain and checks use
@@ -201,7 +202,12 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    experiment: str = Field("tfnn-mnist", description="MLflow experiment name")
+    experiment: str = Field(
+        "tfnn-mnist",
+        min_length=1,
+        max_length=MAX_EXPERIMENT_NAME_LENGTH,
+        description="MLflow experiment name",
+    )
     output_dir: str = Field("outputs", description="local checkpoints and plots")
     model_name: str = Field("tfnn-mnist", min_length=1, description="registered model name")
     register_model: bool = Field(True, description="register the model in the registry")

@@ -4,6 +4,7 @@ RUNNING or FINISHED. The cases run side by side, each in its own directory and s
 
 import gzip
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -105,6 +106,14 @@ BROKEN_DATA = {
         lambda d: (shutil.rmtree(d), d.symlink_to(d)),
         "data: cannot resolve the path (Symlink loop",
     ),
+    "a FIFO as a data file": (
+        lambda d: ((d / TRAIN_LABELS).unlink(), os.mkfifo(d / TRAIN_LABELS)),
+        f"{TRAIN_LABELS}: not a regular file",
+    ),
+    "a symlink to /dev/zero as a data file": (
+        lambda d: ((d / TEST_LABELS).unlink(), (d / TEST_LABELS).symlink_to("/dev/zero")),
+        f"{TEST_LABELS}: not a regular file",
+    ),
     # The directory is renamed: a path whose bytes are not UTF-8 (Python: surrogates).
     "directory name not UTF-8": (
         lambda d: d.rename(d.with_name("d\udcff")),
@@ -175,6 +184,23 @@ BAD_ENVIRONMENT = {
     "unreachable Prefect": (
         lambda d, port: ({"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, []),
         "Prefect API at http://127.0.0.1:{port}/api is unreachable",
+    ),
+    "unsupported tracking scheme": (
+        lambda d, port: ({"MLFLOW_TRACKING_URI": "ftp://x"}, []),
+        "MLFLOW_TRACKING_URI=ftp://x: the scheme 'ftp' is not one MLflow can track to",
+    ),
+    "store that is a directory": (
+        lambda d, port: ({"MLFLOW_TRACKING_URI": f"sqlite:///{d / 'a-dir.db'}"}, []),
+        "a-dir.db is a directory, not a SQLite file",
+    ),
+    "unwritable Prefect home": (
+        lambda d, port: ({"PREFECT_HOME": str(d / "a-file" / "prefect")}, []),
+        "/a-file/prefect: Prefect cannot keep its settings there (Not a directory); set "
+        "PREFECT_HOME",
+    ),
+    "experiment name over MLflow's limit": (
+        lambda d, port: ({}, ["--experiment", "x" * 501]),
+        "experiment: String should have at most 500 characters",
     ),
     "upload time limit not a number": (
         lambda d, port: ({"TFNN_UPLOAD_TIMEOUT_SECONDS": "abc"}, []),
@@ -350,6 +376,7 @@ def _command(
         return argv, {}, BAD_CONFIG[case][1]
     if case in BAD_ENVIRONMENT:
         (directory / "a-file").write_text("not a directory")
+        (directory / "a-dir.db").mkdir()
         port = free_port()  # nothing listens there
         env, flags = BAD_ENVIRONMENT[case][0](directory, port)
         return [*valid, *flags], env, BAD_ENVIRONMENT[case][1].format(port=port)

@@ -6,7 +6,13 @@ import pytest
 from pydantic import ValidationError
 
 from cli.preflight import check_tracking
-from tasks.config import InputError, RunOptions, TrainConfig, describe_validation_error
+from tasks.config import (
+    MAX_EXPERIMENT_NAME_LENGTH,
+    InputError,
+    RunOptions,
+    TrainConfig,
+    describe_validation_error,
+)
 
 
 def refused(model, **fields) -> str:
@@ -38,6 +44,14 @@ def test_a_model_name_that_breaks_model_uris_is_refused(name):
     line = refused(RunOptions, model_name=name)
     assert line.startswith("invalid run options: model_name: ") and f"(got {name!r})" in line
     assert RunOptions(model_name="tfnn-mnist_v2.1").model_name == "tfnn-mnist_v2.1"
+
+
+def test_the_experiment_name_limit_is_mlflows():
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH as mlflows
+
+    assert mlflows == MAX_EXPERIMENT_NAME_LENGTH
+    line = refused(RunOptions, experiment="x" * (mlflows + 1))
+    assert line.startswith("invalid run options: experiment: String should have at most 500")
 
 
 def test_a_network_over_the_parameter_limit_is_refused_before_anything_starts():

@@ -246,6 +246,16 @@ def test_a_checkpoint_without_its_history_is_refused(tmp_path, problem):
         TrainingCheckpoint(network, tmp_path).restore_latest()
 
 
+def test_a_garbage_history_line_is_named_with_its_file(tmp_path, problem):
+    network = build_mlp([4, 5, 3], seed=0)
+    fit_checkpointed(network, TrainingCheckpoint(network, tmp_path), problem, 2)
+    path = tmp_path / "history.jsonl"
+    first, _ = path.read_text().splitlines()
+    path.write_text(f"{first}\nnot json\n")
+    with pytest.raises(ModelFileError, match=r"history.jsonl: line 2 is not an epoch record"):
+        TrainingCheckpoint(network, tmp_path).restore_latest()
+
+
 def test_no_checkpoint_restores_nothing(tmp_path):
     network = build_mlp([4, 5, 3], seed=0)
     before = weights_of(network)

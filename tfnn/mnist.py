@@ -74,7 +74,14 @@ def _check_split(
 
 
 def _find(directory: Path, name: str) -> Path:
-    found = [c for c in (directory / f"{name}.gz", directory / name) if c.is_file()]
+    candidates = [c for c in (directory / f"{name}.gz", directory / name) if c.exists()]
+    for candidate in candidates:
+        if not candidate.is_file():  # a FIFO or a device would block or never end
+            raise DataError(
+                f"{candidate}: not a regular file (a pipe, a device or a directory); "
+                "put the IDX file itself there"
+            )
+    found = candidates
     if len(found) == 2:  # which one is the data is not ours to guess
         raise DataError(
             f"{found[1]} and {found[0].name} both exist; keep one, so that the run reads the "

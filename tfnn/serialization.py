@@ -195,13 +195,22 @@ class TrainingCheckpoint:
         records: dict[int, dict[str, Any]] = {}
         try:
             with open(self.history_path) as history:
+                number = 0
                 while line := history.readline(MAX_HISTORY_LINE):
+                    number += 1
                     if not line.endswith("\n"):
                         break  # cut short by a crash (or absurdly long): written again later
-                    record = json.loads(line)
-                    record["step_loss"] = np.asarray(record["step_loss"], np.float32).tolist()
-                    if record["epoch"] <= epochs:
-                        records[record["epoch"]] = record
+                    try:
+                        record = json.loads(line)
+                        record["step_loss"] = np.asarray(record["step_loss"], np.float32).tolist()
+                        epoch = int(record["epoch"])
+                    except (ValueError, TypeError, KeyError) as error:
+                        raise ModelFileError(
+                            f"{self.history_path}: line {number} is not an epoch record "
+                            f"({error}); restore the file or start a new run"
+                        ) from None
+                    if epoch <= epochs:
+                        records[epoch] = record
         except FileNotFoundError:
             pass
         if sorted(records) != list(range(1, epochs + 1)):

@@ -149,6 +149,10 @@ def check_tracking() -> None:
                 "MLFLOW_TRACKING_URI"
             ) from None
         return
+    _check_sqlite_store(uri)
+
+
+def _check_sqlite_store(uri: str) -> None:
     database = Path(uri.removeprefix("sqlite:///").split("?")[0]).absolute()
     if database.is_dir():  # SQLite would retry opening it for minutes
         raise InputError(

@@ -3,6 +3,7 @@ and words its result. Flows and TensorFlow are imported inside, by the command t
 """
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,7 +54,10 @@ def _result_lines(results: dict, options: RunOptions) -> list[str]:
 def train(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     from flows.train import train_flow
 
-    return _result_lines({"": train_flow(inputs.config, inputs.options)}, inputs.options)
+    result = train_flow(inputs.config, inputs.options)
+    if result.resumed_from:
+        print(f"tfnn: warning: run {result.run_id}: {result.resumed_from}", file=sys.stderr)
+    return _result_lines({"": result}, inputs.options)
 
 
 def compare(args: argparse.Namespace, inputs: Inputs) -> list[str]:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.runs import ResumeError
 from tfnn.network import Sequential
-from tfnn.serialization import TrainingCheckpoint
+from tfnn.serialization import NoIntactCheckpoint, TrainingCheckpoint
 from tfnn.training import EarlyStopping, History
 
 # Per-step losses are logged at most this many times an epoch, in the same batch as the
@@ -73,6 +73,7 @@ class EpochLogger:
         self.steps_per_epoch = steps_per_epoch
         self.stride = max(1, steps_per_epoch // STEP_LOSS_POINTS_PER_EPOCH)
         self.checkpoint = TrainingCheckpoint(network, checkpoint_dir, keep_checkpoints())
+        self.fallback: str | None = None  # set by resume when it skipped a checkpoint
 
     def __call__(self, epoch: int, metrics: dict[str, float], network: Sequential) -> None:
         record = self.history.epoch_record(epoch, self.steps_per_epoch)
@@ -93,11 +94,10 @@ class EpochLogger:
     def resume(self) -> int:
         """Load the run's newest checkpoint into the network and ``history`` (from the
         checkpoint directory, else from the run's ``checkpoints/`` artifacts and metrics) and
-        log the restored epochs MLflow lacks; returns how many epochs are complete (0: none)."""
-        if self.checkpoint.manager.latest_checkpoint is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                self._adopt_uploaded_checkpoint(Path(tmp))
-        epoch, self.history = self.checkpoint.restore_latest()
+        log the restored epochs MLflow lacks; returns how many epochs are complete (0: none).
+        Unreadable checkpoints are passed over for the newest intact one, local or uploaded,
+        and ``fallback`` says which were skipped and which was used."""
+        epoch, self.history = self._restore_newest_intact()
         if self.early_stopping and epoch:
             self._resume_early_stopping()
         logged = self.client.get_metric_history(self.run_id, "train_loss")
@@ -113,6 +113,31 @@ class EpochLogger:
             if best:
                 self._upload(self.checkpoint.best_epoch, best, "best")
         return epoch
+
+    def _restore_newest_intact(self) -> tuple[int, History]:
+        try:
+            epoch, history = self.checkpoint.restore_latest()
+        except NoIntactCheckpoint:
+            epoch, history = 0, History()
+        skipped = self.checkpoint.skipped
+        if epoch and not skipped:
+            return epoch, history
+        with tempfile.TemporaryDirectory() as tmp:
+            uploaded = self._adopt_uploaded_checkpoint(Path(tmp), newer_than=epoch)
+        if uploaded:
+            epoch, history = self.checkpoint.restore_latest()
+        if skipped and not epoch:
+            raise ResumeError(
+                f"run {self.run_id}: no intact checkpoint, neither in the artifacts nor in "
+                f"{self.checkpoint.directory} ({'; '.join(skipped)}); start a new run"
+            )
+        if skipped:
+            used = "the run's checkpoints/latest artifact" if uploaded else "the newest intact"
+            self.fallback = (
+                f"checkpoints that cannot be read were skipped: {'; '.join(skipped)}; "
+                f"resumed from {used}, after epoch {epoch}"
+            )
+        return epoch, history
 
     def _resume_early_stopping(self) -> None:
         state = self.checkpoint.early_stopping_state()
@@ -169,18 +194,20 @@ class EpochLogger:
                 return None
         return str(local / CHECKPOINT_PREFIX), int(manifest["epoch"])
 
-    def _adopt_uploaded_checkpoint(self, tmp: Path) -> None:
-        """Make the run's uploaded checkpoints the local ones, with the history of their
-        epochs rebuilt from the run's metrics (the step losses: the logged sample)."""
+    def _adopt_uploaded_checkpoint(self, tmp: Path, newer_than: int) -> bool:
+        """Make the run's uploaded checkpoints the local ones if they hold more than
+        ``newer_than`` epochs, with the history of their epochs rebuilt from the run's
+        metrics (the step losses: the logged sample); whether it did."""
         best = self._download("best", tmp)
         latest = self._download("latest", tmp) or best
-        if latest is None:
-            return
+        if latest is None or latest[1] <= newer_than:
+            return False
         self.checkpoint.adopt(latest[0], self._records_from_metrics(latest[1]), best and best[0])
         # A new manager, since a manager reads the directory's state once, when made.
         self.checkpoint = TrainingCheckpoint(
             self.network, self.checkpoint.directory, keep_checkpoints()
         )
+        return True
 
     def _records_from_metrics(self, epochs: int) -> list[dict]:
         records = [{"epoch": epoch, "step_loss": []} for epoch in range(1, epochs + 1)]

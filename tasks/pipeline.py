@@ -6,6 +6,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.data_watch import record_data_profile
@@ -23,7 +25,7 @@ from tasks.tracking import (
     log_trained_model,
     tracked_run,
 )
-from tasks.training import train
+from tasks.training import RESUMED_FROM_TAG, train
 from tfnn.training import History
 
 
@@ -39,6 +41,7 @@ class TrainResult:
     metrics: dict[str, float]
     model_version: str | None = None
     warning: str | None = None
+    resumed_from: str | None = None  # when a resume skipped unreadable checkpoints
 
 
 def train_pipeline(
@@ -101,4 +104,8 @@ def train_pipeline(
         )
         publish_model_card(run_id, version and options.registered_model_name, version)
         publish_summary(run_id, model_uri, history, evaluation)
-    return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning)
+    resumed_from = None
+    if options.resume:
+        resumed_from = MlflowClient().get_run(run_id).data.tags.get(RESUMED_FROM_TAG)
+    metrics = evaluation.metrics()
+    return TrainResult(run_id, model_uri, history, metrics, version, warning, resumed_from)

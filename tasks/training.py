@@ -21,6 +21,8 @@ from tfnn.training import Callback, History, fit
 # A run's progress in Prefect, without opening MLflow: a progress artifact updated after
 # every epoch and one log line per epoch with its metrics.
 PROGRESS_KEY = "training-progress"
+# Set when a resume skipped checkpoints it could not read: which, and which one it used.
+RESUMED_FROM_TAG = "tfnn.resumed_from"
 
 
 @task(cache_policy=NONE)
@@ -50,6 +52,9 @@ def train(
     early_stopping = next(iter(arguments["callbacks"]), None)
     logger = EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping)
     completed_epochs = logger.resume() if resume else 0
+    if logger.fallback:  # in the Prefect UI, and on the MLflow run for the command to tell
+        get_run_logger().warning(logger.fallback)
+        logger.client.set_tag(run_id, RESUMED_FROM_TAG, logger.fallback)
     arguments["callbacks"] += [
         logger.history,
         logger,

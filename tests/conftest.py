@@ -76,6 +76,21 @@ def weights_of(network) -> list[np.ndarray]:
     return [w.numpy().copy() for w in network.all_weights]
 
 
+def break_checkpoint(prefix: Path, how: str) -> None:
+    """Damage the checkpoint files at ``prefix`` as a crash, a disk or a person would."""
+    index = prefix.with_name(prefix.name + ".index")
+    (data,) = prefix.parent.glob(prefix.name + ".data-*")
+    if how == "empty index":
+        index.write_bytes(b"")
+    elif how == "flipped bytes":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    else:
+        index.unlink()
+        data.unlink()
+
+
 def refusal(result: subprocess.CompletedProcess) -> str:
     """The one line of a command that refused (exit 2): its last line on stderr, the only
     one of tfnn's own, with no traceback."""

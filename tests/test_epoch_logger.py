@@ -1,13 +1,17 @@
 """What a long run leaves behind: the tracking of each epoch (``EpochLogger``) keeps disk
 flat however many epochs run, against a real MLflow store."""
 
+import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
+from conftest import break_checkpoint, weights_of
 from mlflow.tracking import MlflowClient
 
 from tasks.epoch_logger import EpochLogger
+from tasks.runs import ResumeError
 from tfnn.mnist import load_dataset
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
@@ -87,3 +91,53 @@ def test_disk_grows_by_one_history_line_an_epoch(mlflow_store, tmp_path, small_d
     logged = MlflowClient().get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in logged) == list(range(1, 31))
     assert [m.value for m in sorted(logged, key=lambda m: m.step)] == logger.history.train_loss
+
+
+def trained_for(epochs: int, data) -> list:
+    network = build_mlp([784, 8, 10], seed=0)
+    fit(network, SGD(0.5), *data, epochs=epochs, batch_size=600)
+    return weights_of(network)
+
+
+def resumed_logger(run_id: str, checkpoints: Path) -> EpochLogger:
+    return EpochLogger(run_id, build_mlp([784, 8, 10], seed=5), checkpoints, steps_per_epoch=1)
+
+
+def test_a_broken_local_checkpoint_resumes_from_the_uploaded_one(
+    mlflow_store, tmp_path, small_data
+):
+    run_id, _, checkpoints = tracked_fit(tmp_path, small_data, 3)
+    break_checkpoint(checkpoints / "ckpt-3", "empty index")
+    logger = resumed_logger(run_id, checkpoints)
+    assert logger.resume() == 3
+    assert "skipped: ckpt-3 (" in logger.fallback
+    assert "from the run's checkpoints/latest artifact, after epoch 3" in logger.fallback
+    for a, b in zip(weights_of(logger.network), trained_for(3, small_data)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_with_the_uploads_torn_too_it_resumes_from_an_older_local_one(
+    mlflow_store, tmp_path, small_data
+):
+    run_id, _, checkpoints = tracked_fit(tmp_path, small_data, 3)
+    break_checkpoint(checkpoints / "ckpt-3", "flipped bytes")
+    artifacts = Path(urlparse(MlflowClient().get_run(run_id).info.artifact_uri).path)
+    for folder in ("latest", "best"):  # its files no longer match its manifest
+        break_checkpoint(artifacts / "checkpoints" / folder / "ckpt", "flipped bytes")
+    logger = resumed_logger(run_id, checkpoints)
+    assert logger.resume() == 2
+    assert "from the newest intact, after epoch 2" in logger.fallback
+    for a, b in zip(weights_of(logger.network), trained_for(2, small_data)):
+        np.testing.assert_array_equal(a, b)
+    assert len(logger.history.train_loss) == 2
+
+
+def test_no_intact_checkpoint_anywhere_is_refused_in_one_line(mlflow_store, tmp_path, small_data):
+    run_id, _, checkpoints = tracked_fit(tmp_path, small_data, 2)
+    for epoch in (1, 2):
+        break_checkpoint(checkpoints / f"ckpt-{epoch}", "deleted")
+    artifacts = Path(urlparse(MlflowClient().get_run(run_id).info.artifact_uri).path)
+    shutil.rmtree(artifacts / "checkpoints")
+    with pytest.raises(ResumeError, match=rf"run {run_id}: no intact checkpoint") as refused:
+        resumed_logger(run_id, checkpoints).resume()
+    assert "\n" not in str(refused.value) and "ckpt-2 (" in str(refused.value)

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from conftest import (
     EPOCH_METRICS,
+    break_checkpoint,
     run_tfnn,
     tfnn_command,
     tfnn_env,
@@ -67,6 +69,35 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
     assert step_losses == expected
     uploaded = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
     assert uploaded == {"checkpoints/latest", "checkpoints/best"}
+
+
+def test_a_broken_newest_checkpoint_resumes_from_the_newest_intact(
+    prefect_harness, mlflow_store, large_mnist_dir, tmp_path
+):
+    flags = ["--data-dir", str(large_mnist_dir), "--epochs", "3", "--hidden-sizes", "32"]
+    flags += ["--seed", "3", "--no-progress"]
+    env = tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value())
+    run_id = train_killed_after_epoch(2, flags, tmp_path, env)
+    # The newest the checkpoint manager lists (the kill may come before it lists epoch 2's).
+    newest = tf.train.get_checkpoint_state(tmp_path / "outputs" / run_id / "checkpoints")
+    newest = Path(newest.model_checkpoint_path)
+    break_checkpoint(newest, "empty index")
+
+    resumed = run_tfnn("train", *flags, "--resume", run_id, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # An older local checkpoint, or the upload if it was made before the kill.
+    (warning,) = resumed.stderr.splitlines()
+    skipped = f"checkpoints that cannot be read were skipped: {newest.name} ("
+    assert warning.startswith(f"tfnn: warning: run {run_id}: {skipped}")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    history, digest = train_uninterrupted(
+        TrainConfig(**TrainConfig.fields_from_params(run.data.params))
+    )
+    assert run.data.tags[WEIGHTS_TAG] == digest
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+    assert logged == list(enumerate(history.train_loss, start=1))
 
 
 def test_a_live_run_is_not_resumed_until_its_process_dies(

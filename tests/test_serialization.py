@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import weights_of
+from conftest import break_checkpoint, weights_of
 
 from tfnn.network import build_mlp
 from tfnn.optimizers import SGD
@@ -12,6 +12,7 @@ from tfnn.serialization import (
     ARCHITECTURE_FILE,
     WEIGHTS_FILE,
     ModelFileError,
+    NoIntactCheckpoint,
     TrainingCheckpoint,
     load_network,
     save_network,
@@ -253,6 +254,45 @@ def test_a_garbage_history_line_is_named_with_its_file(tmp_path, problem):
     first, _ = path.read_text().splitlines()
     path.write_text(f"{first}\nnot json\n")
     with pytest.raises(ModelFileError, match=r"history.jsonl: line 2 is not an epoch record"):
+        TrainingCheckpoint(network, tmp_path).restore_latest()
+
+
+@pytest.mark.parametrize("how", ["empty index", "flipped bytes", "deleted"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_newest_intact(tmp_path, problem, how):
+    network = build_mlp([4, 5, 3], seed=0)
+    checkpoint = TrainingCheckpoint(network, tmp_path)
+    history = fit_checkpointed(network, checkpoint, problem, 2)
+    after_two = weights_of(network)
+    fit_checkpointed(
+        network,
+        checkpoint,
+        problem,
+        3,
+        History.from_records([history.epoch_record(e, steps_per_epoch=3) for e in (1, 2)]),
+    )
+    break_checkpoint(tmp_path / "ckpt-3", how)
+
+    resumed = build_mlp([4, 5, 3], seed=1)
+    checkpoint = TrainingCheckpoint(resumed, tmp_path)
+    epoch, restored = checkpoint.restore_latest()
+    assert (epoch, restored) == (2, history)
+    assert len(checkpoint.skipped) == 1 and checkpoint.skipped[0].startswith("ckpt-3 (")
+    for a, b in zip(weights_of(resumed), after_two):
+        np.testing.assert_array_equal(a, b)
+    # The intact one is the newest again, and epoch 3 trained again replaces the broken one.
+    fit_checkpointed(resumed, checkpoint, problem, 3, restored)
+    again = TrainingCheckpoint(build_mlp([4, 5, 3], seed=2), tmp_path)
+    assert again.restore_latest()[0] == 3 and again.skipped == []
+
+
+def test_a_folder_of_unreadable_checkpoints_is_refused_naming_them(tmp_path, problem):
+    network = build_mlp([4, 5, 3], seed=0)
+    fit_checkpointed(network, TrainingCheckpoint(network, tmp_path), problem, 2)
+    break_checkpoint(tmp_path / "ckpt-1", "empty index")
+    break_checkpoint(tmp_path / "ckpt-2", "flipped bytes")
+    with pytest.raises(
+        NoIntactCheckpoint, match=r"no checkpoint can be read: ckpt-2 \(.*ckpt-1 \("
+    ):
         TrainingCheckpoint(network, tmp_path).restore_latest()
 
 

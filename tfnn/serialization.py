@@ -31,6 +31,10 @@ class ModelFileError(ValueError):
     """A saved network cannot be loaded: the message names the file and the problem."""
 
 
+class NoIntactCheckpoint(ModelFileError):
+    """A checkpoint folder holds checkpoints, but TensorFlow can read none of them."""
+
+
 def _weight_keys(network: Sequential) -> list[str]:
     return [f"layer{i}/{part}" for i in range(len(network.layers)) for part in ("weight", "bias")]
 
@@ -148,6 +152,7 @@ class TrainingCheckpoint:
             self.checkpoint, str(self.directory / BEST_FOLDER), max_to_keep=1
         )
         self.best_epoch, self._best_loss = 0, math.inf
+        self.skipped: list[str] = []  # the unreadable checkpoints restore_latest passed over
 
     def save(self, epoch: int, record: dict[str, Any], early_stopping: dict | None = None) -> str:
         """Record that ``epoch`` epochs are complete, appending ``record`` (the epoch's
@@ -167,16 +172,31 @@ class TrainingCheckpoint:
         return prefix
 
     def restore_latest(self) -> tuple[int, History]:
-        """Load the newest checkpoint into the network: ``(completed epochs, history)``,
-        or ``(0, empty History)`` when there is none. Lines of later epochs (written just
-        before a crash) are dropped from the history file, since they will be trained again."""
-        latest = self.manager.latest_checkpoint
-        if latest is None:
+        """Load the newest intact checkpoint into the network: ``(completed epochs, history)``,
+        or ``(0, empty History)`` when there is none. Newer ones that TensorFlow cannot read
+        (truncated, bytes flipped, files deleted) are passed over and named in ``skipped``;
+        ``NoIntactCheckpoint`` if every one is. Lines of later epochs (written just before a
+        crash, or of a skipped checkpoint) are dropped from the history file, since they
+        will be trained again."""
+        self.skipped = []
+        for prefix in reversed(self.manager.checkpoints):
+            try:
+                self.checkpoint.restore(prefix).assert_consumed()
+                break
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                reason = getattr(error, "message", str(error)).strip().splitlines()[0][:160]
+                self.skipped.append(f"{Path(prefix).name} ({reason})")
+        else:
+            if self.skipped:
+                raise NoIntactCheckpoint(
+                    f"{self.directory}: no checkpoint can be read: {'; '.join(self.skipped)}"
+                )
             return 0, History()
-        self.checkpoint.restore(latest).assert_consumed()
         epoch = int(self.epoch.numpy())
-        records = self._read_history(epoch)
+        records = self._read_history(epoch, prefix)
         self._rewrite_history(records)
+        if self.skipped:  # the newest again, so that a resumed run's next save replaces them
+            self.manager.save(checkpoint_number=epoch)
         return epoch, History.from_records(records)
 
     def adopt(self, prefix: str, records: list[dict[str, Any]], best_prefix: str | None) -> None:
@@ -191,7 +211,7 @@ class TrainingCheckpoint:
         self._rewrite_history(records[:epoch])
         self.manager.save(checkpoint_number=epoch)
 
-    def _read_history(self, epochs: int) -> list[dict[str, Any]]:
+    def _read_history(self, epochs: int, prefix: str) -> list[dict[str, Any]]:
         records: dict[int, dict[str, Any]] = {}
         try:
             with open(self.history_path) as history:
@@ -216,7 +236,7 @@ class TrainingCheckpoint:
         if sorted(records) != list(range(1, epochs + 1)):
             raise ModelFileError(
                 f"{self.history_path}: holds {len(records)} of the {epochs} epochs of the "
-                f"checkpoint {self.manager.latest_checkpoint}; the history file is incomplete"
+                f"checkpoint {prefix}; the history file is incomplete"
             )
         return [records[epoch] for epoch in range(1, epochs + 1)]
 

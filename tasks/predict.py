@@ -20,6 +20,7 @@ from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import load_png_images
 from tfnn.preprocessing import flatten_and_scale
+from tfnn.serving import predict_in_batches
 
 # models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID (MLflow 3 logged models) and
 # runs:/RUN_ID/PATH, all resolved by the configured tracking server; "models://PROFILE@..."
@@ -95,7 +96,7 @@ def predict(model_uri: str, digits: Digits, trust_model: bool = False) -> Predic
     """Predict ``digits`` with the MLflow model at ``model_uri`` (see ``check_model_uri``)."""
     check_model_uri(model_uri, trust_model)
     model = mlflow.pyfunc.load_model(model_uri)
-    probabilities = np.asarray(model.predict(flatten_and_scale(digits.images)), np.float32)
+    probabilities = predict_in_batches(model, flatten_and_scale(digits.images)).astype(np.float32)
     predicted = probabilities.argmax(axis=1)
     accuracy = None if digits.labels is None else float(np.mean(predicted == digits.labels))
     return Predictions(probabilities, predicted, accuracy)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
@@ -30,6 +29,7 @@ from tasks.locking import exclusive_lock
 from tasks.runs import champion_version
 from tasks.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tfnn.metrics import accuracy
+from tfnn.serving import predict_in_batches
 
 KEY_TAG = "tfnn.retrain_key"
 COMPARED_WITH_TAG = "tfnn.compared_with_version"
@@ -189,7 +189,7 @@ def challenge(
         uri = f"models:/{name}/{version}"
         model = mlflow.pyfunc.load_model(uri)
         for split, (x, labels) in splits.items():
-            predicted = np.asarray(model.predict(x)).argmax(axis=1)
+            predicted = predict_in_batches(model, x).argmax(axis=1)
             scores[version, split] = accuracy(predicted, labels)
     champion_accuracy = {
         split: scores[champion.version, split] if champion else None for split in splits

@@ -30,6 +30,7 @@ from tasks.runs import code_version_tags, mlflow_run, mlflow_run_url
 from tasks.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
 from tfnn.network import Sequential
 from tfnn.serialization import save_network, weights_digest
+from tfnn.serving import GuardedNetwork
 from tfnn.training import History, learning_failure
 
 # Links between a run's two records: the Prefect flow run's UI page on the MLflow run, and
@@ -136,7 +137,7 @@ def log_trained_model(
         artifact_path=None,  # deprecated for name, but still a required argument
         name="model",
         flavor=mlflow.tensorflow,
-        model=network,
+        model=GuardedNetwork(network),  # refuses non-pixel input and over-long requests
         run_id=run_id,
         model_id=logged.model_id,
         signature=infer_signature(example, network.predict(example).numpy()),

@@ -4,6 +4,7 @@ checked against the champion's saved weights run in-process by tfnn."""
 import csv
 import json
 import tempfile
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -46,6 +47,20 @@ def champion(prefect_harness, small_mnist_dir, tmp_path_factory):
         mlflow.set_tracking_uri(None)
 
 
+def invoke(port: int, rows: list) -> tuple[int, str]:
+    """POST ``rows`` to the served model: its HTTP status and body."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"inputs": rows}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def test_served_champion_answers_like_the_network_in_process(champion, small_mnist_dir, tmp_path):
     uri, network = champion
     x = flatten_and_scale(load_idx_images(small_mnist_dir / "t10k-images-idx3-ubyte.gz")[:20])
@@ -59,17 +74,27 @@ def test_served_champion_answers_like_the_network_in_process(champion, small_mni
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", server, log)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": x.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.load(response)["predictions"])
+        status, body = invoke(port, x.tolist())
+        assert status == 200, body
+        served = np.asarray(json.loads(body)["predictions"])
+        # What is not a batch of pixel rows is refused, not answered with probabilities.
+        refused = {}
+        for name, value in [("nan", np.nan), ("inf", np.inf), ("-1e30", -1e30), ("2", 2.0)]:
+            bad = x[:2].copy()
+            bad[1, 300] = value
+            refused[name] = invoke(port, bad.tolist())
+        refused["rows"] = invoke(port, np.zeros((10_001, 784)).tolist())
     finally:
         stop(server)
     assert served.shape == (20, 10)
     np.testing.assert_allclose(served, network.predict(x).numpy(), atol=1e-6)
+    for name, (status, body) in refused.items():
+        assert status == 400, (name, body[:300])
+    for name in ("nan", "inf"):
+        assert "input holds NaN or infinity" in refused[name][1]
+    for name in ("-1e30", "2"):
+        assert "input values must lie in [0, 1]" in refused[name][1]
+    assert "a request holds at most 10000 rows; split the batch" in refused["rows"][1]
 
 
 def read_csv(path):
@@ -104,7 +129,11 @@ def test_predict_command_on_png_files(champion, small_mnist_dir, tmp_path):
     Image.fromarray(digits[0], "L").save(tmp_path / "gray.png")
     Image.fromarray(np.stack([digits[1]] * 3, axis=-1), "RGB").save(tmp_path / "rgb.png")
     Image.fromarray(np.kron(digits[2], np.ones((2, 2), np.uint8)), "L").save(tmp_path / "big.png")
-    paths = [str(tmp_path / name) for name in ("gray.png", "rgb.png", "big.png")]
+    (tmp_path / "other").mkdir()
+    Image.fromarray(digits[0], "L").save(tmp_path / "other" / "big.png")
+    names = ("gray.png", "rgb.png", "big.png", "other/big.png")  # two big.png: told apart
+    paths = [str(tmp_path / name) for name in names]
+    digits = digits[[0, 1, 2, 0]]
     np.testing.assert_array_equal(load_png_images(paths), digits)
 
     output = tmp_path / "out" / "png.csv"

@@ -132,6 +132,7 @@ def check_inputs(
             inputs = read_inputs(args, *preflight.check_resume(resume, args.experiment, output_dir))
             preflight.check_resumed_config(resume, inputs.config)
         preflight.check_data(inputs.config)
+        preflight.check_memory(inputs.config)
         preflight.check_output_dir(output_dir)
         if not resume:
             preflight.check_tracking()

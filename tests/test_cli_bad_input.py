@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import crafted_model, run_each, tfnn_command, tfnn_env
+from conftest import crafted_model, run_each, tfnn_command, tfnn_env, write_mnist_dir
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from servers import free_port
@@ -420,3 +420,27 @@ def test_bad_input_is_refused_in_one_line(outcomes, case):
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(experiments)
         assert not [run for run in runs if run.info.status in ("RUNNING", "FINISHED")]
+
+
+def test_a_network_and_batch_too_big_for_memory_are_refused_before_the_run(tmp_path):
+    # 60,000 rows of 784 + 65,536 + 10 units: about 60 GiB for one step's activations.
+    data = write_mnist_dir(tmp_path / "data", train_count=60_000, test_count=10)
+    flags = ["--data-dir", str(data), "--hidden-sizes", "65536", "--batch-size", "60000"]
+    flags += ["--validation-fraction", "0"]
+    env = tfnn_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = subprocess.run(
+        tfnn_command("train", *flags),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    ours = [line for line in result.stderr.splitlines() if not TF_STARTUP.match(line)]
+    assert len(ours) == 1, result.stderr[-2000:]
+    assert ours[0].startswith(
+        "tfnn: error: hidden_sizes 65536 with batch_size 60000: one training step needs at "
+        "least 59.7 GiB"
+    )
+    assert not (tmp_path / "mlflow.db").exists()

@@ -5,7 +5,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from cli.preflight import check_tracking
+from cli.preflight import available_memory, check_memory, check_tracking
 from tasks.config import (
     MAX_EXPERIMENT_NAME_LENGTH,
     InputError,
@@ -84,3 +84,20 @@ def test_settings_read_during_a_run_are_checked_before_it(
     monkeypatch.setenv(variable, value)
     with pytest.raises(InputError, match=re.escape(message)):
         check_tracking()
+
+
+def test_a_training_step_that_cannot_fit_in_memory_is_refused():
+    config = TrainConfig(hidden_sizes="1000,500", batch_size=100)
+    # By hand: 785*1000 + 1001*500 + 501*10 = 1,290,510 parameters, weights and gradients;
+    # 100 rows of 784+1000+500+10 units, pre-activation and activation, each with a gradient.
+    needed = 4 * (2 * 1_290_510 + 4 * 100 * (784 + 1000 + 500 + 10))
+    check_memory(config, available=needed)
+    with pytest.raises(InputError) as refused:
+        check_memory(config, available=needed - 1)
+    assert str(refused.value).startswith(
+        "hidden_sizes 1000,500 with batch_size 100: one training step needs at least 0.0 GiB"
+    )
+    # What this machine has: /proc/meminfo's MemAvailable, more than nothing, less than all.
+    with open("/proc/meminfo") as meminfo:
+        total = int(meminfo.readline().split()[1]) * 1024  # MemTotal comes first
+    assert 0 < available_memory() <= total

@@ -6,6 +6,7 @@ their keys equal) and ``network`` enforces these limits.
 """
 
 from collections.abc import Iterable
+from itertools import pairwise
 
 ACTIVATION_NAMES = ("step", "sigmoid", "relu", "tanh", "identity", "softmax")
 LOSS_NAMES = ("sum_squared_error", "cross_entropy_error", "root_mean_squared_error")
@@ -22,3 +23,12 @@ def check_name(name: str, known: Iterable[str], kind: str) -> str:
     if name not in known:
         raise ValueError(f"unknown {kind} {name!r}: use one of {', '.join(known)}")
     return name
+
+
+def training_step_bytes(sizes: Iterable[int], batch_size: int) -> int:
+    """A lower bound on the memory one SGD step of a float32 network of layer ``sizes``
+    (input first) takes: its weights and their gradients, and for each layer of a batch of
+    ``batch_size`` the pre-activation, the activation and the gradients of both."""
+    sizes = list(sizes)
+    parameters = sum((a + 1) * b for a, b in pairwise(sizes))
+    return 4 * (2 * parameters + 4 * batch_size * sum(sizes))

@@ -83,6 +83,7 @@ def test_served_champion_answers_like_the_network_in_process(champion, small_mni
             bad = x[:2].copy()
             bad[1, 300] = value
             refused[name] = invoke(port, bad.tolist())
+        refused["0-255 pixels"] = invoke(port, (x[:3] * 255).tolist())  # real digits, unscaled
         refused["rows"] = invoke(port, np.zeros((10_001, 784)).tolist())
     finally:
         stop(server)
@@ -92,7 +93,7 @@ def test_served_champion_answers_like_the_network_in_process(champion, small_mni
         assert status == 400, (name, body[:300])
     for name in ("nan", "inf"):
         assert "input holds NaN or infinity" in refused[name][1]
-    for name in ("-1e30", "2"):
+    for name in ("-1e30", "2", "0-255 pixels"):
         assert "input values must lie in [0, 1]" in refused[name][1]
     assert "a request holds at most 10000 rows; split the batch" in refused["rows"][1]
 

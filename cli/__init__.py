@@ -124,6 +124,7 @@ def check_inputs(
     cannot be resumed, unreadable images and unknown models before any run starts (raises
     one of ``_refusals()``); a resumed run's configuration is read here."""
     from cli import preflight
+    from cli.memory import check_memory
 
     if args.command in _CHECKED:
         resume, output_dir = inputs.options.resume, inputs.options.output_dir
@@ -132,7 +133,7 @@ def check_inputs(
             inputs = read_inputs(args, *preflight.check_resume(resume, args.experiment, output_dir))
             preflight.check_resumed_config(resume, inputs.config)
         preflight.check_data(inputs.config)
-        preflight.check_memory(inputs.config)
+        check_memory(inputs.config)
         preflight.check_output_dir(output_dir)
         if not resume:
             preflight.check_tracking()

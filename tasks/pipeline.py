@@ -41,7 +41,8 @@ class TrainResult:
     metrics: dict[str, float]
     model_version: str | None = None
     warning: str | None = None
-    resumed_from: str | None = None  # when a resume skipped unreadable checkpoints
+    # What a resume skipped and used, for the command to tell (the train task tags the run).
+    resumed_from: str | None = None
 
 
 def train_pipeline(
@@ -97,15 +98,10 @@ def train_pipeline(
         plots = plot_run(history, evaluation, data, str(run_dir / "plots"))
         model_uri = log_trained_model(run_id, network, data, history.best_epoch)
         log_evaluation(run_id, evaluation, plots, model_uri)
-        version = (
-            register_model(options.registered_model_name, model_uri, run_id)
-            if options.registered_model_name and warning is None
-            else None
-        )
+        version = None
+        if options.registered_model_name and warning is None:
+            version = register_model(options.registered_model_name, model_uri, run_id)
         publish_model_card(run_id, version and options.registered_model_name, version)
         publish_summary(run_id, model_uri, history, evaluation)
-    resumed_from = None
-    if options.resume:
-        resumed_from = MlflowClient().get_run(run_id).data.tags.get(RESUMED_FROM_TAG)
-    metrics = evaluation.metrics()
-    return TrainResult(run_id, model_uri, history, metrics, version, warning, resumed_from)
+    resumed = options.resume and MlflowClient().get_run(run_id).data.tags.get(RESUMED_FROM_TAG)
+    return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning, resumed)

@@ -5,7 +5,8 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from cli.preflight import available_memory, check_memory, check_tracking
+from cli.memory import available_memory, check_memory
+from cli.preflight import check_tracking
 from tasks.config import (
     MAX_EXPERIMENT_NAME_LENGTH,
     InputError,

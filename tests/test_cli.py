@@ -3,7 +3,9 @@ main job on embedded defaults (a local MLflow store and Prefect's ephemeral serv
 
 import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ from conftest import (
     assert_nothing_recorded,
     run_on_a_terminal,
     run_tfnn,
+    tfnn_command,
     tfnn_env,
+    wait_for_file,
 )
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -249,3 +253,33 @@ def test_a_retrain_prints_the_challengers_run_version_and_both_scores():
     ]
     skipped = Decision("m", "skipped", "nothing new", "key", champion_version="3")
     assert decision_lines(skipped) == ["skipped: nothing new", "champion: models:/m@champion"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_seconds", [0.0, 3.0, 6.0])
+def test_a_prefect_home_killed_while_first_migrated_serves_the_next_run(
+    small_mnist_dir, tmp_path, after_seconds
+):
+    # SIGKILL while the temporary server first migrates a new PREFECT_HOME (about 13 s here):
+    # Prefect's migrations commit one by one, so the next run finishes the database.
+    env = tfnn_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        PREFECT_HOME=str(tmp_path / "prefect"),
+    )
+    flags = ["--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden-sizes", "8"]
+    flags += ["--no-progress"]
+    log = tmp_path / "killed.log"
+    with open(log, "w") as output:
+        first = subprocess.Popen(
+            tfnn_command("train", *flags), cwd=tmp_path, env=env, stdout=output, stderr=output
+        )
+    try:
+        wait_for_file("prefect/prefect.db", tmp_path, first, log)
+        time.sleep(after_seconds)
+        assert first.poll() is None, log.read_text()[-2000:]  # killed before it ended
+    finally:
+        first.kill()
+        first.wait()
+    again = run_tfnn("train", *flags, cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "registered: models:/tfnn-mnist/1" in again.stdout

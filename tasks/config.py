@@ -11,7 +11,6 @@ import math
 import os
 from contextlib import suppress
 from importlib.metadata import PackageNotFoundError, version
-from itertools import pairwise
 from typing import Annotated, Any
 
 from pydantic import (
@@ -32,6 +31,7 @@ from tfnn.names import (
     MAX_PARAMETERS,
     MAX_UNITS,
     check_name,
+    parameter_count,
 )
 
 DATA_DIR_ENV = "TFNN_DATA_DIR"
@@ -160,7 +160,7 @@ class TrainConfig(BaseModel):
         # starts: a network too big for the machine would be killed mid-run, leaving its
         # MLflow run RUNNING.
         sizes = self.layer_sizes(MNIST_PIXELS, MNIST_CLASSES)
-        parameters = sum((a + 1) * b for a, b in pairwise(sizes))
+        parameters = parameter_count(sizes)
         if parameters > MAX_PARAMETERS:
             raise ValueError(
                 f"hidden_sizes: {','.join(map(str, self.hidden_sizes))} makes a network of "

@@ -25,10 +25,14 @@ def check_name(name: str, known: Iterable[str], kind: str) -> str:
     return name
 
 
+def parameter_count(sizes: Iterable[int]) -> int:
+    """How many weights and biases a dense network of layer ``sizes`` (input first) has."""
+    return sum((a + 1) * b for a, b in pairwise(sizes))
+
+
 def training_step_bytes(sizes: Iterable[int], batch_size: int) -> int:
     """A lower bound on the memory one SGD step of a float32 network of layer ``sizes``
     (input first) takes: its weights and their gradients, and for each layer of a batch of
     ``batch_size`` the pre-activation, the activation and the gradients of both."""
     sizes = list(sizes)
-    parameters = sum((a + 1) * b for a, b in pairwise(sizes))
-    return 4 * (2 * parameters + 4 * batch_size * sum(sizes))
+    return 4 * (2 * parameter_count(sizes) + 4 * batch_size * sum(sizes))

@@ -45,6 +45,10 @@ def _result_lines(results: dict, options: RunOptions) -> list[str]:
         lines.append(f"{label}mlflow run id: {result.run_id}  model: {result.model_uri}")
         if result.model_version:
             lines.append(f"{label}registered: models:/{options.model_name}/{result.model_version}")
+        if result.champion:
+            lines.append(
+                f"{label}champion: models:/{options.model_name}@champion, the first version"
+            )
     warnings = [f"{r.warning}; not registered" for r in results.values() if r.warning]
     if warnings:
         raise DidNotLearn(lines, warnings)

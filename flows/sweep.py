@@ -18,7 +18,7 @@ from tasks.config import RunOptions, TrainConfig
 from tasks.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
-from tasks.registry import register_model
+from tasks.registry import crown_if_first, register_model
 from tasks.sweep import (
     portable_tracking_uri,
     prepare_worker,
@@ -124,5 +124,6 @@ def sweep_flow(
         model_uri = finished[best["configuration"]].model_uri
         tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
         if options.register_model:
-            register_model(options.model_name, model_uri, best["run_id"])
+            version = register_model(options.model_name, model_uri, best["run_id"])
+            crown_if_first(options.model_name, version, best["run_id"])
     return SweepResult(parent_id, ranking, outcomes)

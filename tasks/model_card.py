@@ -59,8 +59,8 @@ def _score(metrics: dict[str, float], name: str) -> str:
 def _decision(run: Run) -> str:
     tags = run.data.tags
     if DECISION_TAG not in tags:
-        return "trained by a plain train run: no retrain decision"
-    return f"retrain decision **{tags[DECISION_TAG]}**: {tags.get(DECISION_REASON_TAG, '')}"
+        return "registered beside the champion: no champion decision"
+    return f"champion decision **{tags[DECISION_TAG]}**: {tags.get(DECISION_REASON_TAG, '')}"
 
 
 def architecture(run: Run) -> str:

@@ -16,7 +16,7 @@ from tasks.lineage import log_dataset
 from tasks.model import build_network
 from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
-from tasks.registry import download_weights, register_model
+from tasks.registry import crown_if_first, download_weights, register_model
 from tasks.reporting import publish_summary
 from tasks.runs import hold_run_directory, option_tags
 from tasks.tracking import (
@@ -43,6 +43,8 @@ class TrainResult:
     warning: str | None = None
     # What a resume skipped and used, for the command to tell (the train task tags the run).
     resumed_from: str | None = None
+    # Whether the registered version became champion, as its model's first (FIRST_CHAMPION).
+    champion: bool = False
 
 
 def train_pipeline(
@@ -96,12 +98,15 @@ def train_pipeline(
         warning = flag_if_not_learning(run_id, history, data)
         evaluation = evaluate(network, data)
         plots = plot_run(history, evaluation, data, str(run_dir / "plots"))
-        model_uri = log_trained_model(run_id, network, data, history.best_epoch)
+        model_uri = log_trained_model(run_id, network, data, history)
         log_evaluation(run_id, evaluation, plots, model_uri)
-        version = None
+        version, champion = None, False
         if options.registered_model_name and warning is None:
             version = register_model(options.registered_model_name, model_uri, run_id)
+            champion = crown_if_first(options.registered_model_name, version, run_id)
         publish_model_card(run_id, version and options.registered_model_name, version)
         publish_summary(run_id, model_uri, history, evaluation)
     resumed = options.resume and MlflowClient().get_run(run_id).data.tags.get(RESUMED_FROM_TAG)
-    return TrainResult(run_id, model_uri, history, evaluation.metrics(), version, warning, resumed)
+    return TrainResult(
+        run_id, model_uri, history, evaluation.metrics(), version, warning, resumed, champion
+    )

@@ -34,6 +34,9 @@ from tfnn.serving import predict_in_batches
 KEY_TAG = "tfnn.retrain_key"
 COMPARED_WITH_TAG = "tfnn.compared_with_version"
 WARM_START_TAG = "tfnn.warm_start_from"
+# The one rule that moves the alias without a comparison: a model with no champion takes
+# its first registered version (from train, compare, sweep or retrain alike).
+FIRST_CHAMPION = "no champion yet: the first registered version becomes champion"
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def decide(
     """``(promote, reason)``: promote when there is no champion, or when the challenger is
     strictly better by at least ``margin`` (so a tie never moves the alias)."""
     if champion_accuracy is None:
-        return True, "no champion yet: the first model becomes champion"
+        return True, FIRST_CHAMPION
     gain = challenger_accuracy - champion_accuracy
     comparison = (
         f"challenger validation accuracy {challenger_accuracy:.4f} vs champion "
@@ -128,6 +131,25 @@ def register_model(name: str, model_uri: str, run_id: str) -> str:
         raise RuntimeError(f"model {name!r} version {version.version} is {version.status}")
     client.set_tag(run_id, "tfnn.registered_model", f"{name}/{version.version}")
     return str(version.version)
+
+
+@task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
+def crown_if_first(name: str, version: str, run_id: str) -> bool:
+    """Point ``name``'s ``champion`` alias at ``version`` if the model has no champion yet
+    (``FIRST_CHAMPION``), and tag the version and its run with that decision; returns whether
+    ``version`` is the champion so (a resumed run's may be already). Under the promotion
+    lock, so that of two first versions one wins."""
+    client = MlflowClient()
+    with promotion_lock():
+        now = champion_version(client, name)
+        if now is None:
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        elif str(now.version) != version:
+            return False
+    for tag, value in {"tfnn.decision": "promoted", "tfnn.decision_reason": FIRST_CHAMPION}.items():
+        client.set_tag(run_id, tag, value)
+        client.set_model_version_tag(name, version, tag, value)
+    return True
 
 
 @task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
@@ -243,7 +265,7 @@ def record_decision(decision: Decision) -> Decision:
                 client.set_registered_model_alias(
                     decision.model_name, CHAMPION_ALIAS, decision.challenger_version
                 )
-            else:
+            elif now != decision.challenger_version:  # there, it was crowned as the first
                 decision = replace(
                     decision,
                     action="kept",

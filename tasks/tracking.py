@@ -13,7 +13,7 @@ import mlflow
 import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
-from mlflow.entities import LoggedModelStatus, Metric
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
@@ -112,7 +112,7 @@ def flag_if_not_learning(run_id: str, history: History, data: PreparedData) -> s
 
 @task(cache_policy=NONE, timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
 def log_trained_model(
-    run_id: str, network: Sequential, data: PreparedData, best_epoch: int | None = None
+    run_id: str, network: Sequential, data: PreparedData, history: History
 ) -> str:
     """Log the final weights (architecture JSON + npz) and an MLflow tensorflow model with a
     signature and an input example, and tag the run with ``weights_digest`` and the epoch of
@@ -121,30 +121,48 @@ def log_trained_model(
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifacts(run_id, str(save_network(network, tmp)), "weights")
     client.set_tag(run_id, WEIGHTS_TAG, weights_digest(network))
-    if best_epoch is not None:
-        client.set_tag(run_id, BEST_EPOCH_TAG, str(best_epoch))
-    example = data.x_test[:5]
+    if history.best_epoch is not None:
+        client.set_tag(run_id, BEST_EPOCH_TAG, str(history.best_epoch))
     # In the run's experiment: a logged model made without one lands in experiment 0.
     experiment_id = client.get_run(run_id).info.experiment_id
-    # A resumed run that had logged its model before it was stopped keeps that one.
-    for earlier in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'"):
-        if earlier.status == LoggedModelStatus.READY:
-            return f"models:/{earlier.model_id}"
-    logged = mlflow.initialize_logged_model(
-        name="model", source_run_id=run_id, experiment_id=experiment_id
+    # A resumed run keeps the model its first process logged, or finishes the one that
+    # process had begun (stopped before it was READY): a run never holds two.
+    earlier = client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")
+    if ready := [m for m in earlier if m.status == LoggedModelStatus.READY]:
+        return f"models:/{ready[0].model_id}"
+    model = (
+        earlier[0]
+        if earlier
+        else mlflow.initialize_logged_model(
+            name="model", source_run_id=run_id, experiment_id=experiment_id
+        )
     )
-    info = Model.log(
-        artifact_path=None,  # deprecated for name, but still a required argument
-        name="model",
-        flavor=mlflow.tensorflow,
-        model=GuardedNetwork(network),  # refuses non-pixel input and over-long requests
-        run_id=run_id,
-        model_id=logged.model_id,
-        signature=infer_signature(example, network.predict(example).numpy()),
-        input_example=example,
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
-    )
-    return info.model_uri
+    # Saved and uploaded step by step rather than by Model.log, which also copies the run's
+    # metrics of one step (the first batch's step_loss) onto the model: its metrics are the
+    # final scores only, linked by log_evaluation.
+    example = data.x_test[:5]
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.tensorflow.save_model(
+            GuardedNetwork(network),  # refuses non-pixel input and over-long requests
+            f"{tmp}/model",
+            signature=infer_signature(example, network.predict(example).numpy()),
+            input_example=example,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
+            mlflow_model=Model(
+                artifact_path=model.artifact_location,
+                run_id=run_id,
+                model_id=model.model_id,
+                model_uuid=model.model_id,
+            ),
+        )
+        client.log_model_artifacts(model.model_id, f"{tmp}/model")
+    outputs = client.get_run(run_id).outputs
+    if model.model_id not in {o.model_id for o in (outputs.model_outputs if outputs else [])}:
+        # The run's "Logged models"; the model is the one after its last update.
+        output = LoggedModelOutput(model.model_id, step=len(history.step_loss))
+        client.log_outputs(run_id, [output])
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return f"models:/{model.model_id}"
 
 
 @task(cache_policy=NONE)

@@ -107,10 +107,11 @@ def test_train_prints_final_metrics_and_run_id(
     )
     out, err = capsys.readouterr()
     assert code == 0
-    metrics_line, run_line, registered_line = out.splitlines()[-3:]
+    metrics_line, run_line, registered_line, champion_line = out.splitlines()[-4:]
     run_id, model_uri = RUN_ID_LINE.fullmatch(run_line).groups()
     version = MlflowClient().search_model_versions(f"run_id = '{run_id}'")[0]
     assert registered_line == f"registered: models:/{version.name}/{version.version}"
+    assert champion_line == f"champion: models:/{version.name}@champion, the first version"
     printed = dict(pair.split("=") for pair in metrics_line.split())
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -197,7 +198,8 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     run_id, _ = RUN_ID_LINE.fullmatch(lines[printed]).groups()
     assert METRICS_LINE.fullmatch(lines[printed - 1])
     assert lines[printed + 1] == "registered: models:/tfnn-mnist/1"
-    assert all("Stopping temporary server" in line for line in lines[printed + 2 :])
+    assert lines[printed + 2] == "champion: models:/tfnn-mnist@champion, the first version"
+    assert all("Stopping temporary server" in line for line in lines[printed + 3 :])
     # On a terminal the progress bar shows epochs and the loss.
     assert re.search(r"epoch 2/2 loss \d+\.\d{4}", output)
     assert "Traceback" not in output and "| ERROR" not in output and "Warning:" not in output

@@ -19,6 +19,7 @@ METRICS = re.compile(
     r"final_test_loss=\d\.\d{4}  final_test_accuracy=\d\.\d{4}"
 )
 RUN = re.compile(r"mlflow run id: (\w{32})  model: (models:/m-\w+)")
+FIRST_VERSION_LINE = "champion: models:/tfnn-mnist@champion, the first version"
 
 
 def train_command(data_dir, *flags: str) -> list[str]:
@@ -81,9 +82,10 @@ def test_stdout_is_exactly_the_result_lines(runs):
     results, _ = runs
     quiet = results["quiet"]
     assert quiet.returncode == 0, quiet.stderr[-3000:]
-    metrics, run, registered = quiet.stdout.splitlines()
+    metrics, run, registered, champion = quiet.stdout.splitlines()
     assert METRICS.fullmatch(metrics) and RUN.fullmatch(run)
     assert registered == "registered: models:/tfnn-mnist/1"
+    assert champion == FIRST_VERSION_LINE
     # No MLflow "View run" links, no Prefect lines: nothing but warnings and errors, of
     # which a clean run has none.
     assert quiet.stderr == ""
@@ -92,9 +94,10 @@ def test_stdout_is_exactly_the_result_lines(runs):
 def test_against_an_mlflow_server_stderr_stays_empty(runs):
     served = runs[0]["servers"]
     assert served.returncode == 0, served.stderr[-3000:]
-    metrics, run, registered = served.stdout.splitlines()
+    metrics, run, registered, champion = served.stdout.splitlines()
     assert METRICS.fullmatch(metrics) and RUN.fullmatch(run)
     assert registered == "registered: models:/tfnn-mnist/1"  # in the server's registry
+    assert champion == FIRST_VERSION_LINE
     # Not MLflow's INFO line that a server's registry adds to every registration ("Waiting
     # up to 300 seconds for model version to finish creation").
     assert served.stderr == ""
@@ -152,8 +155,8 @@ def test_no_progress_draws_no_bar_on_a_terminal(runs):
     results, _ = runs
     code, output = results["no progress"]
     assert code == 0, output
-    # What the terminal shows is the three result lines (tests/test_cli.py sees the bar
-    # without the flag); the same configuration and seed as the quiet run: the same numbers.
+    # What the terminal shows is the three result lines of v2, not the champion (test_cli.py
+    # sees the bar without the flag); the quiet run's configuration and seed: its numbers.
     lines = [TERMINAL_CODE.sub("", line).strip() for line in output.splitlines()]
     metrics, _, registered = [line for line in lines if line]
     assert metrics == results["quiet"].stdout.splitlines()[0]

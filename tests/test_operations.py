@@ -34,6 +34,7 @@ from servers import VENV_BIN, free_port, start, stop, wait_for
 from flows.alerts import install_failure_alert
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
+from tasks.registry import FIRST_CHAMPION
 from tasks.tracking import tracked_run
 from tfnn.mnist import load_mnist_idx
 from tfnn.preprocessing import preprocess
@@ -102,13 +103,14 @@ def test_model_card_names_the_data_digest_and_the_scores(local_run, small_mnist_
     assert arrays.digest() in card
     assert f"| test | {accuracy:.4f} |" in card
     assert f"| validation | {run.data.metrics['final_val_accuracy']:.4f} |" in card
-    assert "no retrain decision" in card
+    # The model's first version: its champion, by the first-version rule.
+    assert f"**promoted**: {FIRST_CHAMPION}" in card
     assert client.get_registered_model("ops-model").description == card
     note = run.data.tags["mlflow.note.content"]
     assert arrays.digest() in note and f"test accuracy {accuracy:.4f}" in note
 
 
-def test_final_metrics_are_linked_to_the_logged_model(local_run):
+def test_the_logged_model_carries_the_final_metrics_only(local_run):
     result, _, client, run = local_run
     model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
     on_model = {metric.key: metric.value for metric in model.metrics}
@@ -119,7 +121,14 @@ def test_final_metrics_are_linked_to_the_logged_model(local_run):
         "final_test_loss",
         "final_test_accuracy",
     }
-    assert {k: on_model[k] for k in finals} == finals
+    # Those and the per-class test accuracies: no step_loss, epoch or system metric.
+    classes = {
+        f"test_accuracy_class_{k}": run.data.metrics[f"test_accuracy_class_{k}"] for k in range(10)
+    }
+    assert on_model == finals | classes
+    # The run lists it as its output, made at the step after its last update.
+    [output] = client.get_run(run.info.run_id).outputs.model_outputs
+    assert (output.model_id, output.step) == (model.model_id, len(result.history.step_loss))
     # Linking logged nothing twice on the run.
     assert len(client.get_metric_history(run.info.run_id, "final_test_accuracy")) == 1
 

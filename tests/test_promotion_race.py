@@ -1,12 +1,12 @@
-"""Two retrains that finish together both compared their challenger with the same champion:
-the alias moves once, compare-and-set, and the other challenger is kept, saying why."""
+"""Retrains or first versions that finish together: the alias moves once, compare-and-set,
+and the other challenger is kept, saying why; of two first versions, one is crowned."""
 
 import threading
 
 from mlflow.tracking import MlflowClient
 
 from tasks.config import CHAMPION_ALIAS
-from tasks.registry import Decision, record_decision
+from tasks.registry import FIRST_CHAMPION, Decision, crown_if_first, record_decision
 
 NAME = "raced"
 
@@ -44,3 +44,33 @@ def test_two_promotions_against_one_champion_move_the_alias_once(prefect_harness
     # Both versions carry the decision that was really made.
     for version, decision in recorded.items():
         assert client.get_model_version(NAME, version).tags["tfnn.decision"] == decision.action
+
+
+def test_two_first_versions_registered_together_crown_one_champion(prefect_harness, mlflow_store):
+    client = MlflowClient()
+    client.create_registered_model(NAME)
+    experiment = client.create_experiment("first")
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for run_id in runs:
+        client.create_model_version(NAME, f"runs:/{run_id}/model", run_id=run_id)
+    start, crowned = threading.Barrier(2), {}
+
+    def crown(version: str) -> None:
+        start.wait()
+        crowned[version] = crown_if_first(NAME, version, runs[int(version) - 1])
+
+    threads = [threading.Thread(target=crown, args=(v,)) for v in ("1", "2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    [winner] = [version for version, won in crowned.items() if won]
+    assert sorted(crowned.values()) == [False, True]
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION_ALIAS).version) == winner
+    for version in ("1", "2"):
+        tags = client.get_model_version(NAME, version).tags
+        assert tags.get("tfnn.decision") == ("promoted" if version == winner else None)
+        run_tags = client.get_run(runs[int(version) - 1]).data.tags
+        assert run_tags.get("tfnn.decision_reason") == (
+            FIRST_CHAMPION if version == winner else None
+        )

@@ -1,13 +1,16 @@
 """Resume after a crash: a real ``tfnn train`` process killed with SIGKILL in epoch 3 of 5,
 then run again with ``--resume``, ends as the same MLflow run with every epoch logged once
-and the weights of an uninterrupted run. A run whose process is alive cannot be resumed."""
+and the weights of an uninterrupted run. Killed at any point of its registration, it ends
+with one logged model and one version. A run whose process is alive cannot be resumed."""
 
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import tensorflow as tf
 from conftest import (
@@ -20,6 +23,7 @@ from conftest import (
     train_uninterrupted,
     wait_for_file,
 )
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
@@ -192,3 +196,58 @@ def test_a_finished_run_or_one_with_other_params_is_not_resumed(mlflow_store):
     client.set_terminated(run_id, "FINISHED")
     with pytest.raises(ResumeError, match="already finished; start a new run instead"):
         check_resumable(client.get_run(run_id), {"epochs": "5"})
+
+
+def _registration_state(client: MlflowClient, model_name: str) -> str | None:
+    """How far a run's registration has got: ``pending`` (its logged model begun),
+    ``ready`` (logged, not yet a version) or ``registered``; None before any of it."""
+    if client.search_registered_models() and client.search_model_versions(f"name='{model_name}'"):
+        return "registered"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    models = client.search_logged_models(experiments)
+    if any(m.status == LoggedModelStatus.READY for m in models):
+        return "ready"
+    return "pending" if models else None
+
+
+@pytest.mark.parametrize("kill_at", ["pending", "ready", "registered"])
+def test_a_run_killed_while_registering_ends_with_one_logged_model_and_one_version(
+    kill_at, prefect_harness, mlflow_store, small_mnist_dir, tmp_path
+):
+    flags = ["--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden-sizes", "8"]
+    flags += ["--no-progress"]
+    env = tfnn_env(PREFECT_API_URL=PREFECT_API_URL.value())
+    client = MlflowClient()
+    log = tmp_path / "killed.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            tfnn_command("train", *flags), cwd=tmp_path, env=env, stdout=output, stderr=output
+        )
+    try:
+        give_up = time.monotonic() + 300
+        while _registration_state(client, "tfnn-mnist") != kill_at:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < give_up, f"never {kill_at} within 5 minutes"
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    run_id = run_dir.name
+    if kill_at == "pending":  # killed while the model was being saved and uploaded
+        [model] = client.search_logged_models([client.get_run(run_id).info.experiment_id])
+        assert model.status == LoggedModelStatus.PENDING
+
+    resumed = run_tfnn("train", *flags, "--resume", run_id, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    [model] = client.search_logged_models([run.info.experiment_id])
+    assert (model.source_run_id, model.status) == (run_id, LoggedModelStatus.READY)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    [version] = client.search_model_versions("name='tfnn-mnist'")
+    assert (str(version.version), version.run_id) == ("1", run_id)
+    assert version.source == f"models:/{model.model_id}" and version.description  # the card
+    assert str(client.get_model_version_by_alias("tfnn-mnist", "champion").version) == "1"
+    served = mlflow.pyfunc.load_model("models:/tfnn-mnist@champion")
+    assert served.metadata.model_id == model.model_id

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from cli import main
 from flows.retrain import retrain_flow
 from tasks.config import RunOptions, TrainConfig
-from tasks.registry import decide
+from tasks.registry import FIRST_CHAMPION, decide
 from tfnn.mnist import load_mnist_idx
 from tfnn.optimizers import SGD
 from tfnn.preprocessing import preprocess
@@ -158,6 +158,35 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     assert v3_accuracy > v1_accuracy
     assert (better.action, better.challenger_version, champion()[0]) == ("promoted", "3", "3")
     assert better.challenger_val_accuracy == pytest.approx(v3_accuracy)
+    assert client.get_model_version(NAME, "3").tags["tfnn.compared_with_version"] == "1"
+
+
+def test_the_first_registered_version_is_champion_and_only_a_retrain_moves_it(
+    prefect_harness, mlflow_store, small_mnist_dir, capsys
+):
+    flags = ["--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden-sizes", "8"]
+    client = MlflowClient()
+    assert main(["train", *flags, "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        f"registered: models:/{NAME}/1",
+        f"champion: models:/{NAME}@champion, the first version",
+    ]
+    first = client.get_model_version_by_alias(NAME, "champion")
+    assert str(first.version) == "1"
+    for tags in (first.tags, client.get_run(first.run_id).data.tags):
+        assert (tags["tfnn.decision"], tags["tfnn.decision_reason"]) == ("promoted", FIRST_CHAMPION)
+
+    # A second train registers a version and leaves the champion where it is.
+    assert main(["train", *flags, "--seed", "1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"registered: models:/{NAME}/2"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert "tfnn.decision" not in client.get_model_version(NAME, "2").tags
+
+    # A retrain compares its challenger with that champion.
+    assert main(["retrain", *flags, "--seed", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "champion before: version 1  val_accuracy " in out
     assert client.get_model_version(NAME, "3").tags["tfnn.compared_with_version"] == "1"
 
 

@@ -253,20 +253,23 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     assert retrain.parameters == {"config": {"data_source": str(small_mnist_dir)}}
     assert deployed["scheduled-train"].schedules[0].schedule.cron == "0 5 * * *"
 
-    # MLflow: two finished runs, two versions, the retrain's challenger is champion.
-    assert f"registered: models:/{NAME}/1" in trained
-    # With no champion, a warm start starts fresh and the margin does not apply.
-    assert "promoted: no champion yet" in retrained
+    # MLflow: two finished runs, two versions. The train's is the first, so champion; the
+    # retrain's challenger warm-started from it and was compared with it.
+    assert f"registered: models:/{NAME}/1\nchampion: models:/{NAME}@champion" in trained
+    assert "champion before: version 1  val_accuracy" in retrained
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     versions = client.search_model_versions(f"name = '{NAME}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    first, second = (client.get_model_version(NAME, v) for v in ("1", "2"))
+    assert second.tags["tfnn.compared_with_version"] == "1"
+    challenger = client.get_run(second.run_id)
+    assert challenger.data.tags["tfnn.warm_start_from"] == f"runs:/{first.run_id}/weights"
     champion = client.get_model_version_by_alias(NAME, "champion")
-    assert str(champion.version) == "2" and champion.tags["tfnn.decision"] == "promoted"
-    challenger = client.get_run(champion.run_id)
-    assert challenger.data.tags["tfnn.decision"] == "promoted"
-    assert "tfnn.warm_start_from" not in challenger.data.tags
+    assert str(champion.version) == ("2" if second.tags["tfnn.decision"] == "promoted" else "1")
+    assert champion.tags["tfnn.decision"] == "promoted"
+    champion_run = client.get_run(champion.run_id)
     # Artifacts went through the server into its artifacts destination; the accuracy the
     # run logged is what the downloaded weights score.
     listed = {a.path for a in client.list_artifacts(champion.run_id)}
@@ -277,7 +280,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     arrays = load_mnist_idx(small_mnist_dir)
     x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
     accuracy = np.mean(network.predict(x_test).numpy().argmax(1) == arrays.test_labels)
-    assert challenger.data.metrics["final_test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert champion_run.data.metrics["final_test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     [epoch_one] = client.get_metric_history(champion.run_id, "test_accuracy")
     assert epoch_one.step == 1 and epoch_one.value == pytest.approx(accuracy, abs=1e-6)
 

@@ -2,15 +2,22 @@
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, runtime
 
 from flows.train import TrainResult, train_flow
 from tasks.config import COMPARED_ACTIVATIONS, RunOptions, TrainConfig
 from tasks.plots import plot_comparison
-from tasks.tracking import log_artifact, tracked_run
+from tasks.tracking import log_artifact, tag_flow_run, tracked_run
 
 
-@flow(name="compare-activations", log_prints=True)
+def compare_run_name() -> str:
+    """``compare-relu-vs-tanh``, in both UIs."""
+    return "compare-" + "-vs-".join(
+        runtime.flow_run.parameters.get("activations", COMPARED_ACTIVATIONS)
+    )
+
+
+@flow(name="compare-activations", flow_run_name=compare_run_name, log_prints=True)
 def compare_flow(
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen, and Prefect shows it as the default
     activations: tuple[str, ...] = COMPARED_ACTIVATIONS,
@@ -23,9 +30,8 @@ def compare_flow(
         name: TrainConfig(**{**config.model_dump(), "activation": name}) for name in activations
     }
     params = {**config.as_params(), "activation": ",".join(activations)}
-    with tracked_run(
-        params, options.experiment, run_name="compare " + " vs ".join(activations)
-    ) as parent_id:
+    with tracked_run(params, options.experiment) as parent_id:
+        tag_flow_run(model=options.model_name)
         results = {
             name: train_flow(variant, options, parent_run_id=parent_id, run_name=name)
             for name, variant in variants.items()

@@ -1,6 +1,6 @@
 """The retrain flow: train a challenger and move the ``champion`` alias only if it wins."""
 
-from prefect import flow
+from prefect import flow, runtime
 
 from flows.model_guard import model_slot
 from flows.train import train_flow
@@ -18,10 +18,18 @@ from tasks.registry import (
 )
 from tasks.reporting import publish_decision
 from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
+from tasks.tracking import tag_flow_run
+
+
+def retrain_run_name() -> str:
+    """``retrain-relu-100x50-lr0.1``: the configuration the challenger trains."""
+    config = TrainConfig.model_validate(runtime.flow_run.parameters.get("config", TrainConfig()))
+    return f"retrain-{config.label()}"
 
 
 @flow(
     name="retrain-mnist",
+    flow_run_name=retrain_run_name,
     log_prints=True,
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
 )
@@ -39,6 +47,7 @@ def retrain_flow(
     passed (``data_digest``)."""
     if config.validation_fraction == 0:
         raise ValueError("a retrain decides on validation: set validation_fraction > 0")
+    tag_flow_run(model=options.model_name)
     with model_slot(options.model_name):  # in a deployment's run
         data = prepare_data(load_data(config.data_source), config.validation_fraction)
         champion = find_champion(options.model_name)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, runtime, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -27,7 +27,7 @@ from tasks.sweep import (
     tag_best,
 )
 from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
-from tasks.tracking import log_artifact, tracked_run
+from tasks.tracking import log_artifact, tag_flow_run, tracked_run
 
 
 class SweepFailedError(RuntimeError):
@@ -77,8 +77,15 @@ def train_configuration(
     return train_pipeline(config, options, parent_run_id, name)
 
 
+def sweep_run_name() -> str:
+    """``sweep-of-N``: N configurations (or samples of the grid), in both UIs."""
+    spec = SweepSpec.model_validate(runtime.flow_run.parameters["spec"])
+    return f"sweep-of-{min(spec.samples or spec.size(), spec.size())}"
+
+
 @flow(
     name="sweep-mnist",
+    flow_run_name=sweep_run_name,
     log_prints=True,
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
 )
@@ -100,11 +107,8 @@ def sweep_flow(
         update={"output_dir": output_dir, "register_model": False, "progress": False}
     )
     tracking_uri = portable_tracking_uri()
-    with tracked_run(
-        sweep_params(spec, configurations),
-        options.experiment,
-        run_name=f"sweep of {len(configurations)}",
-    ) as parent_id:
+    with tracked_run(sweep_params(spec, configurations), options.experiment) as parent_id:
+        tag_flow_run(model=options.model_name)
         futures = {
             name: train_configuration.submit(config, name, each, parent_id, tracking_uri)
             for name, config in configurations.items()

@@ -1,6 +1,6 @@
 """The training flow: load, preprocess, build, train, evaluate, plot, all tracked in MLflow."""
 
-from prefect import flow
+from prefect import flow, runtime
 
 from flows.model_guard import model_slot
 from tasks.config import RunOptions, TrainConfig
@@ -10,8 +10,17 @@ from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 __all__ = ["TrainResult", "train_flow"]
 
 
+def train_run_name() -> str:
+    """The flow run's name, which its MLflow run takes too: its ``run_name`` parameter, or
+    ``train-`` and the configuration's label (``train-relu-100x50-lr0.1``)."""
+    parameters = runtime.flow_run.parameters
+    config = TrainConfig.model_validate(parameters.get("config", TrainConfig()))
+    return parameters.get("run_name") or f"train-{config.label()}"
+
+
 @flow(
     name="train-mnist",
+    flow_run_name=train_run_name,
     log_prints=True,
     timeout_seconds=timeout_seconds(FLOW_TIMEOUT_ENV),
 )

@@ -183,6 +183,11 @@ class TrainConfig(BaseModel):
         """``[input_dim, *hidden_sizes, num_classes]``."""
         return [input_dim, *self.hidden_sizes, num_classes]
 
+    def label(self) -> str:
+        """A short name for runs of this configuration: ``relu-100x50-lr0.1``."""
+        sizes = "x".join(map(str, self.hidden_sizes)) or "linear"
+        return f"{self.activation}-{sizes}-lr{self.learning_rate:g}"
+
     def as_params(self) -> dict[str, str]:
         """Every field as an MLflow param (strings; sizes as ``100,50``)."""
         params = self.model_dump()

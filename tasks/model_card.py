@@ -10,6 +10,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
 
 from tasks.runs import mlflow_run_url
+from tasks.tracking import FLOW_RUN_NAME_TAG, FLOW_RUN_URL_TAG
 
 
 @task
@@ -84,8 +85,17 @@ def run_description(run: Run) -> str:
         f"{params.get('num_validation_examples', '?')} validation and "
         f"{params.get('num_test_examples', '?')} test examples). Its kept weights score "
         f"validation accuracy {_score(metrics, 'final_val_accuracy')} and test accuracy "
-        f"{_score(metrics, 'final_test_accuracy')}; {_decision(run)}."
+        f"{_score(metrics, 'final_test_accuracy')}; {_decision(run)}.{_flow_run_link(run)}"
     )
+
+
+def _flow_run_link(run: Run) -> str:
+    """`` Trained by Prefect flow run [name](page).``, when Prefect has a UI to link to."""
+    tags = run.data.tags
+    if FLOW_RUN_URL_TAG not in tags:
+        return ""
+    name = tags.get(FLOW_RUN_NAME_TAG, "page")
+    return f" Trained by Prefect flow run [{name}]({tags[FLOW_RUN_URL_TAG]})."
 
 
 def model_card(

@@ -20,9 +20,11 @@ from tasks.registry import crown_if_first, download_weights, register_model
 from tasks.reporting import publish_summary
 from tasks.runs import hold_run_directory, option_tags
 from tasks.tracking import (
+    expected_run_seconds,
     flag_if_not_learning,
     log_evaluation,
     log_trained_model,
+    tag_flow_run,
     tracked_run,
 )
 from tasks.training import RESUMED_FROM_TAG, train
@@ -71,8 +73,10 @@ def train_pipeline(
                 run_name,
                 options.resume,
                 option_tags(options),
+                expected_run_seconds(config),
             )
         )
+        tag_flow_run(activation=config.activation, model=options.model_name)
         run_dir = Path(options.output_dir) / run_id
         if not options.resume:
             held.enter_context(hold_run_directory(run_dir))

@@ -3,6 +3,8 @@
 Every call names its run explicitly (see ``tasks.runs`` why).
 """
 
+import getpass
+import math
 import os
 import tempfile
 import time
@@ -14,20 +16,24 @@ import mlflow.tensorflow
 import numpy as np
 import tensorflow as tf
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
-from prefect import get_run_logger, runtime, task
+from mlflow.utils.mlflow_tags import MLFLOW_USER
+from prefect import get_client, get_run_logger, runtime, task
 from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.urls import url_for
 
+from tasks.config import MNIST_CLASSES, MNIST_PIXELS, TrainConfig
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tasks.runs import code_version_tags, mlflow_run, mlflow_run_url
 from tasks.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
+from tfnn.names import parameter_count
 from tfnn.network import Sequential
 from tfnn.serialization import save_network, weights_digest
 from tfnn.serving import GuardedNetwork
@@ -36,6 +42,7 @@ from tfnn.training import History, learning_failure
 # Links between a run's two records: the Prefect flow run's UI page on the MLflow run, and
 # the MLflow run's UI page on the Prefect flow run.
 FLOW_RUN_URL_TAG = "prefect.flow_run_url"
+FLOW_RUN_NAME_TAG = "prefect.flow_run_name"
 ROOT_FLOW_RUN_TAG = "prefect.root_flow_run_id"
 
 SYSTEM_METRICS_ENV = "TFNN_SYSTEM_METRICS"
@@ -53,16 +60,20 @@ def tracked_run(
     run_name: str | None = None,
     resume_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    expected_seconds: float | None = None,
 ) -> Iterator[str]:
     """``tasks.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
     flow run's id and name, and Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``) ends it
     KILLED. A failure propagates, so that Prefect marks the flow run Failed (Crashed) too.
-    The run also gets the flow run's UI page and the code version (``run_context_tags``),
-    the flow run a link to the run's UI page, and the run system metrics while it is open."""
+    The run is named after the flow run unless ``run_name`` says otherwise, and gets the
+    user, the flow run's UI page and the code version (``run_context_tags``); the flow run
+    gets a link to the run's UI page, and the run system metrics while it is open, sampled
+    about ``SYSTEM_METRICS_SAMPLES`` times over ``expected_seconds`` (``sampling_interval``)."""
     tags = {
         **(tags or {}),
+        MLFLOW_USER: user_name(),
         "prefect.flow_run_id": str(runtime.flow_run.id),
-        "prefect.flow_run_name": str(runtime.flow_run.name),
+        FLOW_RUN_NAME_TAG: str(runtime.flow_run.name),
         **run_context_tags(),
     }
     with mlflow_run(
@@ -70,14 +81,17 @@ def tracked_run(
         experiment,
         tags,
         parent_run_id,
-        run_name,
+        run_name or str(runtime.flow_run.name),  # one name in both UIs
         resume_run_id,
         interruptions=(KeyboardInterrupt, TerminationSignal),
     ) as run_id:
         link_mlflow_run(run_id)
         # The run is active in this thread only to carry MLflow's system metrics monitor;
         # every call still names the run. nested: a subflow's run opens inside its parent's.
-        mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled())
+        with sampling_interval(expected_seconds):
+            mlflow.start_run(
+                run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled()
+            )
         try:
             yield run_id
         except BaseException:
@@ -94,6 +108,71 @@ def system_metrics_enabled() -> bool:
     ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds) unless ``$TFNN_SYSTEM_METRICS`` is
     ``0``, ``false``, ``no`` or ``off``."""
     return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in _OFF
+
+
+SYSTEM_METRICS_SAMPLES = 60
+SAMPLING_INTERVAL_BOUNDS = (1.0, 10.0)  # seconds; MLflow's default is the upper one
+
+
+# How long a run takes on a 2-core CPU, roughly (benchmarks/weight.py's machine): a fixed
+# part (start-up, evaluation, upload) and, per SGD step, 2 ms plus its multiply-adds.
+RUN_OVERHEAD_SECONDS, STEP_SECONDS, FLOP_PER_SECOND = 20.0, 0.002, 3e10
+MNIST_TRAIN_EXAMPLES = 60_000  # the most a source here holds; the data is not loaded yet
+
+
+def expected_run_seconds(config: TrainConfig) -> float:
+    """A rough length of a run of ``config`` on a full MNIST training split."""
+    steps = config.epochs * math.ceil(MNIST_TRAIN_EXAMPLES / config.batch_size)
+    flop = 6 * config.batch_size * parameter_count(config.layer_sizes(MNIST_PIXELS, MNIST_CLASSES))
+    return RUN_OVERHEAD_SECONDS + steps * (STEP_SECONDS + flop / FLOP_PER_SECOND)
+
+
+@contextmanager
+def sampling_interval(expected_seconds: float | None) -> Iterator[None]:
+    """While MLflow starts a run's system metrics monitor, sample about
+    ``SYSTEM_METRICS_SAMPLES`` times over ``expected_seconds``, within
+    ``SAMPLING_INTERVAL_BOUNDS``; ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``, when set, wins."""
+    if expected_seconds is None or MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.is_set():
+        yield
+        return
+    low, high = SAMPLING_INTERVAL_BOUNDS
+    mlflow.set_system_metrics_sampling_interval(
+        min(max(expected_seconds / SYSTEM_METRICS_SAMPLES, low), high)
+    )
+    try:
+        yield
+    finally:
+        mlflow.set_system_metrics_sampling_interval(None)
+
+
+def user_name() -> str:
+    """Who runs this, as MLflow's own runs record it (``mlflow.user``)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        return "unknown"
+
+
+def tag_flow_run(**labels: str) -> None:
+    """Tag the current Prefect flow run ``name:value`` for each label, and with what started
+    the run it belongs to (``trigger:cli``, ``trigger:schedule``, ``trigger:data-event`` or
+    ``trigger:manual``, a deployment run started by hand), so that the flow runs page filters
+    by them."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(runtime.flow_run.id)
+        root = (
+            run
+            if run.parent_task_run_id is None
+            else client.read_flow_run(runtime.flow_run.root_flow_run_id)
+        )
+        if root.parameters.get("data_event_id"):
+            trigger = "data-event"
+        elif root.deployment_id is None:
+            trigger = "cli"
+        else:
+            trigger = "schedule" if root.auto_scheduled else "manual"
+        tags = {*run.tags, f"trigger:{trigger}", *(f"{k}:{v}" for k, v in labels.items())}
+        client.update_flow_run(run.id, tags=sorted(tags))
 
 
 @task(cache_policy=NONE)

@@ -236,6 +236,9 @@ def test_links_both_ways_against_real_servers(
     ui = PREFECT_UI_URL.value()
     assert ui.startswith("http://127.0.0.1:")
     assert run.data.tags["prefect.flow_run_url"] == f"{ui}/runs/flow-run/{flow_run_id}"
+    # The run's description links the flow run's page by the name both runs share.
+    page = f"[train-relu-16-lr0.1]({ui}/runs/flow-run/{flow_run_id})"
+    assert f"Trained by Prefect flow run {page}." in run.data.tags["mlflow.note.content"]
     with get_client(sync_client=True) as prefect:
         links = prefect.read_artifacts(
             artifact_filter=ArtifactFilter(

@@ -7,6 +7,7 @@ from prefect import flow, runtime
 from flows.train import TrainResult, train_flow
 from tasks.config import COMPARED_ACTIVATIONS, RunOptions, TrainConfig
 from tasks.plots import plot_comparison
+from tasks.sweep import describe_ranking, rank_configurations, tag_best
 from tasks.tracking import log_artifact, tag_flow_run, tracked_run
 
 
@@ -23,8 +24,10 @@ def compare_flow(
     activations: tuple[str, ...] = COMPARED_ACTIVATIONS,
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
 ) -> dict[str, TrainResult]:
-    """Train one child run per activation under one parent MLflow run, and plot them together;
-    each child's model becomes a version of ``options.model_name`` (unless not registering)."""
+    """Train one child run per activation under one parent MLflow run, plot them together
+    and rank them on validation (the parent's ``ranking.json``, ``tfnn.best.*`` tags and
+    description name the winner); each child's model becomes a version of
+    ``options.model_name`` (unless not registering)."""
     # Validated here, so a bad name is refused before anything trains.
     variants = {
         name: TrainConfig(**{**config.model_dump(), "activation": name}) for name in activations
@@ -41,4 +44,10 @@ def compare_flow(
             str(Path(options.output_dir) / parent_id / "comparison.png"),
         )
         log_artifact(parent_id, figure, "plots")
+        # The parent tells the result, ranked on validation as a sweep's is.
+        ranking = rank_configurations(parent_id, variants, results, ["activation"])
+        best = ranking[0]
+        winner = best["configuration"]
+        tag_best(parent_id, best, variants[winner], results[winner].model_uri)
+        describe_ranking(parent_id, ranking)
     return results

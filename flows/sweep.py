@@ -20,6 +20,7 @@ from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import crown_if_first, register_model
 from tasks.sweep import (
+    describe_ranking,
     portable_tracking_uri,
     prepare_worker,
     rank_configurations,
@@ -127,6 +128,7 @@ def sweep_flow(
         best = ranking[0]
         model_uri = finished[best["configuration"]].model_uri
         tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
+        describe_ranking(parent_id, ranking)
         if options.register_model:
             version = register_model(options.model_name, model_uri, best["run_id"])
             crown_if_first(options.model_name, version, best["run_id"])

@@ -10,6 +10,7 @@ import mlflow
 import tensorflow as tf
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
@@ -146,3 +147,29 @@ def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, mode
         ],
         tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()],
     )
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@task(cache_policy=NONE)
+def describe_ranking(parent_run_id: str, ranking: list[dict[str, Any]]) -> str:
+    """The parent run's description (``mlflow.note.content``): which configuration won on
+    validation, with its test score, and the ranking as a table; returns it."""
+    best = ranking[0]
+    rows = "\n".join(
+        f"| {row['rank'] or '-'} | {row['configuration']} | {_score(row[RANKED_BY])} "
+        f"| {_score(row['final_test_accuracy'])} | {row['status']} |"
+        for row in ranking
+    )
+    note = (
+        f"**{best['configuration']}** wins on validation: validation accuracy "
+        f"{_score(best[RANKED_BY])}, test accuracy {_score(best['final_test_accuracy'])} (run "
+        f"`{best['run_id']}`). {len(ranking)} configurations, ranked on validation accuracy "
+        "only; the test accuracy is reported, never chosen on.\n\n"
+        "| rank | configuration | validation accuracy | test accuracy | status |\n"
+        f"|---|---|---|---|---|\n{rows}\n"
+    )
+    MlflowClient().set_tag(parent_run_id, MLFLOW_RUN_NOTE, note)
+    return note

@@ -52,9 +52,28 @@ def test_relu_against_tanh_makes_two_child_runs_under_one_parent(
     # Different activations train differently.
     assert results["relu"].history.step_loss != results["tanh"].history.step_loss
 
-    (plot,) = client.list_artifacts(parent.info.run_id, "plots")
+    (plot,) = client.list_artifacts(parent.info.run_id, "plots")  # the comparison plot
     assert plot.path == "plots/comparison.png" and plot.file_size > 0
     local = client.download_artifacts(parent.info.run_id, plot.path)
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = matplotlib.image.imread(local)
     assert image.shape[1] > image.shape[0] > 100  # two panels side by side
+
+    # The parent tells the result: the child with the higher validation accuracy (read from
+    # the children's own records) wins, named in its tags and description with the test score.
+    parent = client.get_run(parent.info.run_id)
+    val = {name: run.data.metrics["final_val_accuracy"] for name, run in children.items()}
+    assert val["relu"] != val["tanh"]
+    winner = max(val, key=val.get)
+    test = children[winner].data.metrics["final_test_accuracy"]
+    tags = parent.data.tags
+    assert tags["tfnn.best.configuration"] == winner == tags["tfnn.best.activation"]
+    assert tags["tfnn.best.run_id"] == children[winner].info.run_id
+    assert parent.data.metrics["best_final_val_accuracy"] == val[winner]
+    assert tags["mlflow.note.content"].startswith(
+        f"**{winner}** wins on validation: validation accuracy {val[winner]:.4f}, "
+        f"test accuracy {test:.4f}"
+    )
+    loser = ({"relu", "tanh"} - {winner}).pop()
+    assert f"| 2 | {loser} | {val[loser]:.4f} |" in tags["mlflow.note.content"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ranking.json"}

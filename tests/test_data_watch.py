@@ -31,10 +31,10 @@ NEVER = "0 0 1 1 *"  # the crons stay out of the way: only the trigger retrains 
 FILES = [f"{name}.gz" for name in MNIST_FILES]
 
 
-def api(url: str, path: str, body: dict) -> dict | list:
-    request = urllib.request.Request(
-        f"{url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+def api(url: str, path: str, body: dict | None = None) -> dict | list:
+    """POST ``body`` to the Prefect API's ``path``, or GET it without a body."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}{path}", data, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -218,6 +218,11 @@ def test_more_training_examples_start_exactly_one_retrain(watched):
     tags = client.get_run(version.run_id).data.tags
     assert tags["tfnn.data_event"] == event["id"]
     assert tags["tfnn.data_event_digest"] == event["payload"]["digest"]
+    # Both flow runs say what started them, and the challenger's its activation.
+    assert {"trigger:data-event", f"model:{MODEL}"} <= set(run["tags"])
+    challenger = api(url, f"/flow_runs/{tags['prefect.flow_run_id']}")
+    assert challenger["name"] == "challenger" == client.get_run(version.run_id).info.run_name
+    assert {"trigger:data-event", "activation:relu"} <= set(challenger["tags"])
 
 
 @pytest.mark.parametrize(

@@ -312,6 +312,12 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
     accuracy = numpy_accuracy(weights_dir / "weights.npz", architecture, mnist_dir)
     assert accuracy == pytest.approx(best.data.metrics["final_test_accuracy"], abs=1e-6)
     assert parent.data.metrics["best_final_test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    # The description names the winner on validation, with the test score beside it.
+    assert tags["mlflow.note.content"].startswith(
+        f"**{best.info.run_name}** wins on validation: validation accuracy "
+        f"{best.data.metrics['final_val_accuracy']:.4f}, test accuracy {accuracy:.4f}"
+    )
+    assert parent.info.run_name == f"sweep-of-{len(expected)}"
 
     plot = Path(client.download_artifacts(parent_id, "plots/comparison.png", str(tmp_path)))
     raw = plot.read_bytes()

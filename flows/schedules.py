@@ -8,6 +8,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
@@ -43,18 +44,23 @@ def build_deployments(
         "options": options.model_dump(mode="json", exclude_defaults=True),
     }
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+    # Entrypoints by module (flows.train.train_flow), as the installed package has them,
+    # rather than a file path relative to wherever the command was started.
+    by_module = EntrypointType.MODULE_PATH
     return [
         train_flow.to_deployment(
             "scheduled-train",
             schedules=[Cron(train_cron, timezone=TIMEZONE)],
             parameters=parameters,
             concurrency_limit=one_at_a_time,
+            entrypoint_type=by_module,
         ),
         retrain_flow.to_deployment(
             "scheduled-retrain",
             schedules=[Cron(retrain_cron, timezone=TIMEZONE)],
             parameters=parameters,
             concurrency_limit=one_at_a_time,
+            entrypoint_type=by_module,
             triggers=[data_changed_trigger(config.data_source)],  # flows/watch.py
         ),
     ]

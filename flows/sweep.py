@@ -16,6 +16,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.config import RunOptions, TrainConfig
 from tasks.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
+from tasks.model_card import publish_model_card
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import crown_if_first, register_model
@@ -132,4 +133,5 @@ def sweep_flow(
         if options.register_model:
             version = register_model(options.model_name, model_uri, best["run_id"])
             crown_if_first(options.model_name, version, best["run_id"])
+            publish_model_card(best["run_id"], options.model_name, version)
     return SweepResult(parent_id, ranking, outcomes)

@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.types.entrypoint import EntrypointType
 
 from tasks.config import RunOptions, default_data_source
 from tasks.data_profile import CheckThresholds
@@ -114,6 +115,7 @@ def watch_deployment(
             "model_name": model_name,
             "settle_seconds": settle_seconds,
         },
+        entrypoint_type=EntrypointType.MODULE_PATH,  # as flows/schedules.py
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
         ),

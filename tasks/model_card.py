@@ -5,11 +5,13 @@ record alone, so a card can be written again once a retrain decides."""
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
 
-from tasks.runs import mlflow_run_url
+from tasks.config import CHAMPION_ALIAS
+from tasks.runs import champion_version, mlflow_run_url
 from tasks.tracking import FLOW_RUN_NAME_TAG, FLOW_RUN_URL_TAG
 
 
@@ -18,19 +20,22 @@ def publish_model_card(
     run_id: str, model_name: str | None = None, version: str | None = None
 ) -> str | None:
     """Describe run ``run_id`` (``mlflow.note.content``) and, when its model was registered
-    as ``version`` of ``model_name``, write the model card on that version and on the
-    registered model (which shows its newest card). Returns the card (None when nothing was
-    registered)."""
+    as ``version`` of ``model_name``, write the model card on that version and a summary of
+    the model (what it is, its champion, how champions are chosen) on the registered model.
+    Returns the card (None when nothing was registered)."""
     client = MlflowClient()
     run = client.get_run(run_id)
     client.set_tag(run_id, MLFLOW_RUN_NOTE, run_description(run))
     if not (model_name and version):
         return None
     plots = [a.path for a in client.list_artifacts(run_id, "plots")]
-    url = mlflow_run_url(mlflow.get_tracking_uri(), run.info.experiment_id, run_id)
-    card = model_card(run, model_name, version, url, plots)
+    card = model_card(run, model_name, version, mlflow.get_tracking_uri(), plots)
     client.update_model_version(model_name, version, description=card)
-    client.update_registered_model(model_name, description=card)
+    champion = champion_version(client, model_name)
+    champion_run = client.get_run(champion.run_id) if champion else None
+    client.update_registered_model(
+        model_name, description=model_summary(model_name, champion, champion_run)
+    )
     return card
 
 
@@ -98,14 +103,12 @@ def _flow_run_link(run: Run) -> str:
     return f" Trained by Prefect flow run [{name}]({tags[FLOW_RUN_URL_TAG]})."
 
 
-def model_card(
-    run: Run, model_name: str, version: str, run_url: str | None, plots: list[str]
-) -> str:
+def model_card(run: Run, model_name: str, version: str, tracking_uri: str, plots: list[str]) -> str:
     """The markdown description of version ``version`` of ``model_name``, trained by ``run``;
-    ``run_url`` is the MLflow UI's page of the run (None for a local store), ``plots`` the
-    run's plot artifact paths."""
+    its run and plots are links to the MLflow UI when ``tracking_uri`` is a server, and
+    ``plots`` are the run's plot artifact paths. A paragraph is one line, as the UI wraps it."""
     params, metrics = run.data.params, run.data.metrics
-    run_id = run.info.run_id
+    run_id, experiment_id = run.info.run_id, run.info.experiment_id
     config = "\n".join(f"| {name} | `{params[name]}` |" for name in CONFIG_PARAMS if name in params)
     classes = sorted(
         (int(name.removeprefix(CLASS_ACCURACY_PREFIX)), value)
@@ -113,8 +116,13 @@ def model_card(
         if name.startswith(CLASS_ACCURACY_PREFIX)
     )
     per_class = " | ".join(f"{value:.4f}" for _, value in classes)
+    run_url = mlflow_run_url(tracking_uri, experiment_id, run_id)
     run_link = f"[{run_id}]({run_url})" if run_url else f"`{run_id}`"
-    plot_links = "\n".join(f"- `runs:/{run_id}/{path}`" for path in plots) or "- none"
+    plot_links = "\n".join(
+        # The UI's route to one artifact in the run's Artifacts tab.
+        f"- [{path}]({run_url}/artifactPath/{path})" if run_url else f"- `runs:/{run_id}/{path}`"
+        for path in plots
+    )
     return f"""# {model_name} version {version}
 
 ## What was trained
@@ -127,9 +135,9 @@ A dense network {architecture(run)}, {params.get("num_parameters", "?")} paramet
 
 ## On what
 
-Data `{params.get("data_source", "?")}`, digest `{params.get("data_digest", "?")}`:
-{params.get("num_train_examples", "?")} training, {params.get("num_validation_examples", "?")}
-validation and {params.get("num_test_examples", "?")} test examples (validation:
+Data `{params.get("data_source", "?")}`, digest `{params.get("data_digest", "?")}`: \
+{params.get("num_train_examples", "?")} training, {params.get("num_validation_examples", "?")} \
+validation and {params.get("num_test_examples", "?")} test examples (validation: \
 {params.get("validation_rule", "?")}).
 
 ## How well
@@ -147,11 +155,42 @@ Per-class test accuracy:
 
 ## How it was decided
 
-{_decision(run).capitalize()}. Decisions use validation accuracy only; test scores are for
-information.
+{_decision(run).capitalize()}. {CHAMPION_RULE}
 
 ## Links
 
 MLflow run {run_link}; model `models:/{model_name}/{version}`; plots:
-{plot_links}
+
+{plot_links or "- none"}
 """
+
+
+CHAMPION_RULE = (
+    "A model's first registered version becomes its champion; after that only a retrain "
+    "moves the alias, when its challenger's validation accuracy beats the champion's by the "
+    "margin on the same validation examples. Test scores are for information, never chosen on."
+)
+
+
+def model_summary(model_name: str, champion: ModelVersion | None, run: Run | None) -> str:
+    """The registered model's description: what the model is, its champion (version
+    ``champion``, trained by ``run``) and how champions are chosen; each version's own
+    description holds its model card."""
+    if champion is None or run is None:
+        now = "No version is champion yet."
+    else:
+        metrics = run.data.metrics
+        now = (
+            f"The champion, `models:/{model_name}@{CHAMPION_ALIAS}`, is version "
+            f"{champion.version}: {architecture(run)}, validation accuracy "
+            f"{_score(metrics, 'final_val_accuracy')}, test accuracy "
+            f"{_score(metrics, 'final_test_accuracy')}."
+        )
+    return (
+        f"# {model_name}\n\n"
+        "A dense network, written with TensorFlow alone (no Keras) and trained by SGD, that "
+        "classifies 28x28 MNIST digits: it takes 784 pixel values in [0, 1] and returns the "
+        f"10 class probabilities.\n\n{now}\n\n{CHAMPION_RULE}\n\n"
+        "Each version's description is its model card: what was trained, on which data, how "
+        "well, and how it was decided.\n"
+    )

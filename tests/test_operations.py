@@ -2,9 +2,12 @@
 metrics, the code version, model cards, links both ways, progress, failure alerts."""
 
 import json
+import re
 import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -105,7 +108,14 @@ def test_model_card_names_the_data_digest_and_the_scores(local_run, small_mnist_
     assert f"| validation | {run.data.metrics['final_val_accuracy']:.4f} |" in card
     # The model's first version: its champion, by the first-version rule.
     assert f"**promoted**: {FIRST_CHAMPION}" in card
-    assert client.get_registered_model("ops-model").description == card
+    assert "# ops-model\n\n" in client.get_registered_model("ops-model").description
+    # A paragraph is one line, as the UI wraps it: every line ends a sentence or a clause,
+    # or is a heading, a table row or a list item.
+    for line in card.splitlines():
+        assert not line or line[0] in "#|-" or line.endswith((".", ":", ")")), line
+    # On a local store the run and plots are named, not linked: there is no page to open.
+    assert f"MLflow run `{run.info.run_id}`" in card
+    assert f"- `runs:/{run.info.run_id}/plots/accuracy.png`" in card
     note = run.data.tags["mlflow.note.content"]
     assert arrays.digest() in note and f"test accuracy {accuracy:.4f}" in note
 
@@ -227,11 +237,28 @@ def test_links_both_ways_against_real_servers(
     mlflow.set_tracking_uri(mlflow_server)
     try:
         state = train_flow(
-            small_config(small_mnist_dir), RunOptions(register_model=False), return_state=True
+            small_config(small_mnist_dir), RunOptions(model_name="ops-server"), return_state=True
         )
-        run = MlflowClient().get_run(state.result().run_id)
+        served = MlflowClient()
+        run = served.get_run(state.result().run_id)
+        card = served.get_model_version("ops-server", state.result().model_version).description
+        # The logged model lives in the run's experiment, which the Models tab searches.
+        models = served.search_logged_models(experiment_ids=[run.info.experiment_id])
     finally:
         mlflow.set_tracking_uri(None)
+    assert [m.model_id for m in models] == [state.result().model_uri.removeprefix("models:/")]
+    assert models[0].experiment_id == run.info.experiment_id
+    # On a server the card links the run's page and each plot in its Artifacts tab, and
+    # the server holds what each plot link names.
+    page = f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"MLflow run [{run.info.run_id}]({page})" in card
+    plots = re.findall(r"^- \[(plots/[a-z_]+\.png)\]\((\S+)\)$", card, re.MULTILINE)
+    assert len(plots) == 4
+    for path, link in plots:
+        assert link == f"{page}/artifactPath/{path}"
+        query = urllib.parse.urlencode({"path": path, "run_uuid": run.info.run_id})
+        with urllib.request.urlopen(f"{mlflow_server}/get-artifact?{query}", timeout=30) as got:
+            assert got.read(8) == b"\x89PNG\r\n\x1a\n"
     flow_run_id = str(state.state_details.flow_run_id)
     ui = PREFECT_UI_URL.value()
     assert ui.startswith("http://127.0.0.1:")

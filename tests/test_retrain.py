@@ -189,6 +189,19 @@ def test_the_first_registered_version_is_champion_and_only_a_retrain_moves_it(
     assert "champion before: version 1  val_accuracy " in out
     assert client.get_model_version(NAME, "3").tags["tfnn.compared_with_version"] == "1"
 
+    # The registered model's description summarises the model and names its champion now,
+    # whichever version was written last; no version's card is copied there.
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    accuracy = client.get_run(champion.run_id).data.metrics["final_val_accuracy"]
+    summary = client.get_registered_model(NAME).description
+    assert summary.startswith(f"# {NAME}\n\nA dense network")
+    assert (
+        f"The champion, `models:/{NAME}@champion`, is version {champion.version}: "
+        f"784 -> 8 -> 10 (relu, softmax output), validation accuracy {accuracy:.4f}"
+    ) in summary
+    assert "first registered version becomes its champion" in summary
+    assert "version 3" not in summary.splitlines()[0] and "## How well" not in summary
+
 
 def test_compare_registers_each_child_under_the_given_name(
     prefect_harness, mlflow_store, small_mnist_dir, capsys

@@ -10,15 +10,24 @@ from cli import build_parser, main
 from flows.retrain import retrain_flow
 from flows.schedules import DEFAULT_RETRAIN_CRON, build_deployments
 from flows.train import train_flow
+from flows.watch import watch_deployment
 from tasks.config import RunOptions, TrainConfig
 
 
-def test_deployments_carry_the_crons_and_a_parameter_set_the_flows_accept():
+def test_deployments_carry_the_crons_and_a_parameter_set_the_flows_accept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # started outside the checkout, as `tfnn schedule` may be
     config = TrainConfig(hidden_sizes=(32,), epochs=2, data_source="/data/mnist")
     options = RunOptions(model_name="digits", margin=0.02)
     train, retrain = build_deployments(config, "*/10 * * * *", "0 6 * * 1", options)
     assert (train.name, train.flow_name) == ("scheduled-train", "train-mnist")
     assert (retrain.name, retrain.flow_name) == ("scheduled-retrain", "retrain-mnist")
+    # By module, as the installed package holds them: not a path relative to the directory.
+    assert (train.entrypoint, retrain.entrypoint) == (
+        "flows.train.train_flow",
+        "flows.retrain.retrain_flow",
+    )
+    watch = watch_deployment("/data/mnist", "digits", interval=60, settle_seconds=30)
+    assert watch.entrypoint == "flows.watch.watch_data_flow"
     assert [s.schedule.cron for s in train.schedules] == ["*/10 * * * *"]
     assert [s.schedule.cron for s in retrain.schedules] == ["0 6 * * 1"]
     # The timezone of prefect.yaml's schedules, which the compose stack deploys.

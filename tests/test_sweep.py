@@ -396,6 +396,9 @@ def test_sweep_on_a_two_process_dask_cluster(
     [version] = MlflowClient().search_model_versions()
     assert version.name == "sweep-best"
     assert version.run_id == parent.data.tags["tfnn.best.run_id"]
+    # It carries its model card, and the model its summary, as a trained version does.
+    assert version.description.startswith("# sweep-best version 1\n")
+    assert "version 1" in MlflowClient().get_registered_model("sweep-best").description
 
     with get_client(sync_client=True) as prefect:
         flow_run_id = parent.data.tags["prefect.flow_run_id"]

@@ -11,6 +11,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
 
 from tasks.config import CHAMPION_ALIAS
+from tasks.registry import DECISION_REASON_TAG, DECISION_TAG
 from tasks.runs import champion_version, mlflow_run_url
 from tasks.tracking import FLOW_RUN_NAME_TAG, FLOW_RUN_URL_TAG
 
@@ -39,8 +40,6 @@ def publish_model_card(
     return card
 
 
-DECISION_TAG = "tfnn.decision"
-DECISION_REASON_TAG = "tfnn.decision_reason"
 CONFIG_PARAMS = (
     "hidden_sizes",
     "activation",

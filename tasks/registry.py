@@ -31,6 +31,7 @@ from tasks.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_sec
 from tfnn.metrics import accuracy
 from tfnn.serving import predict_in_batches
 
+DECISION_TAG, DECISION_REASON_TAG = "tfnn.decision", "tfnn.decision_reason"
 KEY_TAG = "tfnn.retrain_key"
 COMPARED_WITH_TAG = "tfnn.compared_with_version"
 WARM_START_TAG = "tfnn.warm_start_from"
@@ -67,8 +68,8 @@ class Decision:
     def tags(self) -> dict[str, str]:
         """The decision as MLflow tags (scores with all their digits)."""
         values = {
-            "tfnn.decision": self.action,
-            "tfnn.decision_reason": self.reason,
+            DECISION_TAG: self.action,
+            DECISION_REASON_TAG: self.reason,
             "tfnn.champion_val_accuracy": self.champion_val_accuracy,
             "tfnn.challenger_val_accuracy": self.challenger_val_accuracy,
             "tfnn.champion_test_accuracy": self.champion_test_accuracy,
@@ -146,9 +147,8 @@ def crown_if_first(name: str, version: str, run_id: str) -> bool:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         elif str(now.version) != version:
             return False
-    for tag, value in {"tfnn.decision": "promoted", "tfnn.decision_reason": FIRST_CHAMPION}.items():
-        client.set_tag(run_id, tag, value)
-        client.set_model_version_tag(name, version, tag, value)
+    decision = {DECISION_TAG: "promoted", DECISION_REASON_TAG: FIRST_CHAMPION}
+    tag_version_and_run(client, name, version, run_id, decision)
     return True
 
 
@@ -275,12 +275,16 @@ def record_decision(decision: Decision) -> Decision:
                 )
     tags = decision.tags()
     key = tags.pop(KEY_TAG)
-
-    def tag(name: str, value: str) -> None:
-        client.set_tag(decision.challenger_run_id, name, value)
-        client.set_model_version_tag(decision.model_name, decision.challenger_version, name, value)
-
-    for name, value in tags.items():
-        tag(name, value)
-    tag(KEY_TAG, key)
+    where = (client, decision.model_name, decision.challenger_version, decision.challenger_run_id)
+    tag_version_and_run(*where, {**tags, KEY_TAG: key})  # the key last (dicts keep order)
     return decision
+
+
+def tag_version_and_run(
+    client: MlflowClient, name: str, version: str, run_id: str, tags: dict[str, str]
+) -> None:
+    """Set ``tags`` on version ``version`` of ``name`` and on its run, one tag at a time in
+    order: a process killed midway leaves the earlier ones on both."""
+    for tag, value in tags.items():
+        client.set_tag(run_id, tag, value)
+        client.set_model_version_tag(name, version, tag, value)

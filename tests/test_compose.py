@@ -554,9 +554,8 @@ def test_prefect_yaml_deploys_the_scheduled_flows_to_the_worker_pool():
         if "concurrency_limit" in deployment:
             limit = served[deployment["name"]].concurrency_options
             assert deployment["concurrency_limit"]["collision_strategy"] == limit.collision_strategy
-    assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == (
-        "/app"
-    )
+    # No pull step: flow runs start where `prefect deploy` ran (tests/test_stack.py).
+    assert "pull" not in spec
 
 
 def dockerfile_stages() -> dict[str, list[str]]:

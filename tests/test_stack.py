@@ -22,6 +22,7 @@ from conftest import refusal as refused_line
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.exceptions import PrefectHTTPStatusError
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
@@ -217,6 +218,17 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
             time.sleep(1)
     finally:
         stop(serving)
+    # Stopped, `tfnn schedule` leaves its deployments paused (Prefect's serve does) and no
+    # SCHEDULED run behind: the server deletes a paused deployment's scheduled runs.
+    stopped = deployments(env)
+    assert stopped["scheduled-train"].paused and stopped["scheduled-retrain"].paused
+    left = prefect_call(
+        env,
+        lambda c: c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state={"type": {"any_": ["SCHEDULED"]}})
+        ),
+    )
+    assert left == []
     prefect = str(VENV_BIN / "prefect")
     run([ENTRYPOINT, prefect, "work-pool", "create", "tfnn", "--type", "process"], worker_env, ROOT)
     deploy_env = {"TFNN_DATA_DIR": str(small_mnist_dir), "TFNN_RETRAIN_CRON": "30 5 * * 1"}
@@ -246,7 +258,7 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     deployed = deployments(env)
     retrain = deployed["scheduled-retrain"]
     assert retrain.work_pool_name == "tfnn"
-    assert retrain.entrypoint == "flows/retrain.py:retrain_flow"
+    assert retrain.entrypoint == "flows.retrain.retrain_flow"
     assert retrain.schedules[0].schedule.cron == "30 5 * * 1"
     # Only what differs from TrainConfig's and RunOptions' defaults (model name, margin: the
     # defaults, written once in tasks/config.py).
@@ -330,3 +342,23 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
         assert not any(secret.encode() in line for line in command_lines), secret
         for log in ("mlflow.log", "prefect.log"):
             assert secret not in (home / log).read_text(errors="replace"), (log, secret)
+
+    # A scheduled train run by a process worker from the checkout (no image, no pull step):
+    # started by hand here, as the schedule's next run would be, and run to the end.
+    flow_run = prefect_call(
+        env, lambda c: c.create_flow_run_from_deployment(deployed["scheduled-train"].id)
+    )
+    run([ENTRYPOINT, prefect, "worker", "start", "--pool", "tfnn", "--run-once"], worker_env, ROOT)
+    done = prefect_call(env, lambda c: c.read_flow_run(flow_run.id))
+    assert done.state_type.value == "COMPLETED", done.state
+    assert done.name == "train-relu-100x50-lr0.1"
+    assert {"trigger:manual", f"model:{NAME}", "activation:relu"} <= set(done.tags)
+    [trained_by_worker] = client.search_runs(
+        [client.get_experiment_by_name(NAME).experiment_id],
+        f"tags.`prefect.flow_run_id` = '{flow_run.id}'",
+    )
+    assert trained_by_worker.info.status == "FINISHED"
+    assert trained_by_worker.info.run_name == done.name
+    assert trained_by_worker.data.params["data_source"] == str(small_mnist_dir)
+    [version] = client.search_model_versions(f"run_id = '{trained_by_worker.info.run_id}'")
+    assert (version.name, str(version.version)) == (NAME, "3")

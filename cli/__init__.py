@@ -17,7 +17,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from cli.commands import HANDLERS, DidNotLearn, Inputs
-from cli.output import quiet_tracebacks, set_output_environment, start_tensorflow_quietly
+from cli.output import (
+    StatusLine,
+    quiet_tracebacks,
+    set_output_environment,
+    start_tensorflow_quietly,
+)
 from cli.parser import OPTIONS, build_parser, given_fields
 
 __all__ = ["build_parser", "main"]
@@ -230,8 +235,12 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     start_tensorflow_quietly()
     import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
 
+    # On a terminal, a line saying what happens until the bar starts, and after it.
+    progress = inputs.options is not None and inputs.options.progress
+    status = StatusLine(progress and args.command != "schedule" and not args.verbose)
     try:
-        inputs = check_inputs(args, inputs, wait_for_server)
+        with status.showing("starting Prefect's server, checking the input"):
+            inputs = check_inputs(args, inputs, wait_for_server)
     except _refusals() as error:
         if args.traceback:  # the stack too; the exit code stays a refusal's
             traceback.print_exc()
@@ -241,7 +250,8 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     if not args.traceback:
         quiet_tracebacks()
     try:
-        lines = HANDLERS[args.command](args, inputs)
+        with status.showing("loading MLflow and the flow"):
+            lines = HANDLERS[args.command](args, inputs)
     except DidNotLearn as flagged:
         print("\n".join(flagged.lines))
         for warning in flagged.warnings:

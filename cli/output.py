@@ -7,6 +7,8 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # TensorFlow's C++ start-up log: absl writes it before TF_CPP_MIN_LOG_LEVEL applies (the
 # missing CUDA driver, the CPU's instruction sets, cuInit's failure on a CPU-only machine).
@@ -90,3 +92,50 @@ def quiet_tracebacks() -> None:
     # Prefect may configure its handlers again later; the run loggers keep their filters.
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_NoTracebacks())
+
+
+class _StepHandler(logging.Handler):
+    """Shows on a status line the run's steps as Prefect logs them ending."""
+
+    def __init__(self, status):
+        super().__init__(logging.INFO)
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.name == "prefect.task_runs" and message.startswith("Finished in state"):
+            self.status.update(f"{getattr(record, 'task_name', 'a step')} done")
+        elif record.name == "prefect.task_runs" and message.startswith("epoch "):
+            self.status.update(f"training: {message.split(':', 1)[0]} done")
+        elif record.name == "prefect.flow_runs" and message.startswith("Beginning flow run"):
+            self.status.update(f"flow run {getattr(record, 'flow_run_name', '')} started")
+
+
+class StatusLine:
+    """On a terminal, one line on stderr saying what the command is doing while nothing else
+    moves: start-up, then each step of the run as it ends (training's bar draws beneath
+    it). Nothing when stderr is not a terminal or when not ``enabled``."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    @contextmanager
+    def showing(self, text: str) -> Iterator[None]:
+        """Show ``text`` (then the steps as they end) for the block."""
+        if not self.enabled:
+            yield
+            return
+        import prefect  # noqa: F401 - sets up its logging first, which would drop a handler
+        import rich
+
+        rich.reconfigure(stderr=True)  # the console the training bar draws on too
+        loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
+        with rich.get_console().status(text) as status:
+            handler = _StepHandler(status)
+            for logger in loggers:
+                logger.addHandler(handler)
+            try:
+                yield
+            finally:
+                for logger in loggers:
+                    logger.removeHandler(handler)

@@ -20,7 +20,12 @@ from pathlib import Path
 
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_UI_URL,
+    get_current_settings,
+    temporary_settings,
+)
 
 from tasks.config import InputError
 from tasks.locking import exclusive_lock
@@ -76,9 +81,12 @@ def prefect_api() -> Iterator[Callable[[], None] | None]:
             start_new_session=True,
         )
         held.callback(_stop, process)
-        held.callback(os.environ.pop, "PREFECT_API_URL", None)
+        for name in ("PREFECT_API_URL", "PREFECT_UI_URL"):
+            held.callback(os.environ.pop, name, None)
         os.environ["PREFECT_API_URL"] = url
-        held.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        # No UI to link to: the server has none, and it is gone once the command ends.
+        os.environ["PREFECT_UI_URL"] = ""
+        held.enter_context(temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}))
 
         def wait() -> None:
             """Return once the server answers; ``InputError`` naming its last error if it

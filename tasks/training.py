@@ -5,6 +5,7 @@ import sys
 from contextlib import ExitStack
 
 import numpy as np
+import rich
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
@@ -63,7 +64,9 @@ def train(
     with ExitStack() as bar:
         # Off a terminal a bar would only leave its last frame in a log.
         if show_progress and sys.stderr.isatty():
-            progress = bar.enter_context(Progress(console=Console(stderr=True)))
+            # The command's console (stderr, beneath its status line), else one on stderr.
+            console = rich.get_console() if rich.get_console().stderr else Console(stderr=True)
+            progress = bar.enter_context(Progress(console=console))
             arguments["callbacks"].append(ProgressBar(progress, config.epochs, steps_per_epoch))
         return fit(network, train=(data.x_train, data.y_train), evaluate=sets, **arguments)
 

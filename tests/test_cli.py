@@ -202,12 +202,27 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     assert all("Stopping temporary server" in line for line in lines[printed + 3 :])
     # On a terminal the progress bar shows epochs and the loss.
     assert re.search(r"epoch 2/2 loss \d+\.\d{4}", output)
+    # Before the bar and after it, a status line says what is happening.
+    plain = TERMINAL_CODE.sub("", output)
+    shown = [
+        "starting Prefect's server, checking the input",
+        "loading MLflow and the flow",
+        "build_network done",
+        "training: epoch 2/2 done",
+        "evaluate done",
+        "register_model done",
+    ]
+    assert [plain.find(text) for text in shown] == sorted(plain.find(text) for text in shown)
+    assert -1 not in [plain.find(text) for text in shown]
     assert "Traceback" not in output and "| ERROR" not in output and "Warning:" not in output
 
     assert (tmp_path / "mlflow.db").is_file()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    # The temporary server, without a UI and gone now, is not linked as the run's page.
+    assert "prefect.flow_run_url" not in run.data.tags
+    assert "Prefect flow run [" not in run.data.tags["mlflow.note.content"]
     artifacts = Path(run.info.artifact_uri)
     assert artifacts.is_relative_to(tmp_path / "mlruns")
     assert (artifacts / "weights" / "weights.npz").is_file()

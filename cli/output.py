@@ -95,20 +95,25 @@ def quiet_tracebacks() -> None:
 
 
 class _StepHandler(logging.Handler):
-    """Shows on a status line the run's steps as Prefect logs them ending."""
+    """Shows on a status line the run's steps as Prefect logs them ending. Each is drawn at
+    once: between two refreshes of the spinner, a quick step would be replaced unseen."""
 
-    def __init__(self, status):
+    def __init__(self, spinner, live):
         super().__init__(logging.INFO)
-        self.status = status
+        self.spinner, self.live = spinner, live
+
+    def show(self, text: str) -> None:
+        self.spinner.update(text=text)
+        self.live.refresh()
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if record.name == "prefect.task_runs" and message.startswith("Finished in state"):
-            self.status.update(f"{getattr(record, 'task_name', 'a step')} done")
+            self.show(f"{getattr(record, 'task_name', 'a step')} done")
         elif record.name == "prefect.task_runs" and message.startswith("epoch "):
-            self.status.update(f"training: {message.split(':', 1)[0]} done")
+            self.show(f"training: {message.split(':', 1)[0]} done")
         elif record.name == "prefect.flow_runs" and message.startswith("Beginning flow run"):
-            self.status.update(f"flow run {getattr(record, 'flow_run_name', '')} started")
+            self.show(f"flow run {getattr(record, 'flow_run_name', '')} started")
 
 
 class StatusLine:
@@ -127,11 +132,16 @@ class StatusLine:
             return
         import prefect  # noqa: F401 - sets up its logging first, which would drop a handler
         import rich
+        from rich.live import Live
+        from rich.spinner import Spinner
 
         rich.reconfigure(stderr=True)  # the console the training bar draws on too
         loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
-        with rich.get_console().status(text) as status:
-            handler = _StepHandler(status)
+        # What rich's console.status() draws, with a Live of our own to refresh on each step.
+        spinner = Spinner("dots", text, style="status.spinner")
+        console = rich.get_console()
+        with Live(spinner, console=console, refresh_per_second=12.5, transient=True) as live:
+            handler = _StepHandler(spinner, live)
             for logger in loggers:
                 logger.addHandler(handler)
             try:

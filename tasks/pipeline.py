@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
+from prefect import runtime
 
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
@@ -76,7 +77,8 @@ def train_pipeline(
                 expected_run_seconds(config),
             )
         )
-        tag_flow_run(activation=config.activation, model=options.model_name)
+        if runtime.task_run.id is None:  # the training flow's own run, not a sweep's task
+            tag_flow_run(activation=config.activation, model=options.model_name)
         run_dir = Path(options.output_dir) / run_id
         if not options.resume:
             held.enter_context(hold_run_directory(run_dir))

@@ -409,6 +409,9 @@ def test_sweep_on_a_two_process_dask_cluster(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     assert flow_run.state.is_completed()
+    # Named and tagged as a sweep: its configurations, run as tasks, do not tag it.
+    assert flow_run.name == "sweep-of-4"
+    assert set(flow_run.tags) == {"model:sweep-best", "trigger:cli"}
     states = sorted(
         r.state.type.value for r in task_runs if r.name.startswith("train_configuration")
     )

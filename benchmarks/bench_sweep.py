@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{'configuration':<56} {'test accuracy':>13}")
     for row in ranking:
-        print(f"{row['configuration']:<56} {row['final_test_accuracy']:>13.4f}")
+        print(f"{row['configuration']:<56} {row['test_accuracy']:>13.4f}")
     print(f"\ncores: {os.cpu_count()}")
     print(
         f"the dask-address workers used {worker_cpu:.1f} CPU s ({worker_cpu / count:.2f} a "

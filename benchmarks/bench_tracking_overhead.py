@@ -82,7 +82,9 @@ def tracked_run(config: TrainConfig, directory: Path) -> tuple[float, float]:
         config, RunOptions(experiment="bench", output_dir=str(directory)), return_state=True
     )
     result = state.result()
-    logged = [m.value for m in MlflowClient().get_metric_history(result.run_id, "epoch_seconds")]
+    logged = [
+        m.value for m in MlflowClient().get_metric_history(result.run_id, "train/epoch_seconds")
+    ]
     with get_client(sync_client=True) as prefect:
         task_runs = prefect.read_task_runs(
             flow_run_filter=FlowRunFilter(

@@ -232,12 +232,13 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
 
         # it starts while the rest imports and checks the input
         wait_for_server = services.enter_context(prefect_api())
-    start_tensorflow_quietly()
-    import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
-
     # On a terminal, a line saying what happens until the bar starts, and after it.
     progress = inputs.options is not None and inputs.options.progress
     status = StatusLine(progress and args.command != "schedule" and not args.verbose)
+    status.announce("loading TensorFlow")
+    start_tensorflow_quietly()
+    import tfnn.serialization  # noqa: F401 - its ModelFileError is a refusal
+
     try:
         with status.showing("starting Prefect's server, checking the input"):
             inputs = check_inputs(args, inputs, wait_for_server)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks.config import RunOptions, TrainConfig
+from tasks.config import CLASS_ACCURACY_PREFIX, RunOptions, TrainConfig
 from tasks.grid import SweepSpec
 
 
@@ -39,7 +39,7 @@ def _result_lines(results: dict, options: RunOptions) -> list[str]:
         metrics = "  ".join(
             f"{key}={value:.4f}"
             for key, value in result.metrics.items()
-            if not key.startswith("test_accuracy_class")
+            if not key.startswith(CLASS_ACCURACY_PREFIX)
         )
         lines.append(f"{label}{metrics}")
         lines.append(f"{label}mlflow run id: {result.run_id}  model: {result.model_uri}")
@@ -132,7 +132,7 @@ def sweep(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     lines = [f"{'rank':>4}  {'val_acc':>8}  {'test_acc':>8}  configuration"]
     for row in result.ranking:
         score = (
-            f"{row['final_val_accuracy']:>8.4f}  {row['final_test_accuracy']:>8.4f}"
+            f"{row['val_accuracy']:>8.4f}  {row['test_accuracy']:>8.4f}"
             if row["rank"]
             else f"{'FAILED':>8}  {'':>8}"
         )

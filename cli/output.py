@@ -124,12 +124,21 @@ class StatusLine:
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
 
+    def announce(self, text: str) -> None:
+        """Show ``text`` (without a spinner) until the first ``showing``: for what comes
+        before rich and Prefect are imported, such as TensorFlow's start-up, whose output is
+        captured from the file descriptor a spinner would draw on."""
+        if self.enabled:
+            sys.stderr.write(f"{text}\r")  # the cursor stays on the line, to clear it
+            sys.stderr.flush()
+
     @contextmanager
     def showing(self, text: str) -> Iterator[None]:
         """Show ``text`` (then the steps as they end) for the block."""
         if not self.enabled:
             yield
             return
+        sys.stderr.write("\x1b[2K")  # clear what announce wrote (a terminal's control code)
         import prefect  # noqa: F401 - sets up its logging first, which would drop a handler
         import rich
         from rich.live import Live

@@ -279,7 +279,7 @@ check_train() {
         "$(json 'data[0].split("/experiments/")[1].split("/")[0]' <<<"$link")" "$EXPERIMENT"
     expect "MLflow run $RUN_ID" "$(json 'data["run"]["info"]["status"]' <<<"$run")" FINISHED
     epochs=$(json '{p["key"]: p["value"] for p in data["run"]["data"]["params"]}["epochs"]' <<<"$run")
-    for key in train_loss train_accuracy val_loss val_accuracy test_loss test_accuracy; do
+    for key in train/loss train/accuracy val/loss val/accuracy test/loss test/accuracy; do
         history=$(mlflow_get "metrics/get-history?run_id=$RUN_ID&metric_key=$key")
         expect "$key logged at epochs 1..$epochs" \
             "$(json '[m["step"] for m in sorted(data["metrics"], key=lambda m: m["step"])]' <<<"$history")" \
@@ -287,7 +287,7 @@ check_train() {
     done
     # The network learned: real MNIST, the notebook's network, a few epochs.
     expect "the last epoch's test accuracy is above 0.9" "$(mlflow_get \
-        "metrics/get-history?run_id=$RUN_ID&metric_key=test_accuracy" |
+        "metrics/get-history?run_id=$RUN_ID&metric_key=test/accuracy" |
         json 'max(data["metrics"], key=lambda m: m["step"])["value"] > 0.9')" True
     version=$(mlflow_get "model-versions/search?filter=run_id%3D%27$RUN_ID%27" |
         json 'data["model_versions"]')

@@ -41,6 +41,8 @@ MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow's, refused by it only once a run is s
 COMPARED_ACTIVATIONS = ("relu", "tanh")  # the notebook's second experiment
 PREDICTIONS_FILE = "predictions.csv"
 CHAMPION_ALIAS = "champion"  # the registered version that serving, retrain and checks use
+# Each class's test accuracy, as an MLflow metric in a chart section of its own: test/class/3.
+CLASS_ACCURACY_PREFIX = "test/class/"
 
 
 def default_data_source() -> str:

@@ -68,7 +68,7 @@ def find_champion_record(model_name: str) -> ChampionRecord | None:
         version.run_id,
         run.data.params.get("data_digest"),
         profile,
-        run.data.metrics.get("final_val_accuracy"),
+        run.data.metrics.get("val/final_accuracy"),
     )
 
 

@@ -29,6 +29,14 @@ CHECKPOINT_MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 2**20
 
 
+def mlflow_metric(name: str) -> str:
+    """The MLflow name of a ``History`` metric: its split as a prefix (``train_loss`` ->
+    ``train/loss``), so that MLflow draws one chart section per split; ``step_loss`` and
+    ``epoch_seconds`` are training's (``train/step_loss``)."""
+    split, _, rest = name.partition("_")
+    return f"{split}/{rest}" if split in ("train", "val", "test") else f"train/{name}"
+
+
 def keep_checkpoints() -> int:
     """How many of the newest checkpoints a run keeps locally: ``$TFNN_KEEP_CHECKPOINTS``
     (default 3), besides the best epoch's."""
@@ -100,7 +108,7 @@ class EpochLogger:
         epoch, self.history = self._restore_newest_intact()
         if self.early_stopping and epoch:
             self._resume_early_stopping()
-        logged = self.client.get_metric_history(self.run_id, "train_loss")
+        logged = self.client.get_metric_history(self.run_id, mlflow_metric("train_loss"))
         self.logged_epochs = max((metric.step for metric in logged), default=0)
         for missing in range(self.logged_epochs + 1, epoch + 1):
             first = (missing - 1) * self.steps_per_epoch
@@ -154,10 +162,10 @@ class EpochLogger:
 
     def _log_metrics(self, epoch: int, metrics: dict[str, float], losses: list[float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(name, value, now, epoch) for name, value in metrics.items()]
+        batch = [Metric(mlflow_metric(k), value, now, epoch) for k, value in metrics.items()]
         first_step = (epoch - 1) * self.steps_per_epoch
         batch += [
-            Metric("step_loss", losses[i], now, first_step + i)
+            Metric(mlflow_metric("step_loss"), losses[i], now, first_step + i)
             for i in range(0, len(losses), self.stride)
         ]
         self.client.log_batch(self.run_id, metrics=batch)
@@ -212,12 +220,11 @@ class EpochLogger:
     def _records_from_metrics(self, epochs: int) -> list[dict]:
         records = [{"epoch": epoch, "step_loss": []} for epoch in range(1, epochs + 1)]
         for name in (f.name for f in fields(History) if f.name != "step_loss"):
-            for metric in self.client.get_metric_history(self.run_id, name):
+            for metric in self.client.get_metric_history(self.run_id, mlflow_metric(name)):
                 if 1 <= metric.step <= epochs:
                     records[metric.step - 1][name] = metric.value
-        steps = sorted(
-            (m.step, m.value) for m in self.client.get_metric_history(self.run_id, "step_loss")
-        )
+        logged = self.client.get_metric_history(self.run_id, mlflow_metric("step_loss"))
+        steps = sorted((m.step, m.value) for m in logged)
         for step, value in steps:
             epoch = step // self.steps_per_epoch + 1
             if epoch <= epochs:

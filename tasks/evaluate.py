@@ -6,7 +6,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.config import InputError
+from tasks.config import CLASS_ACCURACY_PREFIX, InputError
 from tasks.data import PreparedData
 from tasks.data_source import load_source
 from tfnn.metrics import accuracy, confusion_matrix, per_class_accuracy
@@ -31,13 +31,14 @@ class Evaluation:
     val_accuracy: float | None = None
 
     def metrics(self) -> dict[str, float]:
-        """Final metrics by MLflow name, per-class accuracy as ``test_accuracy_class_<k>``."""
+        """Final metrics by MLflow name, beside each split's per-epoch ones (``val/final_loss``
+        ...), and the per-class accuracy in a section of its own, ``test/class/<k>``."""
         metrics = {}
         if self.val_loss is not None:
-            metrics = {"final_val_loss": self.val_loss, "final_val_accuracy": self.val_accuracy}
-        metrics |= {"final_test_loss": self.test_loss, "final_test_accuracy": self.test_accuracy}
+            metrics = {"val/final_loss": self.val_loss, "val/final_accuracy": self.val_accuracy}
+        metrics |= {"test/final_loss": self.test_loss, "test/final_accuracy": self.test_accuracy}
         for k, value in enumerate(self.class_accuracy):
-            metrics[f"test_accuracy_class_{k}"] = float(value)
+            metrics[f"{CLASS_ACCURACY_PREFIX}{k}"] = float(value)
         return metrics
 
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
 
-from tasks.config import CHAMPION_ALIAS
+from tasks.config import CHAMPION_ALIAS, CLASS_ACCURACY_PREFIX
 from tasks.registry import DECISION_REASON_TAG, DECISION_TAG
 from tasks.runs import champion_version, mlflow_run_url
 from tasks.tracking import FLOW_RUN_NAME_TAG, FLOW_RUN_URL_TAG
@@ -54,7 +54,6 @@ CONFIG_PARAMS = (
     "early_stopping_patience",
     "restore_best",
 )
-CLASS_ACCURACY_PREFIX = "test_accuracy_class_"
 
 
 def _score(metrics: dict[str, float], name: str) -> str:
@@ -88,8 +87,8 @@ def run_description(run: Run) -> str:
         f"{params.get('num_train_examples', '?')} training, "
         f"{params.get('num_validation_examples', '?')} validation and "
         f"{params.get('num_test_examples', '?')} test examples). Its kept weights score "
-        f"validation accuracy {_score(metrics, 'final_val_accuracy')} and test accuracy "
-        f"{_score(metrics, 'final_test_accuracy')}; {_decision(run)}.{_flow_run_link(run)}"
+        f"validation accuracy {_score(metrics, 'val/final_accuracy')} and test accuracy "
+        f"{_score(metrics, 'test/final_accuracy')}; {_decision(run)}.{_flow_run_link(run)}"
     )
 
 
@@ -143,8 +142,8 @@ validation and {params.get("num_test_examples", "?")} test examples (validation:
 
 | split | accuracy | loss |
 |---|---|---|
-| validation | {_score(metrics, "final_val_accuracy")} | {_score(metrics, "final_val_loss")} |
-| test | {_score(metrics, "final_test_accuracy")} | {_score(metrics, "final_test_loss")} |
+| validation | {_score(metrics, "val/final_accuracy")} | {_score(metrics, "val/final_loss")} |
+| test | {_score(metrics, "test/final_accuracy")} | {_score(metrics, "test/final_loss")} |
 
 Per-class test accuracy:
 
@@ -182,8 +181,8 @@ def model_summary(model_name: str, champion: ModelVersion | None, run: Run | Non
         now = (
             f"The champion, `models:/{model_name}@{CHAMPION_ALIAS}`, is version "
             f"{champion.version}: {architecture(run)}, validation accuracy "
-            f"{_score(metrics, 'final_val_accuracy')}, test accuracy "
-            f"{_score(metrics, 'final_test_accuracy')}."
+            f"{_score(metrics, 'val/final_accuracy')}, test accuracy "
+            f"{_score(metrics, 'test/final_accuracy')}."
         )
     return (
         f"# {model_name}\n\n"

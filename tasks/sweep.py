@@ -22,7 +22,7 @@ from tasks.runs import ERROR_TAG
 BEST_TAG_PREFIX = "tfnn.best."
 SQLITE_LOCK_TIMEOUT_S = 60
 # Every sweep decision is on validation: the test accuracy is only reported.
-RANKED_BY = "final_val_accuracy"
+RANKED_BY = "val/final_accuracy"
 
 
 def portable_tracking_uri() -> str:
@@ -103,10 +103,10 @@ def rank_configurations(
                 "configuration": name,
                 **{field: params[field] for field in varied},
                 "status": "FINISHED" if ok else "FAILED",
-                RANKED_BY: outcome.metrics[RANKED_BY] if ok else None,
+                "val_accuracy": outcome.metrics[RANKED_BY] if ok else None,
                 "best_epoch": outcome.history.best_epoch if ok else None,
-                "final_test_accuracy": outcome.metrics["final_test_accuracy"] if ok else None,
-                "final_test_loss": outcome.metrics["final_test_loss"] if ok else None,
+                "test_accuracy": outcome.metrics["test/final_accuracy"] if ok else None,
+                "test_loss": outcome.metrics["test/final_loss"] if ok else None,
                 "run_id": outcome.run_id if ok else (child.info.run_id if child else None),
                 # A configuration may fail before its MLflow run exists (say, MLflow unreachable).
                 "error": "" if ok else (child.data.tags[ERROR_TAG] if child else repr(outcome)),
@@ -126,24 +126,24 @@ def rank_configurations(
 @task(cache_policy=NONE)
 def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, model_uri: str) -> None:
     """Tag the parent run with the best configuration's fields, run, model and validation and
-    test accuracy (``tfnn.best.*``) and log them as the metrics ``best_final_val_accuracy``
-    and ``best_final_test_accuracy``."""
+    test accuracy (``tfnn.best.*``) and log them as the metrics ``val/best_accuracy`` and
+    ``test/best_accuracy``."""
     client = MlflowClient()
     tags = {
         **config.as_params(),
         "configuration": best["configuration"],
         "run_id": best["run_id"],
         "model_uri": model_uri,
-        RANKED_BY: str(best[RANKED_BY]),
+        "val_accuracy": str(best["val_accuracy"]),
         "best_epoch": str(best["best_epoch"]),
-        "final_test_accuracy": str(best["final_test_accuracy"]),
+        "test_accuracy": str(best["test_accuracy"]),
     }
     now = int(time.time() * 1000)
     client.log_batch(
         parent_run_id,
         metrics=[
-            Metric(f"best_{RANKED_BY}", best[RANKED_BY], now, 0),
-            Metric("best_final_test_accuracy", best["final_test_accuracy"], now, 0),
+            Metric("val/best_accuracy", best["val_accuracy"], now, 0),
+            Metric("test/best_accuracy", best["test_accuracy"], now, 0),
         ],
         tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()],
     )
@@ -159,13 +159,13 @@ def describe_ranking(parent_run_id: str, ranking: list[dict[str, Any]]) -> str:
     validation, with its test score, and the ranking as a table; returns it."""
     best = ranking[0]
     rows = "\n".join(
-        f"| {row['rank'] or '-'} | {row['configuration']} | {_score(row[RANKED_BY])} "
-        f"| {_score(row['final_test_accuracy'])} | {row['status']} |"
+        f"| {row['rank'] or '-'} | {row['configuration']} | {_score(row['val_accuracy'])} "
+        f"| {_score(row['test_accuracy'])} | {row['status']} |"
         for row in ranking
     )
     note = (
         f"**{best['configuration']}** wins on validation: validation accuracy "
-        f"{_score(best[RANKED_BY])}, test accuracy {_score(best['final_test_accuracy'])} (run "
+        f"{_score(best['val_accuracy'])}, test accuracy {_score(best['test_accuracy'])} (run "
         f"`{best['run_id']}`). {len(ranking)} configurations, ranked on validation accuracy "
         "only; the test accuracy is reported, never chosen on.\n\n"
         "| rank | configuration | validation accuracy | test accuracy | status |\n"

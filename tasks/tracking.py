@@ -217,8 +217,8 @@ def log_trained_model(
         )
     )
     # Saved and uploaded step by step rather than by Model.log, which also copies the run's
-    # metrics of one step (the first batch's step_loss) onto the model: its metrics are the
-    # final scores only, linked by log_evaluation.
+    # metrics of one step (the first batch's train/step_loss) onto the model: its metrics are
+    # the final scores only, linked by log_evaluation.
     example = data.x_test[:5]
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.tensorflow.save_model(

@@ -39,15 +39,16 @@ REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "m
 ROOT = Path(__file__).resolve().parents[1]
 
 
-EPOCH_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "epoch_seconds",
-)
+# Each epoch's metrics: their History name and their MLflow name, prefixed by split.
+EPOCH_METRICS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "test_loss": "test/loss",
+    "test_accuracy": "test/accuracy",
+    "epoch_seconds": "train/epoch_seconds",
+}
 
 
 def train_uninterrupted(config) -> tuple:

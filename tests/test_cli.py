@@ -30,7 +30,7 @@ from tasks.registry import Decision
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID_LINE = re.compile(r"mlflow run id: (\w+)  model: (\S+)")
 METRICS_LINE = re.compile(
-    r"final_val_loss=\S+  final_val_accuracy=\S+  final_test_loss=\S+  final_test_accuracy=\S+"
+    r"val/final_loss=\S+  val/final_accuracy=\S+  test/final_loss=\S+  test/final_accuracy=\S+"
 )
 
 
@@ -205,6 +205,7 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     # Before the bar and after it, a status line says what is happening.
     plain = TERMINAL_CODE.sub("", output)
     shown = [
+        "loading TensorFlow",
         "starting Prefect's server, checking the input",
         "loading MLflow and the flow",
         "build_network done",
@@ -227,7 +228,7 @@ def test_main_job_on_embedded_defaults(small_mnist_dir, tmp_path):
     assert artifacts.is_relative_to(tmp_path / "mlruns")
     assert (artifacts / "weights" / "weights.npz").is_file()
     assert (tmp_path / "outputs" / run_id / "checkpoints" / "checkpoint").is_file()
-    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "test/accuracy")] == [1, 2]
     assert run.data.tags["prefect.flow_run_id"]
 
 

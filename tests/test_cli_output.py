@@ -15,8 +15,8 @@ from prefect.settings import PREFECT_API_URL
 pytestmark = pytest.mark.slow
 
 METRICS = re.compile(
-    r"final_val_loss=\d\.\d{4}  final_val_accuracy=\d\.\d{4}  "
-    r"final_test_loss=\d\.\d{4}  final_test_accuracy=\d\.\d{4}"
+    r"val/final_loss=\d\.\d{4}  val/final_accuracy=\d\.\d{4}  "
+    r"test/final_loss=\d\.\d{4}  test/final_accuracy=\d\.\d{4}"
 )
 RUN = re.compile(r"mlflow run id: (\w{32})  model: (models:/m-\w+)")
 FIRST_VERSION_LINE = "champion: models:/tfnn-mnist@champion, the first version"

@@ -42,7 +42,7 @@ def test_relu_against_tanh_makes_two_child_runs_under_one_parent(
         assert child.info.run_name == name
         # Everything but the activation is the configuration passed in.
         assert child.data.params.items() >= {**config.as_params(), "activation": name}.items()
-        accuracy = client.get_metric_history(child.info.run_id, "test_accuracy")
+        accuracy = client.get_metric_history(child.info.run_id, "test/accuracy")
         assert [m.value for m in accuracy] == results[name].history.test_accuracy
         # Each child is its own Prefect flow run, nested in the compare flow run.
         with get_client(sync_client=True) as prefect:
@@ -62,14 +62,14 @@ def test_relu_against_tanh_makes_two_child_runs_under_one_parent(
     # The parent tells the result: the child with the higher validation accuracy (read from
     # the children's own records) wins, named in its tags and description with the test score.
     parent = client.get_run(parent.info.run_id)
-    val = {name: run.data.metrics["final_val_accuracy"] for name, run in children.items()}
+    val = {name: run.data.metrics["val/final_accuracy"] for name, run in children.items()}
     assert val["relu"] != val["tanh"]
     winner = max(val, key=val.get)
-    test = children[winner].data.metrics["final_test_accuracy"]
+    test = children[winner].data.metrics["test/final_accuracy"]
     tags = parent.data.tags
     assert tags["tfnn.best.configuration"] == winner == tags["tfnn.best.activation"]
     assert tags["tfnn.best.run_id"] == children[winner].info.run_id
-    assert parent.data.metrics["best_final_val_accuracy"] == val[winner]
+    assert parent.data.metrics["val/best_accuracy"] == val[winner]
     assert tags["mlflow.note.content"].startswith(
         f"**{winner}** wins on validation: validation accuracy {val[winner]:.4f}, "
         f"test accuracy {test:.4f}"

@@ -88,7 +88,7 @@ def test_disk_grows_by_one_history_line_an_epoch(mlflow_store, tmp_path, small_d
     assert local_30["history.jsonl"] == sum(len(line) + 1 for line in lines)
 
     # Every epoch's metrics were logged once, in order.
-    logged = MlflowClient().get_metric_history(run_id, "train_loss")
+    logged = MlflowClient().get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in logged) == list(range(1, 31))
     assert [m.value for m in sorted(logged, key=lambda m: m.step)] == logger.history.train_loss
 

@@ -38,13 +38,13 @@ def test_mlflow_ui_serves_a_local_training_run(
         wait_for(f"http://127.0.0.1:{port}/health", ui, log)
         served = MlflowClient(f"http://127.0.0.1:{port}")
         seen = served.get_run(result.run_id)
-        history = served.get_metric_history(result.run_id, "train_loss")
+        history = served.get_metric_history(result.run_id, "train/loss")
         models = served.search_logged_models(experiment_ids=[seen.info.experiment_id])
     finally:
         stop(ui)
     assert seen.info.status == "FINISHED"
     assert seen.data.params == logged.data.params
-    assert seen.data.metrics["final_test_accuracy"] == result.metrics["final_test_accuracy"]
+    assert seen.data.metrics["test/final_accuracy"] == result.metrics["test/final_accuracy"]
     assert [(m.step, m.value) for m in history] == list(
         enumerate(result.history.train_loss, start=1)
     )

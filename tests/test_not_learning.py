@@ -48,7 +48,7 @@ def test_a_run_at_chance_is_flagged_and_not_registered(
     assert run.data.tags[WARNING_TAG] == warnings[0].removeprefix("tfnn: warning: ").removesuffix(
         "; not registered"
     )
-    assert run.data.metrics["val_accuracy"] == accuracy
+    assert run.data.metrics["val/accuracy"] == accuracy
     assert client.search_model_versions("name='tfnn-mnist'") == []
 
 

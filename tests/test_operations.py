@@ -105,7 +105,7 @@ def test_model_card_names_the_data_digest_and_the_scores(local_run, small_mnist_
     card = client.get_model_version("ops-model", result.model_version).description
     assert arrays.digest() in card
     assert f"| test | {accuracy:.4f} |" in card
-    assert f"| validation | {run.data.metrics['final_val_accuracy']:.4f} |" in card
+    assert f"| validation | {run.data.metrics['val/final_accuracy']:.4f} |" in card
     # The model's first version: its champion, by the first-version rule.
     assert f"**promoted**: {FIRST_CHAMPION}" in card
     assert "# ops-model\n\n" in client.get_registered_model("ops-model").description
@@ -124,23 +124,21 @@ def test_the_logged_model_carries_the_final_metrics_only(local_run):
     result, _, client, run = local_run
     model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
     on_model = {metric.key: metric.value for metric in model.metrics}
-    finals = {k: v for k, v in run.data.metrics.items() if k.startswith("final_")}
+    finals = {k: v for k, v in run.data.metrics.items() if "/final_" in k}
     assert set(finals) == {
-        "final_val_loss",
-        "final_val_accuracy",
-        "final_test_loss",
-        "final_test_accuracy",
+        "val/final_loss",
+        "val/final_accuracy",
+        "test/final_loss",
+        "test/final_accuracy",
     }
-    # Those and the per-class test accuracies: no step_loss, epoch or system metric.
-    classes = {
-        f"test_accuracy_class_{k}": run.data.metrics[f"test_accuracy_class_{k}"] for k in range(10)
-    }
+    # Those and the per-class test accuracies: no step loss, epoch or system metric.
+    classes = {f"test/class/{k}": run.data.metrics[f"test/class/{k}"] for k in range(10)}
     assert on_model == finals | classes
     # The run lists it as its output, made at the step after its last update.
     [output] = client.get_run(run.info.run_id).outputs.model_outputs
     assert (output.model_id, output.step) == (model.model_id, len(result.history.step_loss))
     # Linking logged nothing twice on the run.
-    assert len(client.get_metric_history(run.info.run_id, "final_test_accuracy")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "test/final_accuracy")) == 1
 
 
 def test_progress_artifact_and_one_log_line_per_epoch(local_run):
@@ -166,7 +164,7 @@ def test_progress_artifact_and_one_log_line_per_epoch(local_run):
     assert [artifact.data for artifact in progress] == [100.0]
     assert len(lines) == EPOCHS
     for epoch, line in enumerate(lines, start=1):
-        loss = client.get_metric_history(run.info.run_id, "val_loss")[epoch - 1].value
+        loss = client.get_metric_history(run.info.run_id, "val/loss")[epoch - 1].value
         assert line.startswith(f"epoch {epoch}/{EPOCHS}: ")
         assert f"val_loss {loss:.4f}" in line
 

@@ -17,8 +17,8 @@ from tasks.config import RunOptions, TrainConfig
 from tasks.tracking import WEIGHTS_TAG
 from tfnn.mnist import load_dataset
 
-COMPARED = [name for name in EPOCH_METRICS if name != "epoch_seconds"]
-COMPARED += ["step_loss", "final_test_loss", "final_test_accuracy"]
+COMPARED = [key for key in EPOCH_METRICS.values() if key != "train/epoch_seconds"]
+COMPARED += ["train/step_loss", "test/final_loss", "test/final_accuracy"]
 
 
 def sha256_of_saved_weights(directory: Path, layers: int) -> str:

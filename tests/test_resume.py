@@ -57,14 +57,16 @@ def test_resume_after_sigkill_in_epoch_3(prefect_harness, mlflow_store, large_mn
     config = TrainConfig(**TrainConfig.fields_from_params(run.data.params))
     history, digest = train_uninterrupted(config)
     assert run.data.tags[WEIGHTS_TAG] == digest
-    for name in EPOCH_METRICS:
-        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+    for name, key in EPOCH_METRICS.items():
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert [step for step, _ in logged] == [1, 2, 3, 4, 5], name
         if name != "epoch_seconds":
             assert [value for _, value in logged] == getattr(history, name), name
     steps_per_epoch = len(history.step_loss) // 5
     stride = steps_per_epoch // 100
-    step_losses = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "step_loss"))
+    step_losses = sorted(
+        (m.step, m.value) for m in client.get_metric_history(run_id, "train/step_loss")
+    )
     expected = [
         (step, history.step_loss[step])
         for epoch in range(5)
@@ -100,7 +102,7 @@ def test_a_broken_newest_checkpoint_resumes_from_the_newest_intact(
         TrainConfig(**TrainConfig.fields_from_params(run.data.params))
     )
     assert run.data.tags[WEIGHTS_TAG] == digest
-    logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
     assert logged == list(enumerate(history.train_loss, start=1))
 
 
@@ -145,7 +147,7 @@ def test_a_live_run_is_not_resumed_until_its_process_dies(
     client = MlflowClient()
     run = client.get_run(run_dir.name)
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(
         range(1, 6)
     )
     experiments = [e.experiment_id for e in client.search_experiments()]

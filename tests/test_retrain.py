@@ -95,8 +95,8 @@ def test_retrain_promotes_first_skips_repeats_and_promotes_only_a_winner(
     assert first.challenger_val_accuracy == pytest.approx(v1_accuracy, abs=1e-9)
     assert first.challenger_test_accuracy == pytest.approx(v1_test_accuracy, abs=1e-9)
     run = client.get_run(first.challenger_run_id)
-    assert run.data.metrics["final_test_accuracy"] == pytest.approx(v1_test_accuracy, abs=1e-6)
-    assert run.data.metrics["final_val_accuracy"] == pytest.approx(v1_accuracy, abs=1e-6)
+    assert run.data.metrics["test/final_accuracy"] == pytest.approx(v1_test_accuracy, abs=1e-6)
+    assert run.data.metrics["val/final_accuracy"] == pytest.approx(v1_accuracy, abs=1e-6)
     for tags in (run.data.tags, client.get_model_version(NAME, "1").tags):
         assert tags["tfnn.decision"] == "promoted"
         assert tags["tfnn.decision_reason"] == first.reason
@@ -192,7 +192,7 @@ def test_the_first_registered_version_is_champion_and_only_a_retrain_moves_it(
     # The registered model's description summarises the model and names its champion now,
     # whichever version was written last; no version's card is copied there.
     champion = client.get_model_version_by_alias(NAME, "champion")
-    accuracy = client.get_run(champion.run_id).data.metrics["final_val_accuracy"]
+    accuracy = client.get_run(champion.run_id).data.metrics["val/final_accuracy"]
     summary = client.get_registered_model(NAME).description
     assert summary.startswith(f"# {NAME}\n\nA dense network")
     assert (

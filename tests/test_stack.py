@@ -292,8 +292,8 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     arrays = load_mnist_idx(small_mnist_dir)
     x_test, _ = preprocess(arrays.test_images, arrays.test_labels)
     accuracy = np.mean(network.predict(x_test).numpy().argmax(1) == arrays.test_labels)
-    assert champion_run.data.metrics["final_test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    [epoch_one] = client.get_metric_history(champion.run_id, "test_accuracy")
+    assert champion_run.data.metrics["test/final_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    [epoch_one] = client.get_metric_history(champion.run_id, "test/accuracy")
     assert epoch_one.step == 1 and epoch_one.value == pytest.approx(accuracy, abs=1e-6)
 
     # Prefect: train, retrain and the retrain's challenger subflow, all Completed; each

@@ -267,7 +267,7 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
             assert run.info.status == "FINISHED"
             # each worker loaded the data itself, from the directory the test wrote
             assert run.data.params["data_digest"] == digest
-            assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == int(
+            assert len(client.get_metric_history(run.info.run_id, "test/accuracy")) == int(
                 params["epochs"]
             )
             # a child records what a training run records, though its steps are not tasks
@@ -276,7 +276,7 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
 
     # Ranked on validation; the test accuracy is only shown.
     accuracy_of = {
-        run.info.run_id: run.data.metrics["final_val_accuracy"]
+        run.info.run_id: run.data.metrics["val/final_accuracy"]
         for run in children
         if run.info.status == "FINISHED"
     }
@@ -291,12 +291,12 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
     assert set(ranking["run_id"][:count]) == set(accuracy_of)
     assert list(ranking["run_id"][count:]) == failed
     # ranking.json keeps 10 digits: a share of 60 validation digits has more.
-    assert list(ranking["final_val_accuracy"][:count]) == pytest.approx(
+    assert list(ranking["val_accuracy"][:count]) == pytest.approx(
         sorted(accuracy_of.values(), reverse=True), abs=1e-9
     )
     for row in ranking.itertuples():
         if row.status == "FINISHED":
-            assert row.final_val_accuracy == pytest.approx(accuracy_of[row.run_id], abs=1e-9)
+            assert row.val_accuracy == pytest.approx(accuracy_of[row.run_id], abs=1e-9)
         else:
             assert row.error == by_name[row.configuration].data.tags["tfnn.error"]
 
@@ -310,12 +310,12 @@ def check_sweep(parent_id: str, mnist_dir: Path, expected: dict[str, dict], tmp_
     weights_dir = Path(client.download_artifacts(best.info.run_id, "weights", str(tmp_path)))
     architecture = json.loads((weights_dir / "architecture.json").read_text())
     accuracy = numpy_accuracy(weights_dir / "weights.npz", architecture, mnist_dir)
-    assert accuracy == pytest.approx(best.data.metrics["final_test_accuracy"], abs=1e-6)
-    assert parent.data.metrics["best_final_test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert accuracy == pytest.approx(best.data.metrics["test/final_accuracy"], abs=1e-6)
+    assert parent.data.metrics["test/best_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     # The description names the winner on validation, with the test score beside it.
     assert tags["mlflow.note.content"].startswith(
         f"**{best.info.run_name}** wins on validation: validation accuracy "
-        f"{best.data.metrics['final_val_accuracy']:.4f}, test accuracy {accuracy:.4f}"
+        f"{best.data.metrics['val/final_accuracy']:.4f}, test accuracy {accuracy:.4f}"
     )
     assert parent.info.run_name == f"sweep-of-{len(expected)}"
 

@@ -129,12 +129,12 @@ def assert_complete(client: MlflowClient, run_id: str, config: TrainConfig) -> N
     assert run.info.status == "FINISHED"
     history, digest = train_uninterrupted(config)
     assert run.data.tags[WEIGHTS_TAG] == digest
-    for name in EPOCH_METRICS:
-        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+    for name, key in EPOCH_METRICS.items():
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert [step for step, _ in logged] == list(range(1, config.epochs + 1)), name
         if name != "epoch_seconds":
             assert [value for _, value in logged] == getattr(history, name), name
-    assert len(client.get_metric_history(run_id, "final_test_accuracy")) == 1
+    assert len(client.get_metric_history(run_id, "test/final_accuracy")) == 1
     artifacts = {f.path for f in client.list_artifacts(run_id)}
     assert {"checkpoints", "weights", "plots", "confusion_matrix.json"} <= artifacts
     assert {f.path for f in client.list_artifacts(run_id, "checkpoints")} == {

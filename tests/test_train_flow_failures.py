@@ -60,7 +60,7 @@ def test_diverging_run_fails_in_mlflow_and_prefect(prefect_harness, mlflow_store
     # Nothing of the failed epoch is recorded: no checkpoint, no epoch metric, no model; only
     # the profile of the data, logged before training started.
     client = MlflowClient()
-    assert client.get_metric_history(mlflow_run.info.run_id, "train_loss") == []
+    assert client.get_metric_history(mlflow_run.info.run_id, "train/loss") == []
     artifacts = [a.path for a in client.list_artifacts(mlflow_run.info.run_id)]
     assert artifacts == ["data_profile.json"]
     assert not list(checkpoints.glob("ckpt-*"))
@@ -89,7 +89,7 @@ def test_run_diverging_later_keeps_the_last_good_checkpoint(
 
     client = MlflowClient()
     run_id = mlflow_run.info.run_id
-    assert [m.step for m in client.get_metric_history(run_id, "test_loss")] == list(
+    assert [m.step for m in client.get_metric_history(run_id, "test/loss")] == list(
         range(1, good + 1)
     )
     manifest = Path(client.download_artifacts(run_id, "checkpoints/latest/manifest.json"))

@@ -153,12 +153,12 @@ def test_an_overfitting_run_stops_where_its_val_loss_says_with_that_epochs_weigh
     result = train_flow(config)
     client = MlflowClient()
     run = client.get_run(result.run_id)
-    val_loss = logged(client, result.run_id, "val_loss")
+    val_loss = logged(client, result.run_id, "val/loss")
     stop, best = predicted_stop(val_loss, patience)
     assert len(val_loss) == stop < config.epochs  # it did stop early, where predicted
     assert best < stop
-    for name in EPOCH_METRICS:
-        assert len(logged(client, result.run_id, name)) == stop, name
+    for key in EPOCH_METRICS.values():
+        assert len(logged(client, result.run_id, key)) == stop, key
     assert run.data.tags[BEST_EPOCH_TAG] == str(best)
 
     # The logged weights, the model and the registered version are the best epoch's.
@@ -178,10 +178,10 @@ def test_an_overfitting_run_stops_where_its_val_loss_says_with_that_epochs_weigh
     np.testing.assert_allclose(
         registered.predict(x_test), network.predict(x_test).numpy(), atol=1e-6
     )
-    # final_* are measured once, on those weights.
+    # The final scores are measured once, on those weights.
     accuracy = np.mean(network.predict(x_test).numpy().argmax(1) == arrays.test_labels)
-    assert run.data.metrics["final_test_accuracy"] == pytest.approx(accuracy)
-    assert run.data.metrics["final_val_loss"] == pytest.approx(val_loss[best - 1], rel=1e-5)
+    assert run.data.metrics["test/final_accuracy"] == pytest.approx(accuracy)
+    assert run.data.metrics["val/final_loss"] == pytest.approx(val_loss[best - 1], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -210,8 +210,8 @@ def test_sigkill_mid_run_with_early_stopping_resumes_to_the_same_stop_and_weight
     assert best < kill_after < stop == history.epochs < config.epochs
     assert run.data.tags[WEIGHTS_TAG] == digest
     assert run.data.tags[BEST_EPOCH_TAG] == str(best)
-    for name in EPOCH_METRICS:
-        values = logged(client, run_id, name)
+    for name, key in EPOCH_METRICS.items():
+        values = logged(client, run_id, key)
         assert len(values) == stop, name
         if name != "epoch_seconds":
             assert values == getattr(history, name), name
@@ -241,17 +241,17 @@ def test_a_sweep_ranks_on_validation_where_test_would_rank_the_other_way(
     result = sweep_flow.with_options(task_runner=sweep_task_runner(max_concurrency=2))(spec)
     first, second = result.ranking
     assert first["configuration"] == f"learning_rate={LEARNS}"
-    assert first["final_val_accuracy"] > second["final_val_accuracy"]
-    assert first["final_test_accuracy"] < second["final_test_accuracy"]  # test would flip it
+    assert first["val_accuracy"] > second["val_accuracy"]
+    assert first["test_accuracy"] < second["test_accuracy"]  # test would flip it
     tags = MlflowClient().get_run(result.parent_run_id).data.tags
     assert tags["tfnn.best.learning_rate"] == LEARNS
-    assert float(tags["tfnn.best.final_val_accuracy"]) == first["final_val_accuracy"]
+    assert float(tags["tfnn.best.val_accuracy"]) == first["val_accuracy"]
     # The ranked score, recomputed with NumPy from the logged weights on rows 540-599.
     arrays = load_mnist_idx(shifted_test_dir)
     x, _ = preprocess(arrays.train_images, arrays.train_labels)
     network = load_network(MlflowClient().download_artifacts(first["run_id"], "weights"))
     accuracy = np.mean(network.predict(x[540:]).numpy().argmax(1) == arrays.train_labels[540:])
-    assert first["final_val_accuracy"] == pytest.approx(accuracy)
+    assert first["val_accuracy"] == pytest.approx(accuracy)
 
 
 def test_a_retrain_promotes_on_validation_where_test_would_keep_the_champion(

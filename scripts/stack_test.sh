@@ -273,7 +273,13 @@ check_train() {
         json '[a["data"] for a in data]')
     expect "the flow run has one mlflow-run link" "$(json 'len(data)' <<<"$link")" 1
     RUN_ID=$(json 'data[0].rsplit("/runs/", 1)[1].rstrip(")/")' <<<"$link")
+    # Links a browser opens: the published ports, not the service names of the compose network.
+    expect "the mlflow-run link is MLflow's UI on the published port" \
+        "$(json 'data[0].split("(", 1)[1].split("#")[0]' <<<"$link")" "http://127.0.0.1:$MLFLOW_PORT/"
     run=$(mlflow_get "runs/get?run_id=$RUN_ID")
+    expect "the MLflow run's prefect.flow_run_url is Prefect's UI on the published port" \
+        "$(json '{t["key"]: t["value"] for t in data["run"]["data"]["tags"]}.get("prefect.flow_run_url")' <<<"$run")" \
+        "http://127.0.0.1:$PREFECT_PORT/runs/flow-run/$flow_run"
     EXPERIMENT=$(json 'data["run"]["info"]["experiment_id"]' <<<"$run")
     expect "the flow run's mlflow-run link names its run's experiment" \
         "$(json 'data[0].split("/experiments/")[1].split("/")[0]' <<<"$link")" "$EXPERIMENT"
@@ -301,6 +307,11 @@ run, card = json.loads(sys.argv[1]), sys.argv[2]
 params = {p["key"]: p["value"] for p in run["run"]["data"]["params"]}
 architecture = " -> ".join(["784", *params["hidden_sizes"].split(","), "10"])
 print(architecture in card and params["data_digest"][:12] in card)' "$run" "$card")" True
+    expect "the model card's links go to the published ports" "$(python3 -c '
+import re, sys
+links = re.findall(r"\]\((https?://[^)]*)\)", sys.argv[1])
+print(bool(links) and all(link.startswith(tuple(sys.argv[2:])) for link in links))' "$card" \
+        "http://127.0.0.1:$MLFLOW_PORT/" "http://127.0.0.1:$PREFECT_PORT/")" True
     model=$(mlflow_get "logged-models/$(json 'data[0]["source"].removeprefix("models:/")' <<<"$version")")
     expect "the logged model comes from the run" \
         "$(json 'data["model"]["info"]["source_run_id"]' <<<"$model")" "$RUN_ID"

@@ -37,6 +37,8 @@ LOCK_FILE = "run.lock"
 # The run options a resumed run keeps (where its model goes), recorded as tags.
 OPTION_TAG_PREFIX = "tfnn.option."
 KEPT_OPTIONS = ("model_name", "register_model")
+# The MLflow UI as a browser reaches it, for the links to runs (mlflow_run_url).
+MLFLOW_UI_URL_ENV = "TFNN_MLFLOW_UI_URL"
 
 
 def option_tags(options) -> dict[str, str]:
@@ -232,7 +234,11 @@ def code_version_tags(entry_point: str) -> dict[str, str]:
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The MLflow UI's page of a run, when the tracking URI is a server that has a UI
-    (``http(s)://``); None for a local store, which has no address to link to."""
+    (``http(s)://``); None for a local store, which has no address to link to. The page is
+    under ``$TFNN_MLFLOW_UI_URL`` when that is set: the address a browser opens, where the
+    tracking URI is one only the worker's network knows (the compose stack's
+    ``http://mlflow:5000``)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    base = os.environ.get(MLFLOW_UI_URL_ENV, "").strip() or tracking_uri
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -55,6 +55,8 @@ def test_the_stack_trains_retrains_and_keeps_its_records_in_containers():
         "the scheduled train's flow run",
         "train_loss logged at epochs",
         "the logged model is in its run's experiment",
+        "the mlflow-run link is MLflow's UI on the published port",
+        "the model card's links go to the published ports",
         "the watch announced",
         "retrains since the change (1)",
         "after the restart, the same MLflow run",

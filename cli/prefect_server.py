@@ -38,16 +38,15 @@ def watch():
     sys.stdin.buffer.read()
     os.kill(os.getpid(), signal.SIGTERM)
 threading.Thread(target=watch, daemon=True).start()
+from functools import partial
 import uvicorn
-uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1",
+from prefect.server.api.server import create_app
+# ephemeral: no UI, scheduler or other services, so it starts faster
+uvicorn.run(partial(create_app, ephemeral=True), factory=True, host="127.0.0.1",
             port=int(sys.argv[1]), log_level="error", lifespan="on")
 """
 # Its errors go to its log, whose last error a failed start is reported by.
-_ENV = {
-    "PREFECT_UI_ENABLED": "0",
-    "PREFECT__SERVER_EPHEMERAL": "1",  # no scheduler or other services: it starts faster
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-}
+_ENV = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
 _STOP_SECONDS = 5
 
 

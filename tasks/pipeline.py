@@ -14,7 +14,7 @@ from tasks.data import load_data, prepare_data
 from tasks.data_watch import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
-from tasks.model import build_network
+from tasks.model import build_network, log_trained_model
 from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
 from tasks.registry import crown_if_first, download_weights, register_model
@@ -24,7 +24,6 @@ from tasks.tracking import (
     expected_run_seconds,
     flag_if_not_learning,
     log_evaluation,
-    log_trained_model,
     tag_flow_run,
     tracked_run,
 )

@@ -15,11 +15,11 @@ import os
 import platform
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mlflow.entities import Param, Run, RunTag
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -30,7 +30,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from tasks.config import CHAMPION_ALIAS, installed_version, one_line
+from tasks.config import CHAMPION_ALIAS, installed_version
 
 ERROR_TAG = "tfnn.error"
 LOCK_FILE = "run.lock"
@@ -75,7 +75,7 @@ def check_resumable(run: Run, params: dict[str, str]) -> None:
 
 def check_run_to_resume(run: Run, config_params: dict[str, str]) -> None:
     """``check_resumable`` with this machine's library versions added to ``config_params``
-    (``TrainConfig.as_params()``), as ``tracked_run`` will reopen it."""
+    (``TrainConfig.as_params()``), as ``tasks.tracking.tracked_run`` will reopen it."""
     check_resumable(run, {**config_params, **library_versions()})
 
 
@@ -99,67 +99,6 @@ def hold_run_directory(directory: Path) -> Iterator[None]:
         lock.write(str(os.getpid()))
         lock.flush()
         yield
-
-
-def _reopen(
-    client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]
-) -> dict[str, str]:
-    """Set a resumable run RUNNING again; returns the params it does not hold yet."""
-    run = client.get_run(run_id)
-    check_resumable(run, params)
-    if ERROR_TAG in run.data.tags:
-        client.delete_tag(run_id, ERROR_TAG)
-    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-    client.update_run(run_id, status="RUNNING")
-    return {key: value for key, value in params.items() if key not in run.data.params}
-
-
-@contextmanager
-def mlflow_run(
-    params: dict[str, str],
-    experiment: str,
-    tags: dict[str, str],
-    parent_run_id: str | None = None,
-    run_name: str | None = None,
-    resume_run_id: str | None = None,
-    interruptions: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
-) -> Iterator[str]:
-    """Open an MLflow run tagged ``tags`` holding ``params`` (``TrainConfig.as_params()``) and
-    the library versions; yield its id. With ``resume_run_id``, reopen that run instead
-    (RUNNING again), refusing if it finished or its params differ.
-
-    The run ends FINISHED only if the body completes; on any exception it ends FAILED
-    (KILLED on one of ``interruptions``, noted on the exception) with the reason in the
-    ``tfnn.error`` tag, and the exception propagates.
-    """
-    client = MlflowClient()
-    params = {**params, **library_versions()}
-    tags = dict(tags)
-    if resume_run_id:
-        run_id = resume_run_id
-        params = _reopen(client, resume_run_id, params, tags)
-    else:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    try:
-        client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
-        yield run_id
-    except BaseException as error:
-        interrupted = isinstance(error, interruptions)
-        # The tracking server may be why the run failed: then the run stays RUNNING there,
-        # to be resumed, and the original error is the one worth reporting.
-        with suppress(MlflowException):
-            client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
-            client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
-            if interrupted:  # the command's last line names the runs it killed
-                error.add_note(
-                    f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}"
-                )
-        raise
-    client.set_terminated(run_id, "FINISHED")
 
 
 LIBRARIES = ("tensorflow", "numpy", "prefect", "mlflow")

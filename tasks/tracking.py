@@ -6,7 +6,6 @@ Every call names its run explicitly (see ``tasks.runs`` why).
 import getpass
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -14,11 +13,9 @@ from contextlib import contextmanager, suppress
 import mlflow
 import mlflow.tensorflow
 import numpy as np
-import tensorflow as tf
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.entities import Metric, Param
 from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_USER
 from prefect import get_client, get_run_logger, runtime, task
@@ -28,15 +25,17 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.urls import url_for
 
-from tasks.config import MNIST_CLASSES, MNIST_PIXELS, TrainConfig
+from tasks.config import MNIST_CLASSES, MNIST_PIXELS, TrainConfig, one_line
 from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
-from tasks.runs import code_version_tags, mlflow_run, mlflow_run_url
-from tasks.timeouts import UPLOAD_TIMEOUT_ENV, timeout_seconds
+from tasks.runs import (
+    ERROR_TAG,
+    check_resumable,
+    code_version_tags,
+    library_versions,
+    mlflow_run_url,
+)
 from tfnn.names import parameter_count
-from tfnn.network import Sequential
-from tfnn.serialization import save_network, weights_digest
-from tfnn.serving import GuardedNetwork
 from tfnn.training import History, learning_failure
 
 # Links between a run's two records: the Prefect flow run's UI page on the MLflow run, and
@@ -47,8 +46,6 @@ ROOT_FLOW_RUN_TAG = "prefect.root_flow_run_id"
 
 SYSTEM_METRICS_ENV = "TFNN_SYSTEM_METRICS"
 _OFF = ("0", "false", "no", "off")
-WEIGHTS_TAG = "tfnn.weights_sha256"
-BEST_EPOCH_TAG = "tfnn.best_epoch"
 WARNING_TAG = "tfnn.warning"
 
 
@@ -62,52 +59,64 @@ def tracked_run(
     tags: dict[str, str] | None = None,
     expected_seconds: float | None = None,
 ) -> Iterator[str]:
-    """``tasks.runs.mlflow_run`` inside a Prefect flow run: the MLflow run is tagged with the
-    flow run's id and name, and Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``) ends it
-    KILLED. A failure propagates, so that Prefect marks the flow run Failed (Crashed) too.
-    The run is named after the flow run unless ``run_name`` says otherwise, and gets the
-    user, the flow run's UI page and the code version (``run_context_tags``); the flow run
-    gets a link to the run's UI page, and the run system metrics while it is open, sampled
-    about ``SYSTEM_METRICS_SAMPLES`` times over ``expected_seconds`` (``sampling_interval``)."""
+    """Open an MLflow run for the current Prefect flow run and yield its id; with
+    ``resume_run_id``, reopen that run (refused if it finished or its params differ).
+
+    The run holds ``params`` and the library versions, is named after the flow run unless
+    ``run_name`` says otherwise, and is tagged with the user, both runs' links and the code
+    version; it samples system metrics about ``SYSTEM_METRICS_SAMPLES`` times over
+    ``expected_seconds``. It ends FINISHED only if the body completes; otherwise FAILED, or
+    KILLED on Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``), with the reason in the
+    ``tfnn.error`` tag, and the exception propagates so that Prefect fails the flow run too.
+    """
+    client = MlflowClient()
+    params = {**params, **library_versions()}
     tags = {
         **(tags or {}),
-        MLFLOW_USER: user_name(),
+        MLFLOW_USER: user_name(),  # MLflow's own lookup fails on a uid with no passwd entry
         "prefect.flow_run_id": str(runtime.flow_run.id),
         FLOW_RUN_NAME_TAG: str(runtime.flow_run.name),
         **run_context_tags(),
     }
-    with mlflow_run(
-        params,
-        experiment,
-        tags,
-        parent_run_id,
-        run_name or str(runtime.flow_run.name),  # one name in both UIs
-        resume_run_id,
-        interruptions=(KeyboardInterrupt, TerminationSignal),
-    ) as run_id:
-        link_mlflow_run(run_id)
-        # The run is active in this thread only to carry MLflow's system metrics monitor;
-        # every call still names the run. nested: a subflow's run opens inside its parent's.
-        with sampling_interval(expected_seconds):
-            mlflow.start_run(
-                run_id=run_id, nested=True, log_system_metrics=system_metrics_enabled()
-            )
-        try:
-            yield run_id
-        except BaseException:
-            # mlflow_run sets the final status (KILLED or FAILED); if the tracking server is
-            # away, the body's own error is the one worth reporting.
-            with suppress(MlflowException):
-                mlflow.end_run("FAILED")
-            raise
-        mlflow.end_run()
-
-
-def system_metrics_enabled() -> bool:
-    """MLflow samples the run's CPU, memory, disk and network (``system/*``, every
-    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds) unless ``$TFNN_SYSTEM_METRICS`` is
-    ``0``, ``false``, ``no`` or ``off``."""
-    return os.environ.get(SYSTEM_METRICS_ENV, "1").strip().lower() not in _OFF
+    if resume_run_id:
+        run = client.get_run(resume_run_id)
+        check_resumable(run, params)
+        if ERROR_TAG in run.data.tags:
+            client.delete_tag(resume_run_id, ERROR_TAG)
+        params = {k: v for k, v in params.items() if k not in run.data.params}
+        experiment_id = run.info.experiment_id
+    else:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    # Active in this thread only to carry MLflow's system metrics monitor; every call still
+    # names its run. nested: a subflow's run opens inside its parent's.
+    with sampling_interval(expected_seconds):
+        run_id = mlflow.start_run(
+            run_id=resume_run_id,
+            experiment_id=None if resume_run_id else experiment_id,
+            run_name=None if resume_run_id else run_name or str(runtime.flow_run.name),
+            nested=True,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            log_system_metrics=os.environ.get(SYSTEM_METRICS_ENV, "1").lower() not in _OFF,
+        ).info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        link_mlflow_run(run_id, experiment_id)
+        yield run_id
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt | TerminationSignal)
+        # The tracking server may be why the run failed: then the run stays RUNNING there,
+        # to be resumed, and the original error is the one worth reporting.
+        with suppress(MlflowException):
+            client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
+            mlflow.end_run("KILLED" if interrupted else "FAILED")
+            if interrupted:  # the command's last line names the runs it killed
+                error.add_note(
+                    f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}"
+                )
+        raise
+    mlflow.end_run()
 
 
 SYSTEM_METRICS_SAMPLES = 60
@@ -189,61 +198,6 @@ def flag_if_not_learning(run_id: str, history: History, data: PreparedData) -> s
     return reason
 
 
-@task(cache_policy=NONE, timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
-def log_trained_model(
-    run_id: str, network: Sequential, data: PreparedData, history: History
-) -> str:
-    """Log the final weights (architecture JSON + npz) and an MLflow tensorflow model with a
-    signature and an input example, and tag the run with ``weights_digest`` and the epoch of
-    lowest ``val_loss`` (``tfnn.best_epoch``); returns the model's URI."""
-    client = MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifacts(run_id, str(save_network(network, tmp)), "weights")
-    client.set_tag(run_id, WEIGHTS_TAG, weights_digest(network))
-    if history.best_epoch is not None:
-        client.set_tag(run_id, BEST_EPOCH_TAG, str(history.best_epoch))
-    # In the run's experiment: a logged model made without one lands in experiment 0.
-    experiment_id = client.get_run(run_id).info.experiment_id
-    # A resumed run keeps the model its first process logged, or finishes the one that
-    # process had begun (stopped before it was READY): a run never holds two.
-    earlier = client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")
-    if ready := [m for m in earlier if m.status == LoggedModelStatus.READY]:
-        return f"models:/{ready[0].model_id}"
-    model = (
-        earlier[0]
-        if earlier
-        else mlflow.initialize_logged_model(
-            name="model", source_run_id=run_id, experiment_id=experiment_id
-        )
-    )
-    # Saved and uploaded step by step rather than by Model.log, which also copies the run's
-    # metrics of one step (the first batch's train/step_loss) onto the model: its metrics are
-    # the final scores only, linked by log_evaluation.
-    example = data.x_test[:5]
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.tensorflow.save_model(
-            GuardedNetwork(network),  # refuses non-pixel input and over-long requests
-            f"{tmp}/model",
-            signature=infer_signature(example, network.predict(example).numpy()),
-            input_example=example,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"],
-            mlflow_model=Model(
-                artifact_path=model.artifact_location,
-                run_id=run_id,
-                model_id=model.model_id,
-                model_uuid=model.model_id,
-            ),
-        )
-        client.log_model_artifacts(model.model_id, f"{tmp}/model")
-    outputs = client.get_run(run_id).outputs
-    if model.model_id not in {o.model_id for o in (outputs.model_outputs if outputs else [])}:
-        # The run's "Logged models"; the model is the one after its last update.
-        output = LoggedModelOutput(model.model_id, step=len(history.step_loss))
-        client.log_outputs(run_id, [output])
-    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    return f"models:/{model.model_id}"
-
-
 @task(cache_policy=NONE)
 def log_evaluation(
     run_id: str, evaluation: Evaluation, plot_paths: list[str], model_uri: str
@@ -276,19 +230,13 @@ def log_artifact(run_id: str, path: str, artifact_path: str | None = None) -> No
     MlflowClient().log_artifact(run_id, path, artifact_path)
 
 
-def prefect_flow_run_url(flow_run_id: str) -> str | None:
-    """The Prefect UI's page of a flow run, when a UI exists (``PREFECT_UI_URL``, which
-    Prefect derives from ``PREFECT_API_URL``); None for a run without a server."""
-    return url_for("flow-run", obj_id=flow_run_id)
-
-
 def run_context_tags() -> dict[str, str]:
     """Tags for the MLflow run of the current flow run: its Prefect UI page (when there is a
     UI), the flow run that started it all (a retrain's or sweep's),
     and the code version (``tasks.runs.code_version_tags``)."""
     flow_run_id = str(runtime.flow_run.id)
     tags = {ROOT_FLOW_RUN_TAG: str(runtime.flow_run.root_flow_run_id)}
-    if url := prefect_flow_run_url(flow_run_id):
+    if url := url_for("flow-run", obj_id=flow_run_id):  # None without a UI
         tags[FLOW_RUN_URL_TAG] = url
     context = FlowRunContext.get()
     entry_point = (
@@ -297,14 +245,10 @@ def run_context_tags() -> dict[str, str]:
     return tags | code_version_tags(entry_point)
 
 
-def link_mlflow_run(run_id: str) -> str | None:
-    """On the current flow (or task) run, a link artifact to MLflow run ``run_id``'s UI page,
-    when the tracking URI is a server with a UI; returns the URL (None without one)."""
-    client = MlflowClient()
-    experiment_id = client.get_run(run_id).info.experiment_id
-    url = mlflow_run_url(mlflow.get_tracking_uri(), experiment_id, run_id)
-    if url:
+def link_mlflow_run(run_id: str, experiment_id: str) -> None:
+    """On the current flow run, a link artifact to MLflow run ``run_id``'s UI page, when the
+    tracking URI is a server with a UI."""
+    if url := mlflow_run_url(mlflow.get_tracking_uri(), experiment_id, run_id):
         create_link_artifact(
             url, link_text=f"MLflow run {run_id}", key="mlflow-run", description="The MLflow run"
         )
-    return url

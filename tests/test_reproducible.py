@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
-from tasks.tracking import WEIGHTS_TAG
+from tasks.model import WEIGHTS_TAG
 from tfnn.mnist import load_dataset
 
 COMPARED = [key for key in EPOCH_METRICS.values() if key != "train/epoch_seconds"]

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
 from tasks.config import TrainConfig
+from tasks.model import WEIGHTS_TAG
 from tasks.runs import ResumeError, check_resumable, hold_run_directory
-from tasks.tracking import WEIGHTS_TAG
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow

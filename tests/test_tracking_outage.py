@@ -23,7 +23,7 @@ from servers import free_port
 
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
-from tasks.tracking import WEIGHTS_TAG
+from tasks.model import WEIGHTS_TAG
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import prepare_data
 from tasks.grid import SweepSpec
-from tasks.tracking import BEST_EPOCH_TAG, WEIGHTS_TAG
+from tasks.model import BEST_EPOCH_TAG, WEIGHTS_TAG
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.mnist import load_mnist_idx
 from tfnn.network import Sequential

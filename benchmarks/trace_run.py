@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 
 import tfnn
+from cli import main as tfnn_main
 
 ROOT = Path(tfnn.__file__).resolve().parents[1]
-OURS = [str(ROOT / name) for name in ("tfnn", "pipeline", "flows", "cli", "tasks")]
+OURS = [str(ROOT / name) for name in ("tfnn", "flows", "cli", "tasks")]
 
 
 def main() -> None:
@@ -42,16 +43,12 @@ def main() -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    from importlib import import_module
-
-    entry = next((name for name in ("cli", "cli") if _has_main(import_module, name)), None)
-    main_function = import_module(entry).main
-    flags = sys.argv[1:] or []
+    flags = sys.argv[1:]
     threading.setprofile(profile)
     sys.setprofile(profile)
     start = time.perf_counter()
     try:
-        code = main_function(["train", "--epochs", "1", "--hidden-sizes", "16", *flags])
+        code = tfnn_main(["train", "--epochs", "1", "--hidden-sizes", "16", *flags])
     finally:
         sys.setprofile(None)
         threading.setprofile(None)
@@ -65,13 +62,6 @@ def main() -> None:
     print(f"processes besides this one: {len(children)}")
     for pid, command in children.items():
         print(f"    {pid}: {command}")
-
-
-def _has_main(import_module, name: str) -> bool:
-    try:
-        return hasattr(import_module(name), "main")
-    except ImportError:
-        return False
 
 
 if __name__ == "__main__":

@@ -55,18 +55,19 @@ def fit_arguments(config: TrainConfig, validation: bool) -> dict[str, Any]:
 
 @task
 def build_network(
-    config: TrainConfig, input_dim: int, num_classes: int, initial_weights_dir: str | None = None
+    config: TrainConfig, input_dim: int, num_classes: int, warm_start_from: str | None = None
 ) -> Sequential:
-    """``network_for(config, ...)``, or, given ``initial_weights_dir`` (``architecture.json`` +
-    ``weights.npz``), that saved network, which must have the architecture the configuration
-    describes (a warm start)."""
+    """``network_for(config, ...)``, or, given ``warm_start_from`` (a saved network's artifact
+    URI, ``runs:/<id>/weights``), that network, which must have the architecture the
+    configuration describes (a warm start)."""
     network = network_for(config, input_dim, num_classes)
-    if initial_weights_dir is None:
+    if warm_start_from is None:
         return network
-    saved = load_network(initial_weights_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = load_network(mlflow.artifacts.download_artifacts(warm_start_from, dst_path=tmp))
     if saved.spec() != network.spec():
         raise ValueError(
-            f"cannot warm-start from {initial_weights_dir}: it holds {saved!r} but the "
+            f"cannot warm-start from {warm_start_from}: it holds {saved!r} but the "
             f"configuration describes {network!r}; train with the saved network's hidden "
             "sizes, activations and loss, or start fresh"
         )

@@ -17,7 +17,7 @@ from tasks.lineage import log_dataset
 from tasks.model import build_network, log_trained_model
 from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
-from tasks.registry import crown_if_first, download_weights, register_model
+from tasks.registry import WARM_START_TAG, crown_if_first, register_model
 from tasks.reporting import publish_summary
 from tasks.runs import hold_run_directory, option_tags
 from tasks.tracking import (
@@ -57,10 +57,10 @@ def train_pipeline(
     warm_start_from: str | None = None,
 ) -> TrainResult:
     """Train ``config`` in one MLflow run (a child of ``parent_run_id`` if given; with
-    ``options.resume``, that run continued from its newest checkpoint): load, prepare,
-    build (from ``warm_start_from``'s weights if given), train, evaluate, plot, log the
-    model, register it (unless ``options`` says not to or the run learned nothing), and
-    describe it in both MLflow and Prefect."""
+    ``options.resume``, that run continued from its newest checkpoint): load, prepare, build
+    (from ``warm_start_from``'s weights if given), train, evaluate, plot, log the model,
+    register it (unless ``options`` says not to or the run learned nothing), describe it."""
+    tags = option_tags(options) | ({WARM_START_TAG: warm_start_from} if warm_start_from else {})
     with ExitStack() as held:
         # A resumed run's directory is locked before its MLflow run is reopened.
         if options.resume:
@@ -72,7 +72,7 @@ def train_pipeline(
                 parent_run_id,
                 run_name,
                 options.resume,
-                option_tags(options),
+                tags,
                 expected_run_seconds(config),
             )
         )
@@ -84,22 +84,9 @@ def train_pipeline(
         arrays = load_data(config.data_source)
         data = prepare_data(arrays, config.validation_fraction)
         record_data_profile(run_id, arrays)  # what the data check compares new data with
-        initial = (
-            download_weights(run_id, warm_start_from, str(run_dir / "warm_start"))
-            if warm_start_from
-            else None
-        )
-        network = build_network(config, data.input_dim, data.num_classes, initial)
+        network = build_network(config, data.input_dim, data.num_classes, warm_start_from)
         log_dataset(run_id, data, network.num_parameters)
-        history = train(
-            network,
-            data,
-            config,
-            run_id,
-            str(run_dir / "checkpoints"),
-            options.progress,
-            resume=options.resume is not None,
-        )
+        history = train(network, data, config, run_id, str(run_dir), options)
         warning = flag_if_not_learning(run_id, history, data)
         evaluation = evaluate(network, data)
         plots = plot_run(history, evaluation, data, str(run_dir / "plots"))

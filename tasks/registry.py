@@ -27,7 +27,7 @@ from tasks.config import CHAMPION_ALIAS, TrainConfig
 from tasks.data import PreparedData
 from tasks.locking import exclusive_lock
 from tasks.runs import champion_version
-from tasks.timeouts import REGISTRY_TIMEOUT_ENV, UPLOAD_TIMEOUT_ENV, timeout_seconds
+from tasks.timeouts import REGISTRY_TIMEOUT_ENV, timeout_seconds
 from tfnn.metrics import accuracy
 from tfnn.serving import predict_in_batches
 
@@ -174,16 +174,6 @@ def already_decided(name: str, key: str, champion: Champion | None) -> str | Non
                 f"compared with champion version {champion.version}"
             )
     return None
-
-
-@task(timeout_seconds=timeout_seconds(UPLOAD_TIMEOUT_ENV))
-def download_weights(run_id: str, source_uri: str, directory: str) -> str:
-    """Download a saved network (``architecture.json`` + ``weights.npz``, e.g.
-    ``runs:/<id>/weights``) into ``directory`` and note the source on run ``run_id``."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    path = mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=directory)
-    MlflowClient().set_tag(run_id, WARM_START_TAG, source_uri)
-    return path
 
 
 @task(cache_policy=NONE)

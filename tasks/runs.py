@@ -73,6 +73,16 @@ def check_resumable(run: Run, params: dict[str, str]) -> None:
         )
 
 
+def reopen(client: MlflowClient, run_id: str, params: dict[str, str]) -> tuple[str, dict]:
+    """Check that run ``run_id`` can be resumed with ``params`` and clear its error; returns
+    its experiment's id and the params it does not hold yet."""
+    run = client.get_run(run_id)
+    check_resumable(run, params)
+    if ERROR_TAG in run.data.tags:
+        client.delete_tag(run_id, ERROR_TAG)
+    return run.info.experiment_id, {k: v for k, v in params.items() if k not in run.data.params}
+
+
 def check_run_to_resume(run: Run, config_params: dict[str, str]) -> None:
     """``check_resumable`` with this machine's library versions added to ``config_params``
     (``TrainConfig.as_params()``), as ``tasks.tracking.tracked_run`` will reopen it."""

@@ -30,10 +30,10 @@ from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tasks.runs import (
     ERROR_TAG,
-    check_resumable,
     code_version_tags,
     library_versions,
     mlflow_run_url,
+    reopen,
 )
 from tfnn.names import parameter_count
 from tfnn.training import History, learning_failure
@@ -59,16 +59,12 @@ def tracked_run(
     tags: dict[str, str] | None = None,
     expected_seconds: float | None = None,
 ) -> Iterator[str]:
-    """Open an MLflow run for the current Prefect flow run and yield its id; with
-    ``resume_run_id``, reopen that run (refused if it finished or its params differ).
-
-    The run holds ``params`` and the library versions, is named after the flow run unless
-    ``run_name`` says otherwise, and is tagged with the user, both runs' links and the code
-    version; it samples system metrics about ``SYSTEM_METRICS_SAMPLES`` times over
-    ``expected_seconds``. It ends FINISHED only if the body completes; otherwise FAILED, or
-    KILLED on Ctrl-C or SIGTERM (Prefect's ``TerminationSignal``), with the reason in the
-    ``tfnn.error`` tag, and the exception propagates so that Prefect fails the flow run too.
-    """
+    """Open an MLflow run for the current Prefect flow run (or reopen ``resume_run_id``) and
+    yield its id. It holds ``params`` and the library versions, is named after the flow run,
+    tagged with the user, both runs' links and the code version, and samples system metrics
+    about ``SYSTEM_METRICS_SAMPLES`` times over ``expected_seconds``. It ends FINISHED if the
+    body completes; else FAILED, or KILLED on Ctrl-C or SIGTERM (Prefect's
+    ``TerminationSignal``), with the reason in ``tfnn.error``; the exception propagates."""
     client = MlflowClient()
     params = {**params, **library_versions()}
     tags = {
@@ -79,12 +75,7 @@ def tracked_run(
         **run_context_tags(),
     }
     if resume_run_id:
-        run = client.get_run(resume_run_id)
-        check_resumable(run, params)
-        if ERROR_TAG in run.data.tags:
-            client.delete_tag(resume_run_id, ERROR_TAG)
-        params = {k: v for k, v in params.items() if k not in run.data.params}
-        experiment_id = run.info.experiment_id
+        experiment_id, params = reopen(client, resume_run_id, params)
     else:
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)

@@ -3,6 +3,7 @@
 import math
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import rich
@@ -12,7 +13,7 @@ from prefect.cache_policies import NONE
 from rich.console import Console
 from rich.progress import Progress
 
-from tasks.config import TrainConfig
+from tasks.config import RunOptions, TrainConfig
 from tasks.data import PreparedData
 from tasks.epoch_logger import EpochLogger
 from tasks.model import fit_arguments
@@ -32,27 +33,27 @@ def train(
     data: PreparedData,
     config: TrainConfig,
     run_id: str,
-    checkpoint_dir: str,
-    show_progress: bool = False,
-    resume: bool = False,
+    run_dir: str,
+    options: RunOptions,
 ) -> History:
     """Train ``network`` in place with SGD; after every epoch log metrics and a checkpoint.
-    ``show_progress`` draws a bar on stderr when it is a terminal.
+    ``options.progress`` draws a bar on stderr when it is a terminal.
 
     With a validation split, training stops early after ``early_stopping_patience`` epochs
     without a lower ``val_loss`` (if > 0) and, with ``restore_best``, ends with the weights
     of the epoch of lowest ``val_loss``.
 
-    Checkpoints go to ``checkpoint_dir`` (kept there if the run fails) and to the run's
-    ``checkpoints/`` artifacts. With ``resume``, training continues after the newest
+    Checkpoints go to ``run_dir/checkpoints`` (kept there if the run fails) and to the run's
+    ``checkpoints/`` artifacts. With ``options.resume``, training continues after the newest
     checkpoint (see ``EpochLogger.resume``), exactly as an uninterrupted run would.
     """
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     sets = data.evaluation_sets
     arguments = fit_arguments(config, validation="val" in sets)
     early_stopping = next(iter(arguments["callbacks"]), None)
-    logger = EpochLogger(run_id, network, checkpoint_dir, steps_per_epoch, early_stopping)
-    completed_epochs = logger.resume() if resume else 0
+    checkpoints = str(Path(run_dir) / "checkpoints")
+    logger = EpochLogger(run_id, network, checkpoints, steps_per_epoch, early_stopping)
+    completed_epochs = logger.resume() if options.resume else 0
     if logger.fallback:  # in the Prefect UI, and on the MLflow run for the command to tell
         get_run_logger().warning(logger.fallback)
         logger.client.set_tag(run_id, RESUMED_FROM_TAG, logger.fallback)
@@ -63,7 +64,7 @@ def train(
     ]
     with ExitStack() as bar:
         # Off a terminal a bar would only leave its last frame in a log.
-        if show_progress and sys.stderr.isatty():
+        if options.progress and sys.stderr.isatty():
             # The command's console (stderr, beneath its status line), else one on stderr.
             console = rich.get_console() if rich.get_console().stderr else Console(stderr=True)
             progress = bar.enter_context(Progress(console=console))

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import IO
 
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
@@ -98,14 +99,10 @@ def prefect_api() -> Iterator[Callable[[], None] | None]:
                             return
                     except OSError:
                         time.sleep(0.2)
-            log.seek(0)
-            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines()]
-            errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)]
             raise InputError(
-                f"Prefect's temporary server did not start "
-                f"({(errors or [line for line in lines if line] or ['no answer'])[-1]}); its "
-                f"home is {home}: move its database aside, or set PREFECT_HOME to another "
-                "directory or PREFECT_API_URL to a running server"
+                f"Prefect's temporary server did not start ({_last_error(log)}); its home is "
+                f"{home}: move its database aside, or set PREFECT_HOME to another directory "
+                "or PREFECT_API_URL to a running server"
             )
 
         try:
@@ -113,6 +110,14 @@ def prefect_api() -> Iterator[Callable[[], None] | None]:
         finally:
             for worker in (APILogWorker, EventsWorker):
                 worker.drain_all(timeout=_STOP_SECONDS)
+
+
+def _last_error(log: IO[bytes]) -> str:
+    """The server log's last exception line, else its last line."""
+    log.seek(0)
+    lines = [line.strip() for line in log.read().decode(errors="replace").splitlines()]
+    errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)]
+    return (errors or [line for line in lines if line] or ["no answer"])[-1]
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -7,7 +7,7 @@ from prefect import flow, runtime
 from flows.train import TrainResult, train_flow
 from tasks.config import COMPARED_ACTIVATIONS, RunOptions, TrainConfig
 from tasks.plots import plot_comparison
-from tasks.sweep import describe_ranking, rank_configurations, tag_best
+from tasks.sweep import rank_configurations
 from tasks.tracking import log_artifact, tag_flow_run, tracked_run
 
 
@@ -45,9 +45,5 @@ def compare_flow(
         )
         log_artifact(parent_id, figure, "plots")
         # The parent tells the result, ranked on validation as a sweep's is.
-        ranking = rank_configurations(parent_id, variants, results, ["activation"])
-        best = ranking[0]
-        winner = best["configuration"]
-        tag_best(parent_id, best, variants[winner], results[winner].model_uri)
-        describe_ranking(parent_id, ranking)
+        rank_configurations(parent_id, variants, results, ["activation"])
     return results

@@ -21,19 +21,13 @@ from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import crown_if_first, register_model
 from tasks.sweep import (
-    describe_ranking,
     portable_tracking_uri,
     prepare_worker,
     rank_configurations,
     sweep_params,
-    tag_best,
 )
 from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.tracking import log_artifact, tag_flow_run, tracked_run
-
-
-class SweepFailedError(RuntimeError):
-    """Every configuration of the sweep failed."""
 
 
 @dataclass(frozen=True)
@@ -118,18 +112,13 @@ def sweep_flow(
         # Failed configurations come back as their exceptions and do not stop the others.
         outcomes = {name: future.result(raise_on_failure=False) for name, future in futures.items()}
         ranking = rank_configurations(parent_id, configurations, outcomes, spec.varied())
-        finished = {n: r for n, r in outcomes.items() if not isinstance(r, BaseException)}
-        if not finished:
-            raise SweepFailedError(f"all {len(outcomes)} configurations failed; see ranking.json")
         figure = plot_comparison(
-            {name: result.history for name, result in finished.items()},
+            {n: r.history for n, r in outcomes.items() if not isinstance(r, BaseException)},
             str(Path(output_dir) / parent_id / "comparison.png"),
         )
         log_artifact(parent_id, figure, "plots")
         best = ranking[0]
-        model_uri = finished[best["configuration"]].model_uri
-        tag_best(parent_id, best, configurations[best["configuration"]], model_uri)
-        describe_ranking(parent_id, ranking)
+        model_uri = outcomes[best["configuration"]].model_uri
         if options.register_model:
             version = register_model(options.model_name, model_uri, best["run_id"])
             crown_if_first(options.model_name, version, best["run_id"])

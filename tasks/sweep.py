@@ -71,6 +71,10 @@ def sweep_params(spec: SweepSpec, configurations: dict[str, TrainConfig]) -> dic
     return params
 
 
+class SweepFailedError(RuntimeError):
+    """Every configuration of the sweep failed."""
+
+
 @task(cache_policy=NONE)
 def rank_configurations(
     parent_run_id: str,
@@ -78,11 +82,11 @@ def rank_configurations(
     outcomes: dict[str, Any],
     varied: list[str],
 ) -> list[dict[str, Any]]:
-    """Rank by the validation accuracy of each configuration's selected weights (its best
-    epoch's with ``restore_best``), failed configurations last with their reason, and log the
-    table to the parent run (``ranking.json``) and to Prefect. The test accuracy is shown
-    beside it, never used to rank. ``outcomes`` maps each name to its ``TrainResult`` or to the
-    exception it failed with. Returns the rows, best first."""
+    """Rank by the validation accuracy of each configuration's selected weights, failed ones
+    last with their reason; log the table to the parent run (``ranking.json``) and to
+    Prefect, and tag the parent with the winner (``tfnn.best.*``, ``val/best_accuracy``, its
+    description). Test accuracy is shown, never ranked on. ``outcomes`` maps each name to
+    its ``TrainResult`` or the exception it failed with. Returns the rows, best first."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -120,20 +124,14 @@ def rank_configurations(
         table=rows,
         description="Configurations by validation accuracy (test accuracy shown, not ranked on)",
     )
-    return rows
-
-
-@task(cache_policy=NONE)
-def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, model_uri: str) -> None:
-    """Tag the parent run with the best configuration's fields, run, model and validation and
-    test accuracy (``tfnn.best.*``) and log them as the metrics ``val/best_accuracy`` and
-    ``test/best_accuracy``."""
-    client = MlflowClient()
+    if not finished:
+        raise SweepFailedError(f"all {len(outcomes)} configurations failed; see ranking.json")
+    best = rows[0]
     tags = {
-        **config.as_params(),
+        **configurations[best["configuration"]].as_params(),
         "configuration": best["configuration"],
         "run_id": best["run_id"],
-        "model_uri": model_uri,
+        "model_uri": outcomes[best["configuration"]].model_uri,
         "val_accuracy": str(best["val_accuracy"]),
         "best_epoch": str(best["best_epoch"]),
         "test_accuracy": str(best["test_accuracy"]),
@@ -145,25 +143,26 @@ def tag_best(parent_run_id: str, best: dict[str, Any], config: TrainConfig, mode
             Metric("val/best_accuracy", best["val_accuracy"], now, 0),
             Metric("test/best_accuracy", best["test_accuracy"], now, 0),
         ],
-        tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()],
+        tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()]
+        + [RunTag(MLFLOW_RUN_NOTE, ranking_note(rows))],
     )
+    return rows
 
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@task(cache_policy=NONE)
-def describe_ranking(parent_run_id: str, ranking: list[dict[str, Any]]) -> str:
-    """The parent run's description (``mlflow.note.content``): which configuration won on
-    validation, with its test score, and the ranking as a table; returns it."""
+def ranking_note(ranking: list[dict[str, Any]]) -> str:
+    """The parent run's description: which configuration won on validation, with its test
+    score, and the ranking as a table."""
     best = ranking[0]
     rows = "\n".join(
         f"| {row['rank'] or '-'} | {row['configuration']} | {_score(row['val_accuracy'])} "
         f"| {_score(row['test_accuracy'])} | {row['status']} |"
         for row in ranking
     )
-    note = (
+    return (
         f"**{best['configuration']}** wins on validation: validation accuracy "
         f"{_score(best['val_accuracy'])}, test accuracy {_score(best['test_accuracy'])} (run "
         f"`{best['run_id']}`). {len(ranking)} configurations, ranked on validation accuracy "
@@ -171,5 +170,3 @@ def describe_ranking(parent_run_id: str, ranking: list[dict[str, Any]]) -> str:
         "| rank | configuration | validation accuracy | test accuracy | status |\n"
         f"|---|---|---|---|---|\n{rows}\n"
     )
-    MlflowClient().set_tag(parent_run_id, MLFLOW_RUN_NOTE, note)
-    return note

@@ -437,3 +437,33 @@ def test_sweep_on_the_default_thread_pool(prefect_harness, mlflow_store, small_m
     assert [row["run_id"] for row in result.ranking] == [
         result.outcomes[row["configuration"]].run_id for row in result.ranking
     ]
+
+
+def test_a_sweep_whose_configurations_all_fail_fails_after_logging_its_ranking(
+    prefect_harness, mlflow_store, small_mnist_dir, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.sweep import SweepFailedError
+
+    spec = SweepSpec(
+        base={"epochs": 1, "hidden_sizes": [8], "data_source": str(small_mnist_dir)},
+        grid={"learning_rate": [DIVERGING_RATE, DIVERGING_RATE * 10]},
+    )
+    with pytest.raises(SweepFailedError, match="all 2 configurations failed; see ranking.json"):
+        sweep_flow.with_options(task_runner=sweep_task_runner(max_concurrency=1))(spec)
+    client = MlflowClient()
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("tfnn-mnist").experiment_id],
+        "tags.mlflow.runName = 'sweep-of-2'",
+    )
+    assert parent.info.status == "FAILED"
+    assert "tfnn.best.run_id" not in parent.data.tags
+    table = json.loads(
+        Path(
+            client.download_artifacts(parent.info.run_id, "ranking.json", str(tmp_path))
+        ).read_text()
+    )
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert [row["status"] for row in rows] == ["FAILED", "FAILED"]
+    assert all(row["error"].startswith("NonFiniteLossError") for row in rows)

@@ -30,8 +30,9 @@ __all__ = ["build_parser", "main"]
 EXIT_FAILED, EXIT_USAGE = 1, 2
 # Commands whose inputs (data, output directory, services) are checked before anything runs.
 _CHECKED = {"train", "compare", "retrain", "schedule"}
-# Commands that start no run: all their work is reading the input, so failing is refusing it.
+# Commands that start no run and need no Prefect: failing is refusing their input.
 _STARTS_NO_RUN = {"evaluate"}
+_NO_PREFECT = {"evaluate", "check-data"}
 
 
 def _refusals() -> tuple[type[BaseException], ...]:
@@ -69,6 +70,10 @@ def read_inputs(
     was started with, which a flag may not change."""
     from tasks.config import InputError, RunOptions, TrainConfig
 
+    if args.command == "check-data":
+        from cli.check_data import check_data_inputs
+
+        return Inputs(thresholds=check_data_inputs(args))
     if args.command not in OPTIONS:
         return Inputs()
     given = given_fields(args, RunOptions)
@@ -151,7 +156,7 @@ def check_inputs(
         preflight.check_predict(args.images, args.labels, args.output, args.model, args.trust_model)
     if wait_for_server:
         wait_for_server()  # its start-up timeout
-    elif args.command != "evaluate":
+    elif args.command not in _NO_PREFECT:
         preflight.check_orchestration()
     return inputs
 
@@ -214,10 +219,6 @@ def check_prefect_home() -> None:
 def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
     args = build_parser().parse_args(argv)
     set_output_environment(args.verbose)
-    if args.command == "check-data":  # no run, no Prefect: its own report and exit codes
-        from cli.check_data import run_check_data
-
-        return run_check_data(args)
     # Flags are refused before Prefect's server starts or TensorFlow loads: a typo costs
     # nothing. A resumed run's configuration needs its MLflow run, so it is checked later.
     try:
@@ -227,7 +228,7 @@ def _main(argv: Sequence[str] | None, services: ExitStack) -> int:
         print(_error_line(error), file=sys.stderr)
         return EXIT_USAGE
     wait_for_server = None
-    if args.command != "evaluate":
+    if args.command not in _NO_PREFECT:
         from cli.prefect_server import prefect_api
 
         # it starts while the rest imports and checks the input

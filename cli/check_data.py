@@ -1,17 +1,13 @@
-"""``tfnn check-data``: the data check alone, without Prefect or a run.
-
-Exit codes: 0 the data passes, 1 refused (the report says why), 2 bad input (one line).
-The parser imports nothing heavy: ``--help`` and refused flags cost no TensorFlow or MLflow.
-"""
+"""``tfnn check-data``: the data check alone, without Prefect or a run. Exit codes: 0 the
+data passes, 1 refused (the report says why), 2 bad input."""
 
 import argparse
 import os
-import sys
 from dataclasses import fields
+from pathlib import Path
 
 from tasks.config import DATA_DIR_ENV, RunOptions
 
-EXIT_REFUSED, EXIT_USAGE = 1, 2
 DEFAULT_MODEL_NAME = RunOptions().model_name
 
 
@@ -47,10 +43,10 @@ def add_check_data_command(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def run_check_data(args: argparse.Namespace) -> int:
-    """Check ``args.data_dir``, print the report; the exit code."""
-    from pathlib import Path
-
+def check_data_inputs(args: argparse.Namespace):
+    """The thresholds (flags over ``$TFNN_CHECK_*``) and the data directory, checked before
+    anything heavy loads; ``InputError`` otherwise."""
+    from tasks.config import InputError
     from tasks.data_profile import CheckThresholds
 
     try:
@@ -58,36 +54,22 @@ def run_check_data(args: argparse.Namespace) -> int:
             **{f.name: getattr(args, f.name) for f in fields(CheckThresholds)}
         )
     except ValueError as error:
-        print(f"tfnn check-data: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise InputError(str(error)) from None
     if not args.data_dir:
-        print(
-            f"tfnn check-data: error: no data: pass --data-dir DIR or set ${DATA_DIR_ENV}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise InputError(f"no data: pass --data-dir DIR or set ${DATA_DIR_ENV}")
     if not Path(args.data_dir).is_dir():
-        print(
-            f"tfnn check-data: error: {args.data_dir}: not a directory; pass the directory "
-            "holding the four MNIST IDX files",
-            file=sys.stderr,
+        raise InputError(
+            f"{args.data_dir}: not a directory; pass the directory holding the four MNIST IDX files"
         )
-        return EXIT_USAGE
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The report is the command's output: no download bars or TensorFlow start-up chatter.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from cli.output import start_tensorflow_quietly
+    return thresholds
+
+
+def run_check_data(args: argparse.Namespace, thresholds) -> tuple[list[str], bool]:
+    """Check ``args.data_dir`` against the champion's data: the report's lines, and whether
+    the data passes."""
     from tasks.data_watch import check_data
 
-    start_tensorflow_quietly()
-
-    try:
-        result = check_data(args.data_dir, args.model_name, thresholds, args.allow_test_change)
-    except Exception as error:  # the tracking store or the model: not the data's fault
-        if args.traceback:
-            raise
-        print(f"tfnn check-data: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_REFUSED
-    print("\n".join(result.report.lines()))
-    print(f"  checked in {result.seconds:.2f} s")
-    return 0 if result.report.passed else EXIT_REFUSED
+    # The report is the command's output: no download bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    result = check_data(args.data_dir, args.model_name, thresholds, args.allow_test_change)
+    return [*result.report.lines(), f"  checked in {result.seconds:.2f} s"], result.report.passed

@@ -19,11 +19,12 @@ class Inputs:
     options: RunOptions | None = None
     activations: tuple[str, ...] = ()
     spec: SweepSpec | None = None
+    thresholds: object = None  # check-data's CheckThresholds
 
 
 class DidNotLearn(Exception):
-    """Runs finished but learned nothing: the command prints its lines, a warning per such
-    run, and exits 1."""
+    """Runs finished but learned nothing, or the data check refused the data: the command
+    prints its lines, a warning per such run, and exits 1."""
 
     def __init__(self, lines: list[str], warnings: list[str]):
         super().__init__("; ".join(warnings))
@@ -161,7 +162,17 @@ def evaluate(args: argparse.Namespace, inputs: Inputs) -> list[str]:
     return [f"test_loss={loss:.4f}  test_accuracy={accuracy:.4f}"]
 
 
+def check_data(args: argparse.Namespace, inputs: Inputs) -> list[str]:
+    from cli.check_data import run_check_data
+
+    lines, passed = run_check_data(args, inputs.thresholds)
+    if not passed:
+        raise DidNotLearn(lines, [])
+    return lines
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, Inputs], list[str]]] = {
+    "check-data": check_data,
     "train": train,
     "compare": compare,
     "retrain": retrain,

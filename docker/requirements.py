@@ -1,14 +1,6 @@
-"""Print the requirements of one image, from pyproject.toml, for ``pip install -r``:
-
-- ``worker``: the project's dependencies, TensorFlow as ``tensorflow-cpu`` (the same
-  version, pinned by constraints.txt, without the GPU wheels a CPU worker never loads) and
-  MLflow as ``mlflow-skinny`` (the same version's client, without the server and UI) with
-  pandas and SciPy, and no tensorflow-datasets (the worker reads the mounted IDX directory);
-- ``server``: what the MLflow and Prefect servers run, no TensorFlow: the ``server`` extra
-  and Prefect.
-
-The image installs these before copying the code, so that editing the code does not
-reinstall them."""
+"""Print one image's requirements from pyproject.toml for ``pip install -r`` (before the code is
+copied, so editing it reinstalls nothing): ``worker`` (CPU client) or ``server`` (Prefect and the
+``server`` extra, no TensorFlow)."""
 
 import sys
 import tomllib
@@ -17,13 +9,9 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-# The worker is a client that trains on a mounted directory of IDX files: the same versions
-# without what only servers, GPUs and downloads use. Full mlflow adds its server, UI,
-# scikit-learn and pyarrow, none of which a run against a tracking server imports; pandas and
-# SciPy it does import (mlflow.models.infer_signature, the model's signature), and
-# mlflow-skinny does not require them.
-# tensorflow-datasets (with pyarrow) only serves `tfds:` sources, which prefect.yaml's
-# deployments never use: they read TFNN_DATA_DIR.
+# The worker trains on mounted IDX files: the same versions without GPU wheels or MLflow's
+# server, UI, scikit-learn and pyarrow; but infer_signature imports pandas and SciPy, which
+# mlflow-skinny does not require. tensorflow-datasets serves only `tfds:`, unused by deployments.
 WORKER_INSTEAD = {"tensorflow": "tensorflow-cpu", "mlflow": "mlflow-skinny"}
 WORKER_WITHOUT = {"tensorflow-datasets"}
 WORKER_ALSO = ["pandas", "scipy"]

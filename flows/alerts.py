@@ -1,11 +1,6 @@
-"""Failure alerts as a Prefect Automation (``flows/failure_alert.yaml``): the Prefect server
-itself notifies, through a notification block, when a deployment's flow run fails or crashes,
-so no flow carries a hook and a run that dies outright (SIGKILL, out of memory) still alerts
-once the server marks it Crashed.
-
-``python -m flows.alerts BLOCK-TYPE/NAME`` (e.g. ``slack-webhook/tfnn-alerts``) creates the
-automation on the server that ``PREFECT_API_URL`` names, replacing one of the same name.
-"""
+"""Failure alerts as a Prefect Automation (``flows/failure_alert.yaml``): the server notifies, so
+a killed run (SIGKILL, out of memory) still alerts once marked Crashed, and no flow needs a hook.
+``python -m flows.alerts BLOCK-TYPE/NAME`` installs it on ``$PREFECT_API_URL``'s server."""
 
 import sys
 from contextlib import suppress
@@ -19,8 +14,7 @@ ALERT_FILE = Path(__file__).with_name("failure_alert.yaml")
 
 
 def failure_alert(block: str) -> Automation:
-    """The automation of ``ALERT_FILE``, sending through notification block ``block``
-    (``BLOCK-TYPE/NAME``); ``ObjectNotFound`` if the server has no such block."""
+    """``ALERT_FILE``'s automation via block ``BLOCK-TYPE/NAME``; ``ObjectNotFound`` if none."""
     block_type, _, name = block.partition("/")
     with get_client(sync_client=True) as client:
         block_id = client.read_block_document_by_name(name, block_type).id

@@ -24,10 +24,8 @@ def compare_flow(
     activations: tuple[str, ...] = COMPARED_ACTIVATIONS,
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen, and Prefect shows it as the default
 ) -> dict[str, TrainResult]:
-    """Train one child run per activation under one parent MLflow run, plot them together
-    and rank them on validation (the parent's ``ranking.json``, ``tfnn.best.*`` tags and
-    description name the winner); each child's model becomes a version of
-    ``options.model_name`` (unless not registering)."""
+    """One child run per activation under one parent MLflow run, plotted together and ranked on
+    validation as a sweep is; each child's model is registered unless not registering."""
     # Validated here, so a bad name is refused before anything trains.
     variants = {
         name: TrainConfig(**{**config.model_dump(), "activation": name}) for name in activations

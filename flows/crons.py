@@ -1,8 +1,5 @@
-"""The schedules' cron defaults and their check, importable without Prefect.
-
-``tfnn schedule --help`` and the refusal of a bad cron must not pay for importing Prefect,
-so this module holds what the command's parser needs and ``flows.schedules`` the rest.
-"""
+"""The schedules' cron defaults and their check, without importing Prefect: ``tfnn schedule
+--help`` and refusing a bad cron must not pay for it."""
 
 import os
 
@@ -22,8 +19,6 @@ def default_crons() -> tuple[str, str]:
 
 
 def is_valid_cron(text: str) -> bool:
-    """Whether Prefect's ``CronSchedule`` accepts ``text`` (the same rules: croniter's, and
-    no random or hashed fields)."""
+    """Whether Prefect's ``CronSchedule`` accepts ``text``: croniter's rules, no R or H fields."""
     fields = text.split()
-
     return croniter.is_valid(text) and not any(f.casefold() in ("r", "h") for f in fields)

@@ -1,13 +1,6 @@
-"""One training at a time per registered model: train and retrain flow runs started by
-deployments against the same Prefect server hold the one slot of a global concurrency limit
-named after the model (Prefect's ``concurrency``), so a scheduled train and retrain never
-overlap on it. The deployments' own ``concurrency_limit`` keeps each from overlapping itself.
-
-Only deployment runs: they run against a real Prefect server, whose repossessor frees the
-slot of a run that was killed once its lease (300 s) expires. A private or test server runs
-no repossessor, so a run killed there (SIGKILL) would hold the slot for ever and its own
-``--resume`` would wait on it.
-"""
+"""One training at a time per registered model: deployment runs of train and retrain hold the one
+slot of a global concurrency limit named after the model. Only deployment runs: a real server's
+repossessor frees a killed run's slot when its lease (300 s) expires; a private one never would."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -33,10 +26,9 @@ def model_limit_name(model_name: str) -> str:
 
 @contextmanager
 def model_slot(model_name: str | None) -> Iterator[None]:
-    """In a deployment's flow run, hold ``model_name``'s slot for the block, waiting while
-    another flow run trains that model (``TimeoutError`` after ``$TFNN_MODEL_WAIT_SECONDS``;
-    unset or 0: as long as it takes). The limit (1 slot) is made on first use. Nothing for
-    None (no registered model), a run started by hand, or a slot this context holds."""
+    """In a deployment's run, hold ``model_name``'s slot for the block (``TimeoutError`` after
+    ``$TFNN_MODEL_WAIT_SECONDS``, 0: no limit), making the limit on first use. Nothing for
+    None, a run started by hand, or a slot this context already holds."""
     if model_name is None or model_name in _held.get() or runtime.deployment.id is None:
         yield
         return

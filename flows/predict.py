@@ -16,9 +16,8 @@ def predict_flow(
     labels: str | None = None,
     trust_model: bool = False,
 ) -> Predictions:
-    """Predict the digits in PNG or IDX ``images`` with ``model_uri``; write them to ``output``.
-    A model outside the tracking server loads only with ``trust_model``: loading runs its code.
-    """
+    """Predict the digits in PNG or IDX ``images`` with ``model_uri`` into the CSV ``output``.
+    A model outside the tracking server loads only with ``trust_model``: loading runs its code."""
     digits = load_digits(images, labels)
     predictions = predict(model_uri, digits, trust_model)
     write_predictions(output, digits, predictions)

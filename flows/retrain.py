@@ -39,16 +39,14 @@ def retrain_flow(
     data_digest: str | None = None,
     data_event_id: str | None = None,
 ) -> Decision:
-    """Train a challenger (fresh, or from the champion's weights with ``options.warm_start``),
-    score it and the champion of ``options.model_name`` on the same validation examples of the
-    current data, and promote it only if its validation accuracy is higher by at least
-    ``options.margin``. With nothing new since the last decision it trains nothing. Started
-    by a ``tfnn.data.changed`` event (``data_event_id``), it trains only on the data the check
-    passed (``data_digest``)."""
+    """Train a challenger (from the champion's weights with ``options.warm_start``) and promote
+    it only if its validation accuracy on the champion's examples beats it by ``options.margin``.
+    Nothing new since the last decision: no training. From a ``tfnn.data.changed`` event
+    (``data_event_id``), it trains only on the checked data (``data_digest``)."""
     if config.validation_fraction == 0:
         raise ValueError("a retrain decides on validation: set validation_fraction > 0")
     tag_flow_run(model=options.model_name)
-    with model_slot(options.model_name):  # in a deployment's run
+    with model_slot(options.model_name):
         data = prepare_data(load_data(config.data_source), config.validation_fraction)
         champion = find_champion(options.model_name)
         key = retrain_key(config, data.digest, options.warm_start, options.margin)

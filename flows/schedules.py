@@ -1,8 +1,5 @@
-"""Deployments of the train and retrain flows on cron schedules, served by one process.
-
-``tfnn schedule`` runs ``serve_schedules``; the compose stack instead deploys
-``prefect.yaml`` to a work pool that a worker polls.
-"""
+"""Train and retrain deployments on cron schedules, served by one process (``tfnn schedule``);
+the compose stack deploys ``prefect.yaml`` to a work pool instead."""
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
@@ -34,18 +31,15 @@ def build_deployments(
     retrain_cron: str,
     options: RunOptions = RunOptions(),  # noqa: B008 - frozen
 ) -> list[RunnerDeployment]:
-    """The ``scheduled-train`` and ``scheduled-retrain`` deployments; a bad cron raises.
-    Their parameters hold only what differs from the flows' defaults. The retrain also runs
-    on each ``tfnn.data.changed`` event about ``config.data_source``. Each runs one flow run
-    at a time (a late one waits for the previous); the flows themselves hold their model's
-    slot (``flows.model_guard``), so a train and a retrain never overlap on one model either."""
+    """The ``scheduled-train`` and ``scheduled-retrain`` deployments (a bad cron raises), one run
+    at a time each; the retrain also runs on ``tfnn.data.changed`` about ``config.data_source``.
+    Parameters hold only what differs from the flows' defaults."""
     parameters = {
         "config": config.model_dump(mode="json"),
         "options": options.model_dump(mode="json", exclude_defaults=True),
     }
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
-    # Entrypoints by module (flows.train.train_flow), as the installed package has them,
-    # rather than a file path relative to wherever the command was started.
+    # By module, as installed, not by a path relative to where the command started.
     by_module = EntrypointType.MODULE_PATH
     return [
         train_flow.to_deployment(
@@ -61,7 +55,7 @@ def build_deployments(
             parameters=parameters,
             concurrency_limit=one_at_a_time,
             entrypoint_type=by_module,
-            triggers=[data_changed_trigger(config.data_source)],  # flows/watch.py
+            triggers=[data_changed_trigger(config.data_source)],
         ),
     ]
 

@@ -1,10 +1,6 @@
-"""The sweep flow: train every configuration of a grid concurrently, each as its own task and
-MLflow child run, under one parent run that ranks them.
-
-Configurations run on Prefect's thread pool by default, or on a Dask cluster when the flow is
-given a ``DaskTaskRunner`` (``sweep_task_runner``). Each task loads its own data from the
-configured source, so only configurations and small results cross the network.
-"""
+"""The sweep flow: every configuration of a grid as a concurrent task and MLflow child run (on
+threads or Dask) under a parent run that ranks them. Each task loads its own data, so only
+configurations and small results cross the network."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +28,7 @@ from tasks.tracking import log_artifact, tag_flow_run, tracked_run
 
 @dataclass(frozen=True)
 class SweepResult:
-    """The parent MLflow run, the ranking (best first) and each configuration's outcome:
-    its ``TrainResult`` or the exception it failed with."""
+    """The parent MLflow run, the ranking (best first) and each configuration's outcome."""
 
     parent_run_id: str
     ranking: list[dict[str, Any]]
@@ -67,8 +62,7 @@ def train_configuration(
     parent_run_id: str,
     tracking_uri: str,
 ) -> TrainResult:
-    """Train one configuration as a child of ``parent_run_id``, wherever the task runner
-    puts this task: the training flow's steps, as task runs nested in this one."""
+    """Train one configuration as a child of ``parent_run_id``, wherever the runner puts it."""
     prepare_worker(tracking_uri)
     return train_pipeline(config, options, parent_run_id, name)
 
@@ -89,16 +83,14 @@ def sweep_flow(
     spec: SweepSpec,
     options: RunOptions = RunOptions(register_model=False),  # noqa: B008 - frozen, shown as the default
 ) -> SweepResult:
-    """Train every configuration of ``spec`` under one parent MLflow run that ends with the
-    ranking, a comparison plot and the best configuration's tags; with ``options.register_model``,
-    the best model becomes a version of ``options.model_name``."""
+    """Train every configuration of ``spec`` under one parent MLflow run holding the ranking,
+    a comparison plot and the best's tags; ``options.register_model`` registers the best."""
     # Validated before anything trains: a bad grid fails here, naming the configuration.
     configurations = spec.configurations()
     if any(config.validation_fraction == 0 for config in configurations.values()):
         raise ValueError("a sweep ranks on validation: every validation_fraction must be > 0")
     output_dir = str(Path(options.output_dir).resolve())
-    # Only the best model is registered, by this flow; configurations train concurrently,
-    # so none draws a progress bar.
+    # Only the best is registered, here; concurrent configurations draw no progress bar.
     each = options.model_copy(
         update={"output_dir": output_dir, "register_model": False, "progress": False}
     )

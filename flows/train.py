@@ -11,8 +11,7 @@ __all__ = ["TrainResult", "train_flow"]
 
 
 def train_run_name() -> str:
-    """The flow run's name, which its MLflow run takes too: its ``run_name`` parameter, or
-    ``train-`` and the configuration's label (``train-relu-100x50-lr0.1``)."""
+    """The flow (and MLflow) run's name: ``run_name``, or ``train-relu-100x50-lr0.1``."""
     parameters = runtime.flow_run.parameters
     config = TrainConfig.model_validate(parameters.get("config", TrainConfig()))
     return parameters.get("run_name") or f"train-{config.label()}"
@@ -31,12 +30,7 @@ def train_flow(
     run_name: str | None = None,
     warm_start_from: str | None = None,
 ) -> TrainResult:
-    """Train the configured network on MNIST and record everything in one MLflow run.
-
-    The model becomes a new version of ``options.model_name`` (unless ``options.register_model``
-    is off or the run learned nothing); ``options.resume`` continues that run from its
-    newest checkpoint. ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from a
-    saved network's weights.
-    """
-    with model_slot(options.registered_model_name):  # in a deployment's run
+    """Train on MNIST in one MLflow run, registering the model unless told not to or it learned
+    nothing; ``warm_start_from`` (e.g. ``runs:/<run_id>/weights``) starts from saved weights."""
+    with model_slot(options.registered_model_name):
         return train_pipeline(config, options, parent_run_id, run_name, warm_start_from)

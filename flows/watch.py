@@ -1,9 +1,5 @@
-"""The data watch: notices new data, checks it, and announces it as an event. It never trains:
-the retrain deployment's trigger on ``tfnn.data.changed`` does.
-
-A burst of writes (files copied one at a time) is one change: the watch waits until the
-directory's fingerprint has stayed the same for ``settle_seconds`` before it reads the data.
-"""
+"""The data watch: notices new data, checks it once its files settle, and announces it as an
+event; it never trains (the retrain's trigger on ``tfnn.data.changed`` does)."""
 
 import os
 import time
@@ -46,10 +42,9 @@ def watch_data_flow(
     thresholds: dict[str, float] | None = None,
     allow_test_change: bool = False,
 ) -> str:
-    """Look at ``data_source`` (default ``$TFNN_DATA_DIR``) once: when its files have changed
-    and then stayed unchanged for ``settle_seconds``, check the data against the champion of
-    ``model_name`` and emit ``tfnn.data.changed`` or ``tfnn.data.rejected``. Returns what it
-    found, in words."""
+    """Once files of ``data_source`` have changed and then stayed unchanged for ``settle_seconds``
+    (a burst of writes is one change), check them against ``model_name``'s champion and emit
+    ``tfnn.data.changed`` or ``tfnn.data.rejected``. Returns what it found, in words."""
     source = data_source or default_data_source()
     if source.startswith("tfds:"):
         return _say(f"{source}: a tensorflow-datasets source does not change; nothing to watch")
@@ -88,8 +83,7 @@ def _say(text: str) -> str:
 
 
 def data_changed_trigger(source: str) -> DeploymentEventTrigger:
-    """Run the deployment on each ``tfnn.data.changed`` about ``source``, with the announced
-    digest and the event's id as the flow's ``data_digest`` and ``data_event_id`` (as a
+    """Run on each ``tfnn.data.changed`` about ``source`` with its digest and event id (as a
     string: the server renders a lone expression to JSON, which has no UUID)."""
     return DeploymentEventTrigger(
         name="retrain on checked new data",
@@ -105,8 +99,8 @@ def data_changed_trigger(source: str) -> DeploymentEventTrigger:
 def watch_deployment(
     source: str, model_name: str, interval: float, settle_seconds: float
 ) -> RunnerDeployment:
-    """The ``watch-data`` deployment: every ``interval`` seconds, one run at a time (a run
-    that would overlap a slow check is cancelled, so one change is never announced twice)."""
+    """Every ``interval`` seconds; a run that would overlap a slow check is cancelled, so one
+    change is never announced twice."""
     return watch_data_flow.to_deployment(
         "watch-data",
         interval=interval,
@@ -115,7 +109,7 @@ def watch_deployment(
             "model_name": model_name,
             "settle_seconds": settle_seconds,
         },
-        entrypoint_type=EntrypointType.MODULE_PATH,  # as flows/schedules.py
+        entrypoint_type=EntrypointType.MODULE_PATH,
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
         ),

@@ -36,8 +36,7 @@ class PreparedData:
 
     @property
     def evaluation_sets(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``tfnn.fit``'s ``evaluate``: ``val`` (left out when no examples are held out) and
-        ``test``."""
+        """``tfnn.fit``'s ``evaluate``: ``val`` (if any examples are held out) and ``test``."""
         held_out = {"val": (self.x_val, self.y_val)} if len(self.x_val) else {}
         return held_out | {"test": (self.x_test, self.y_test)}
 
@@ -74,9 +73,8 @@ def load_data(source: str) -> MnistArrays:
 
 @task(cache_policy=NONE)
 def prepare_data(arrays: MnistArrays, validation_fraction: float = 0.0) -> PreparedData:
-    """Flatten and scale the images and one-hot the labels, as the notebook does, holding out
-    the last ``validation_fraction`` of the training split
-    (``tfnn.preprocessing.validation_split``)."""
+    """Flatten, scale and one-hot as the notebook does, holding out the last
+    ``validation_fraction`` of the training split."""
     x, y = preprocess(arrays.train_images, arrays.train_labels)
     x_test, y_test = preprocess(arrays.test_images, arrays.test_labels)
     # The held-out rows are the last ones: slices, not copies.

@@ -1,8 +1,5 @@
-"""The data check: a new dataset against the champion's recorded profile, digest and
-validation accuracy. Shared by ``tfnn check-data`` (no Prefect) and the watch flow's task.
-
-MLflow and TensorFlow load only when a champion is there to compare with.
-"""
+"""The data check of new data against the champion's recorded profile, digest and validation
+accuracy, for ``tfnn check-data`` and the watch; TensorFlow loads only to score a champion."""
 
 from __future__ import annotations
 
@@ -48,9 +45,8 @@ class ChampionRecord:
 
 
 def find_champion_record(model_name: str) -> ChampionRecord | None:
-    """The champion of ``model_name`` and its run's data digest, profile and final validation
-    accuracy; None when the model has no champion."""
-
+    """The champion of ``model_name`` with its run's data digest, profile and validation
+    accuracy; None when there is no champion."""
     client = MlflowClient()
     version = champion_version(client, model_name)
     if version is None:
@@ -75,7 +71,6 @@ def find_champion_record(model_name: str) -> ChampionRecord | None:
 def champion_accuracy(model_name: str, arrays: MnistArrays) -> float:
     """The champion's accuracy on (at most ``MAX_ACCURACY_EXAMPLES``, evenly spaced) training
     examples of ``arrays``, loaded from the registry as it is served."""
-
     rows = np.linspace(0, len(arrays.train_labels) - 1, MAX_ACCURACY_EXAMPLES).astype(int)
     rows = np.unique(rows)
     model = mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION_ALIAS}")
@@ -85,8 +80,7 @@ def champion_accuracy(model_name: str, arrays: MnistArrays) -> float:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A check's report, the new data's profile (None when it could not be read), the
-    champion it was compared with (None: none), and how long the check took."""
+    """A check's report, the new data's profile and the champion (None: unreadable / none)."""
 
     report: CheckReport
     profile: DataProfile | None

@@ -1,10 +1,5 @@
 """A dataset's profile (counts, class counts, pixel statistics, image size) and the rules that
-compare a new dataset's profile with the one a champion was trained on.
-
-Pure NumPy on the raw uint8 arrays: the same numbers whether they come from IDX files or
-tensorflow-datasets, cheap enough to record with every training run (a small JSON file), and
-testable against hand-built profiles.
-"""
+compare it with the champion's: pure NumPy on the raw uint8 arrays, cheap to record every run."""
 
 from __future__ import annotations
 
@@ -25,8 +20,7 @@ PROFILE_VERSION = 1
 
 @dataclass(frozen=True)
 class SplitProfile:
-    """One split: its size, how many examples each class has, and the mean and standard
-    deviation of its raw pixels (0-255)."""
+    """One split: size, examples per class, and the mean and std of its raw pixels (0-255)."""
 
     count: int
     label_counts: tuple[int, ...]
@@ -34,14 +28,13 @@ class SplitProfile:
     pixel_std: float
 
     def share(self, label: int) -> float:
-        """The fraction of the split's examples labelled ``label``."""
         return self.label_counts[label] / self.count if self.count else 0.0
 
 
 @dataclass(frozen=True)
 class DataProfile:
-    """What a model was trained on, in numbers: per split, and the image size; ``digest`` is
-    ``MnistArrays.digest()`` and ``test_digest`` the digest of the test split alone."""
+    """What a model was trained on; ``digest`` is ``MnistArrays.digest()``, ``test_digest`` the
+    test split's alone."""
 
     train: SplitProfile
     test: SplitProfile
@@ -123,8 +116,7 @@ def profile_of(arrays: MnistArrays) -> DataProfile:
 
 @dataclass(frozen=True)
 class CheckThresholds:
-    """How far new data may move from the champion's before the check refuses it. Each
-    default can be set by the environment variable ``TFNN_CHECK_<NAME>``."""
+    """How far new data may move from the champion's before the check refuses it."""
 
     max_shrink: float = field(
         default=0.10, metadata={"help": "largest fraction the training set may shrink by"}
@@ -171,8 +163,7 @@ def env_name(setting: str) -> str:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """The data check's outcome: ``reasons`` to refuse (empty: the data passes) and
-    ``notes`` on what was measured or could not be checked."""
+    """``reasons`` to refuse (empty: the data passes) and ``notes`` on what was measured."""
 
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -182,7 +173,6 @@ class CheckReport:
         return not self.reasons
 
     def lines(self) -> list[str]:
-        """The report as a user reads it: the verdict, then one line per reason and note."""
         verdict = "data check passed" if self.passed else "data check REFUSED the data"
         return (
             [verdict]
@@ -238,9 +228,8 @@ def compare_profiles(
 def accuracy_reason(
     accuracy: float, recorded_val_accuracy: float, thresholds: CheckThresholds = CheckThresholds()
 ) -> str | None:
-    """Why the champion's ``accuracy`` on the new training examples refuses them: it fell more
-    than ``max_accuracy_drop`` below its recorded validation accuracy (labels corrupted or
-    shifted); None when it did not."""
+    """Why the champion's ``accuracy`` on the new training examples, more than
+    ``max_accuracy_drop`` below its recorded validation accuracy, refuses them; else None."""
     drop = recorded_val_accuracy - accuracy
     if drop > thresholds.max_accuracy_drop:
         return (

@@ -1,6 +1,5 @@
-"""The command's data source: ``tfnn.mnist`` plus what a command adds to it, a probe of the
-tfds download host (offline, tfds retries for minutes) and the way out, in the command's
-own flags, when the source is missing."""
+"""``tfnn.mnist`` plus a probe of the tfds download host (offline, tfds retries for minutes) and
+the way out, in the command's flags, when the source is missing."""
 
 import socket
 import threading
@@ -35,8 +34,7 @@ def tfds_reachable(host: str = TFDS_HOST, port: int = 443, timeout: float = 3.0)
 
 
 def check_tfds_source(name: str, data_dir: str | Path | None = None):
-    """The tfds builder of ``name``, after checking that it is prepared locally or its download
-    host answers; a DataError with the way out otherwise (cheap: no download)."""
+    """The tfds builder of ``name`` if prepared or downloadable; else DataError (no download)."""
     builder = tfds_builder(name, data_dir)
     if not builder.is_prepared() and not tfds_reachable():
         raise DataError(
@@ -47,8 +45,7 @@ def check_tfds_source(name: str, data_dir: str | Path | None = None):
 
 
 def load_source(source: str) -> MnistArrays:
-    """``tfnn.mnist.load_dataset(source)``, failing fast when a tfds source cannot be
-    downloaded, and naming the way out when the source is missing."""
+    """``tfnn.mnist.load_dataset``, failing fast if tfds cannot download, naming the way out."""
     if source.startswith("tfds:") and source != "tfds:":
         check_tfds_source(source.removeprefix("tfds:"))
     try:

@@ -1,10 +1,5 @@
-"""Tasks of the data watch: a cheap fingerprint of a data directory, the data check, the
-watch's durable state (a Prefect Variable per source), and the events it announces; and
-the tasks by which a training records its data profile and a retrain names the data
-change that started it.
-
-Nothing here imports TensorFlow: the watch runs every minute in a fresh process, and only a
-check against a champion loads it."""
+"""Tasks of the data watch (fingerprint, check, state in a Prefect Variable, events) and of the
+runs that record their data. No TensorFlow import: the watch starts a process every minute."""
 
 import hashlib
 import json
@@ -25,7 +20,6 @@ CHANGED_EVENT, REJECTED_EVENT = "tfnn.data.changed", "tfnn.data.rejected"
 
 
 def resource_id(source: str) -> str:
-    """The event resource of a data source: ``tfnn.data.<source>``."""
     return f"tfnn.data.{source}"
 
 
@@ -36,8 +30,7 @@ def _state_name(source: str) -> str:
 
 @task
 def source_fingerprint(source: str) -> str:
-    """Sha256 hex of the names, sizes and modification times of the MNIST files in directory
-    ``source``: it changes whenever a file is written, without reading any of them."""
+    """Sha256 hex of the MNIST files' names, sizes and mtimes in ``source``: no file is read."""
     entries = []
     for name in MNIST_FILES:
         for candidate in (f"{name}.gz", name):
@@ -54,7 +47,6 @@ def source_fingerprint(source: str) -> str:
 def check_new_data(
     source: str, model_name: str, thresholds: CheckThresholds, allow_test_change: bool = False
 ) -> CheckResult:
-    """The data check of ``source`` against the champion of ``model_name``."""
     return check_data(source, model_name, thresholds, allow_test_change)
 
 
@@ -66,14 +58,13 @@ def read_watch_state(source: str) -> dict:
 
 @task
 def save_watch_state(source: str, state: dict) -> None:
-    """Keep ``state`` for the next watch run, on the Prefect server (it outlives processes)."""
+    """Keep ``state`` for the next watch run on the Prefect server, which outlives processes."""
     Variable.set(_state_name(source), state, overwrite=True)
 
 
 @task
 def announce(source: str, passed: bool, payload: dict) -> str:
-    """Emit ``tfnn.data.changed`` (``passed``) or ``tfnn.data.rejected`` about ``source``
-    with ``payload``; the event's id."""
+    """Emit ``tfnn.data.changed`` (``passed``) or ``tfnn.data.rejected``; returns its id."""
     event = emit_event(
         CHANGED_EVENT if passed else REJECTED_EVENT,
         resource={"prefect.resource.id": resource_id(source), "prefect.resource.name": source},
@@ -106,8 +97,7 @@ def tag_data_event(run_id: str, event_id: str, digest: str | None) -> None:
 
 
 def changed_since_check(checked_digest: str | None, digest: str) -> str | None:
-    """Why a retrain started for data ``checked_digest`` must not train on ``digest``: the
-    data changed after the check passed it (the watch checks the new data first)."""
+    """Why a retrain for checked data ``checked_digest`` must not train on ``digest``."""
     if checked_digest and checked_digest != digest:
         return (
             f"the data changed since the check passed digest {checked_digest[:12]} (now "

@@ -17,13 +17,11 @@ from tfnn.serialization import load_network
 
 @dataclass(frozen=True, eq=False)
 class Evaluation:
-    """Test-set results: probabilities ``(n, classes)``, predicted labels ``(n,)``,
-    the confusion matrix (row = true class) and the accuracy of each class; and the
-    validation loss and accuracy of the same weights (None without a validation split)."""
+    """Test-set results (confusion rows are true classes) and the same weights' validation
+    loss and accuracy (None without a validation split)."""
 
     test_loss: float
     test_accuracy: float
-    probabilities: np.ndarray
     predicted_labels: np.ndarray
     confusion: np.ndarray
     class_accuracy: np.ndarray
@@ -31,8 +29,7 @@ class Evaluation:
     val_accuracy: float | None = None
 
     def metrics(self) -> dict[str, float]:
-        """Final metrics by MLflow name, beside each split's per-epoch ones (``val/final_loss``
-        ...), and the per-class accuracy in a section of its own, ``test/class/<k>``."""
+        """Final metrics by MLflow name (``val/final_loss``..., ``test/class/<k>``)."""
         metrics = {}
         if self.val_loss is not None:
             metrics = {"val/final_loss": self.val_loss, "val/final_accuracy": self.val_accuracy}
@@ -44,15 +41,12 @@ class Evaluation:
 
 @task(cache_policy=NONE)
 def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
-    """Loss, accuracy, per-class accuracy and confusion matrix of ``network`` on the test set,
-    measured once, on the weights that are logged; loss and accuracy on the validation set."""
-    probabilities = network.predict(data.x_test).numpy()
-    predicted = probabilities.argmax(axis=1)
+    """``network``'s test and validation scores, measured once on the weights that are logged."""
+    predicted = network.predict(data.x_test).numpy().argmax(axis=1)
     confusion = confusion_matrix(data.test_labels, predicted, data.num_classes)
     return Evaluation(
         test_loss=float(network.loss(data.x_test, data.y_test)),
         test_accuracy=accuracy(predicted, data.test_labels),
-        probabilities=probabilities,
         predicted_labels=predicted,
         confusion=confusion,
         class_accuracy=per_class_accuracy(confusion),
@@ -66,10 +60,8 @@ def evaluate(network: Sequential, data: PreparedData) -> Evaluation:
 
 
 def evaluate_saved_network(weights_dir: str, data_source: str) -> tuple[float, float]:
-    """The test loss and accuracy of the network saved in ``weights_dir`` (a run's
-    ``weights/`` artifacts) on ``data_source``'s test split; ``InputError`` if the network
-    does not fit the data's pixels and classes."""
-
+    """Test loss and accuracy of the network in ``weights_dir`` (a run's ``weights/``) on
+    ``data_source``; ``InputError`` if it does not fit the data's pixels and classes."""
     network = load_network(weights_dir)
     arrays = load_source(data_source)
     x, y = preprocess(arrays.test_images, arrays.test_labels)

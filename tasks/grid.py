@@ -1,10 +1,5 @@
-"""A sweep's grid: a YAML or JSON file (and command-line values) expanded into ``TrainConfig``s.
-
-The file holds a ``base`` mapping of ``TrainConfig`` fields, a ``grid`` mapping each varied
-field to a list of values, and optionally ``samples: N`` with a ``seed`` to train N
-configurations drawn at random from the grid instead of all of them (drawn by index, so a
-grid of any size is never expanded). More than ``max_configurations`` (default 1000)
-configurations to train are refused unless that field is raised::
+"""A sweep's grid, a YAML or JSON file (and command-line values), expanded into ``TrainConfig``s;
+``samples: N`` trains N random grid points, drawn by index so no grid is ever expanded::
 
     base: {epochs: 3, hidden_sizes: [100, 50]}
     grid:
@@ -26,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.config import InputError, TrainConfig, describe_validation_error
 
-# A sweep trains every configuration it lists: thousands by mistake (three fields of 20
-# values) would run for days, so a larger sweep must be asked for.
+# Thousands of configurations by mistake (three fields of 20 values) would train for days.
 DEFAULT_MAX_CONFIGURATIONS = 1000
 # Configurations trained at once in the sweep's own process (without Dask).
 DEFAULT_MAX_CONCURRENCY = 2
@@ -57,12 +51,10 @@ class SweepSpec(BaseModel):
         return [field for field, values in self.grid.items() if len(values) > 1]
 
     def size(self) -> int:
-        """How many grid points there are: the product of the value counts."""
         return math.prod(len(values) for values in self.grid.values())
 
     def points(self) -> list[dict[str, Any]]:
-        """The grid points to train (all, or the random sample), as ``field -> value``, in
-        the grid's order (the last field varies fastest), without expanding the grid."""
+        """The grid points to train (all, or the sample), ``field -> value``, last field fastest."""
         size = self.size()
         if self.samples is None:
             chosen = range(size)
@@ -92,11 +84,8 @@ class SweepSpec(BaseModel):
         return {field: point[field] for field in self.grid}
 
     def configurations(self) -> dict[str, TrainConfig]:
-        """Every grid point (or the random sample) by name, each validated as a ``TrainConfig``.
-
-        Raises SweepError naming the key, or the configuration and its field, at the first
-        problem, so nothing trains unless every configuration is valid.
-        """
+        """Every grid point to train by name, validated as a ``TrainConfig``; SweepError at the
+        first problem, so nothing trains unless all are valid."""
         for key, mapping in (("base", self.base), ("grid", self.grid)):
             for field in mapping:
                 if field not in TrainConfig.model_fields:

@@ -19,13 +19,11 @@ VALIDATION_RULE = "last validation_fraction of the training split, whatever the 
 
 
 def _dataset_source(source: str) -> DatasetSource:
-    """MLflow's record of where the data came from: a tfds catalog page or a local directory."""
     scheme, _, name = source.partition(":")
     if scheme == "tfds":
         # MLflow has no resolver for "tfds:NAME" and would raise.
         return HTTPDatasetSource(f"https://www.tensorflow.org/datasets/catalog/{name}")
-    # Built by type, not resolved from the string: MLflow registers two resolvers for local
-    # paths and warns that the source "can be interpreted in multiple ways".
+    # By type: MLflow's two local-path resolvers warn it "can be interpreted in multiple ways".
     return get_dataset_source_from_json(json.dumps({"uri": Path(source).as_uri()}), "local")
 
 
@@ -59,9 +57,8 @@ def log_dataset(run_id: str, data: PreparedData, num_parameters: int) -> None:
     try:
         client.log_inputs(run_id, datasets=inputs)
     except MlflowException as error:
-        # MLflow's store looks a dataset up and then inserts it, so two runs logging a new
-        # dataset at once (a sweep's configurations) race, and the loser's whole request is
-        # refused by the unique constraint. By then the dataset exists: once more links it.
+        # Two runs logging a new dataset at once race in MLflow's look-up-then-insert; the
+        # loser is refused by the unique constraint, but the dataset exists by then.
         if "unique constraint" not in str(error).lower():
             raise
         client.log_inputs(run_id, datasets=inputs)

@@ -1,7 +1,5 @@
-"""Model cards: what a run trained, on what, how well and how it was decided, as markdown
-for a registered model and its versions, and as one paragraph for the run itself, so that
-MLflow's registry and run views explain a model on their own. Built from the run's MLflow
-record alone, so a card can be written again once a retrain decides."""
+"""Model cards (what a run trained, on what, how well, how decided) for MLflow's registry and run
+views, built from the run's record alone so a card can be rewritten once a retrain decides."""
 
 import mlflow
 from mlflow.entities import Run
@@ -20,10 +18,8 @@ from tasks.tracking import FLOW_RUN_NAME_TAG, FLOW_RUN_URL_TAG
 def publish_model_card(
     run_id: str, model_name: str | None = None, version: str | None = None
 ) -> str | None:
-    """Describe run ``run_id`` (``mlflow.note.content``) and, when its model was registered
-    as ``version`` of ``model_name``, write the model card on that version and a summary of
-    the model (what it is, its champion, how champions are chosen) on the registered model.
-    Returns the card (None when nothing was registered)."""
+    """Describe run ``run_id`` and, if registered as ``version`` of ``model_name``, write the card
+    on the version and a summary on the model; returns the card (None: not registered)."""
     client = MlflowClient()
     run = client.get_run(run_id)
     client.set_tag(run_id, MLFLOW_RUN_NOTE, run_description(run))
@@ -93,7 +89,6 @@ def run_description(run: Run) -> str:
 
 
 def _flow_run_link(run: Run) -> str:
-    """`` Trained by Prefect flow run [name](page).``, when Prefect has a UI to link to."""
     tags = run.data.tags
     if FLOW_RUN_URL_TAG not in tags:
         return ""
@@ -102,9 +97,8 @@ def _flow_run_link(run: Run) -> str:
 
 
 def model_card(run: Run, model_name: str, version: str, tracking_uri: str, plots: list[str]) -> str:
-    """The markdown description of version ``version`` of ``model_name``, trained by ``run``;
-    its run and plots are links to the MLflow UI when ``tracking_uri`` is a server, and
-    ``plots`` are the run's plot artifact paths. A paragraph is one line, as the UI wraps it."""
+    """The markdown card of ``version`` of ``model_name``, linking the MLflow UI when
+    ``tracking_uri`` is a server. A paragraph is one line, as the UI wraps it."""
     params, metrics = run.data.params, run.data.metrics
     run_id, experiment_id = run.info.run_id, run.info.experiment_id
     config = "\n".join(f"| {name} | `{params[name]}` |" for name in CONFIG_PARAMS if name in params)
@@ -171,9 +165,7 @@ CHAMPION_RULE = (
 
 
 def model_summary(model_name: str, champion: ModelVersion | None, run: Run | None) -> str:
-    """The registered model's description: what the model is, its champion (version
-    ``champion``, trained by ``run``) and how champions are chosen; each version's own
-    description holds its model card."""
+    """The registered model's description: what it is, its champion and how one is chosen."""
     if champion is None or run is None:
         now = "No version is champion yet."
     else:

@@ -1,10 +1,5 @@
-"""The run's figures: a task that picks the numbers out of a run and draws them as PNG files.
-
-Figures are made with ``matplotlib.figure.Figure``, not pyplot: they are written to files and
-never shown, so they need no display, no backend choice and no global figure to close (the
-way matplotlib advises for servers). Each ``*_figure`` function takes plain numbers and
-returns the figure; ``save`` writes one to a PNG file.
-"""
+"""The run's figures as PNG files, made with ``matplotlib.figure.Figure``, not pyplot: never
+shown, they need no display, backend or global figure to close (as matplotlib advises)."""
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +28,7 @@ def shown_digits(true: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 def plot_run(
     history: History, evaluation: Evaluation, data: PreparedData, directory: str
 ) -> list[str]:
-    """Write the run's four PNG figures into ``directory``; returns their paths."""
+    """Write the run's four figures into ``directory``; returns their paths."""
     out = Path(directory)
     shown = shown_digits(data.test_labels, evaluation.predicted_labels)
     accuracy = accuracy_figure(
@@ -52,8 +47,7 @@ def plot_run(
 
 @task(cache_policy=NONE)
 def plot_comparison(histories: dict[str, History], path: str) -> str:
-    """Step loss and accuracy per epoch of several runs, labelled by name, on one figure
-    (``tasks.plots.comparison_figure``); returns its path."""
+    """Several runs' ``comparison_figure`` written to ``path``; returns it."""
     runs = {
         name: {
             "step_loss": history.step_loss,
@@ -80,8 +74,7 @@ def accuracy_figure(
     test: Sequence[float],
     best_epoch: int | None,
 ) -> Figure:
-    """Train, validation (if any) and test accuracy after each epoch, the epoch of lowest
-    validation loss (``best_epoch``, from 1) marked."""
+    """Accuracy per epoch, with ``best_epoch`` (lowest validation loss, from 1) marked."""
     epochs = np.arange(1, len(train) + 1)
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
@@ -122,9 +115,8 @@ def confusion_figure(confusion: np.ndarray) -> Figure:
 def digits_figure(
     images: np.ndarray, true: np.ndarray, predicted: np.ndarray, columns: int = 6
 ) -> Figure:
-    """Digits ``images`` ``(n, 28, 28)`` in rows of ``columns``, each labelled ``predicted
-    (true)``, in red where they differ. One image of tiles on one axes: a grid of subplots
-    costs matplotlib a second."""
+    """Digits ``images`` ``(n, 28, 28)`` in rows of ``columns``, labelled ``predicted (true)``,
+    red where they differ; tiles of one image on one axes, as subplots are slow."""
     rows = -(-len(images) // columns)
     height, width = images.shape[1:3]
     label_band, gap = height // 2, 2  # room above each tile for its label
@@ -154,9 +146,8 @@ def digits_figure(
 
 
 def comparison_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
-    """Step loss and accuracy per epoch of several runs (name -> ``step_loss``,
-    ``val_accuracy``, ``test_accuracy``), labelled by name: validation accuracy solid and
-    test accuracy dashed in the run's colour (test solid when a run has no validation)."""
+    """Step loss and accuracy of runs (name -> ``step_loss``, ``val_accuracy``,
+    ``test_accuracy``): test dashed in the run's colour, solid if it has no validation."""
     figure = Figure(figsize=(12, 4.5))
     losses, accuracy = figure.subplots(1, 2)
     for name, run in runs.items():
@@ -182,8 +173,7 @@ def comparison_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) -> Figu
 
 
 def save(figure: Figure, path: str | Path) -> str:
-    """Write ``figure`` to the PNG file ``path`` (its directory made if missing); returns
-    ``path`` as a string."""
+    """Write ``figure`` to the PNG file ``path``, making its directory; returns ``str(path)``."""
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

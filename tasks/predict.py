@@ -1,10 +1,5 @@
-"""Tasks for batch prediction: read digits from files, predict with an MLflow model, write a
-CSV of labels and probabilities.
-
-Loading a pyfunc model unpickles it, which runs whatever code the model's files hold, so
-only models of the configured tracking server (``models:/`` and ``runs:/`` URIs) load unless
-the caller trusts the model explicitly.
-"""
+"""Batch prediction tasks: digits from files through an MLflow model to a CSV. Loading a pyfunc
+model runs its code, so only the tracking server's models load unless explicitly trusted."""
 
 import csv
 import re
@@ -22,9 +17,8 @@ from tfnn.png import load_png_images
 from tfnn.preprocessing import flatten_and_scale
 from tfnn.serving import predict_in_batches
 
-# models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID (MLflow 3 logged models) and
-# runs:/RUN_ID/PATH, all resolved by the configured tracking server; "models://PROFILE@..."
-# would name another registry.
+# models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID and runs:/RUN_ID/PATH, resolved by
+# the tracking server; "models://PROFILE@..." would name another registry.
 _TRACKED_MODEL_URI = re.compile(r"(models|runs):/[^/]")
 # Spreadsheets run a cell that starts with one of these as a formula (OWASP CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -35,13 +29,11 @@ class UntrustedModelError(ValueError):
 
 
 def is_tracked_model_uri(model_uri: str) -> bool:
-    """True for a ``models:/`` or ``runs:/`` URI, which the tracking server resolves."""
     return bool(_TRACKED_MODEL_URI.match(model_uri))
 
 
 def check_model_uri(model_uri: str, trust_model: bool = False) -> None:
-    """Raise ``UntrustedModelError`` unless ``model_uri`` is a ``models:/`` or ``runs:/`` URI of
-    the tracking server or ``trust_model`` is set: loading a model runs its code."""
+    """``UntrustedModelError`` unless ``model_uri`` is the tracking server's or trusted."""
     if not trust_model and not is_tracked_model_uri(model_uri):
         raise UntrustedModelError(
             f"--model {model_uri}: not a models:/ or runs:/ URI of the tracking server; "
@@ -70,9 +62,8 @@ class Predictions:
 
 @task
 def load_digits(paths: list[str], labels_path: str | None = None) -> Digits:
-    """Digits from PNG files and/or IDX image files, named by the path as given (two
-    ``a.png`` in different folders stay apart) or ``<idx path>:<index>``, with the labels of
-    an IDX label file if given."""
+    """Digits from PNG and/or IDX image files, named by the path as given (two ``a.png`` stay
+    apart) or ``<idx path>:<index>``, with an IDX label file's labels if given."""
     images, names = [], []
     for given in paths:
         if Path(given).suffix.lower() == ".png":

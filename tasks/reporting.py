@@ -11,8 +11,7 @@ from tfnn.training import History
 
 @task(cache_policy=NONE)
 def publish_summary(run_id: str, model_uri: str, history: History, evaluation: Evaluation) -> None:
-    """A markdown artifact with the final metrics and the MLflow run id, and a table
-    artifact of the per-epoch metrics (to 4 decimals)."""
+    """A markdown artifact of the final metrics and MLflow run, and a table of epoch metrics."""
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation.metrics().items())
     create_markdown_artifact(
         key="training-summary",
@@ -35,8 +34,7 @@ def publish_summary(run_id: str, model_uri: str, history: History, evaluation: E
 
 @task
 def publish_decision(decision: Decision, cause: str | None = None) -> None:
-    """A markdown artifact stating the retrain's decision, both scores and the reason, and
-    ``cause``, the data change that started it (None: a schedule or a person)."""
+    """A markdown artifact of the retrain's decision, scores, reason and ``cause`` (if any)."""
 
     def score(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"

@@ -9,9 +9,9 @@ services' own timeouts and retries (``MLFLOW_HTTP_REQUEST_*``, ``PREFECT_API_REQ
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -49,18 +49,11 @@ CHECK_TIMEOUT_SECONDS = 5
 TRACKING_SCHEMES = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql", "file")
 
 
-@contextmanager
-def _quick_mlflow() -> Iterator[None]:
-    # MLflow reads its HTTP settings from the environment at every request.
-    quick = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS)}
-    quick["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    saved = {name: os.environ.get(name) for name in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.update({name: value})
+# MLflow reads its HTTP settings from the environment at every request.
+_QUICK_MLFLOW = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+}
 
 
 def _path(flag: str, path: str) -> Path:
@@ -134,7 +127,7 @@ def check_tracking() -> None:
         )
     if not uri.startswith("sqlite:///"):
         try:
-            with _quick_mlflow():
+            with mock.patch.dict(os.environ, _QUICK_MLFLOW):
                 MlflowClient().search_experiments(max_results=1)
         except MlflowException as error:
             if error.get_http_status_code() in (401, 403):

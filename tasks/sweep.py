@@ -126,9 +126,21 @@ def rank_configurations(
     )
     if not finished:
         raise SweepFailedError(f"all {len(outcomes)} configurations failed; see ranking.json")
+    _tag_best(client, parent_run_id, rows, configurations[rows[0]["configuration"]], outcomes)
+    return rows
+
+
+def _tag_best(
+    client: MlflowClient,
+    parent_run_id: str,
+    rows: list[dict[str, Any]],
+    config: TrainConfig,
+    outcomes: dict[str, Any],
+) -> None:
+    """The parent's ``tfnn.best.*`` tags, best metrics and description, in one request."""
     best = rows[0]
     tags = {
-        **configurations[best["configuration"]].as_params(),
+        **config.as_params(),
         "configuration": best["configuration"],
         "run_id": best["run_id"],
         "model_uri": outcomes[best["configuration"]].model_uri,
@@ -146,7 +158,6 @@ def rank_configurations(
         tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()]
         + [RunTag(MLFLOW_RUN_NOTE, ranking_note(rows))],
     )
-    return rows
 
 
 def _score(value: float | None) -> str:

@@ -450,7 +450,7 @@ def test_a_sweep_whose_configurations_all_fail_fails_after_logging_its_ranking(
         base={"epochs": 1, "hidden_sizes": [8], "data_source": str(small_mnist_dir)},
         grid={"learning_rate": [DIVERGING_RATE, DIVERGING_RATE * 10]},
     )
-    with pytest.raises(SweepFailedError, match="all 2 configurations failed; see ranking.json"):
+    with pytest.raises(SweepFailedError, match=r"all 2 configurations failed; see ranking\.json"):
         sweep_flow.with_options(task_runner=sweep_task_runner(max_concurrency=1))(spec)
     client = MlflowClient()
     (parent,) = client.search_runs(

@@ -139,8 +139,9 @@ def check_inputs(
     if args.command in _CHECKED:
         resume, output_dir = inputs.options.resume, inputs.options.output_dir
         if resume:  # the configuration is the run's: read it first
+            preflight.check_run_free(resume, output_dir)
             preflight.check_tracking()
-            inputs = read_inputs(args, *preflight.check_resume(resume, args.experiment, output_dir))
+            inputs = read_inputs(args, *preflight.check_resume(resume, args.experiment))
             preflight.check_resumed_config(resume, inputs.config)
         preflight.check_data(inputs.config)
         check_memory(inputs.config)

@@ -108,11 +108,9 @@ def check_output_dir(directory: str) -> None:
 
 
 def check_tracking() -> None:
-    """Ask the MLflow store for one experiment and one registered model (also checks the
-    ``TFNN_*_SECONDS`` and ``TFNN_KEEP_CHECKPOINTS`` variables, read once the run exists).
-    A local SQLite store is created or migrated here, by its first user, under a lock beside
-    the file: commands started together in one directory create it once instead of all
-    migrating it at once and breaking it."""
+    """Check the ``TFNN_*`` variables and ask the MLflow store for one experiment and one
+    registered model. A local SQLite store is created here by its first user, under a lock
+    beside the file, so that commands started together create it once."""
     try:
         check_timeouts()
         keep_checkpoints()
@@ -209,13 +207,10 @@ def check_orchestration() -> None:
             ) from None
 
 
-def check_resume(
-    run_id: str, experiment: str | None, output_dir: str
-) -> tuple[dict[str, str], dict[str, object]]:
+def check_resume(run_id: str, experiment: str | None) -> tuple[dict[str, str], dict[str, object]]:
     """The configuration (strings, for ``TrainConfig``) and the run options that MLflow run
-    ``run_id`` recorded, after checking that it exists, is unfinished, is in ``experiment`` if
-    one is named, and that no process is training it (holding its directory under
-    ``output_dir``)."""
+    ``run_id`` recorded, after checking that it exists, is unfinished, and is in ``experiment``
+    if one is named."""
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException as error:
@@ -230,11 +225,22 @@ def check_resume(
         )
     try:
         check_run_to_resume(run, {})
-        with hold_run_directory(Path(output_dir) / run_id):
-            pass
     except ResumeError as error:
         raise InputError(f"--resume {error}") from None
     return TrainConfig.fields_from_params(run.data.params), recorded_options(run.data.tags)
+
+
+def check_run_free(run_id: str, output_dir: str) -> None:
+    """``InputError`` naming the process that holds run ``run_id``'s directory (checked before
+    the store is opened, whose lock the live run may hold)."""
+    directory = Path(output_dir) / run_id
+    if not directory.is_dir():
+        return
+    try:
+        with hold_run_directory(directory):
+            pass
+    except ResumeError as error:
+        raise InputError(f"--resume {error}") from None
 
 
 def check_resumed_config(run_id: str, config: TrainConfig) -> None:

@@ -30,7 +30,7 @@ from tasks.config import CHAMPION_ALIAS, InputError, TrainConfig, check_utf8, on
 from tasks.data_source import check_tfds_source, load_source
 from tasks.epoch_logger import keep_checkpoints
 from tasks.locking import exclusive_lock
-from tasks.predict import UntrustedModelError, check_model_uri, is_tracked_model_uri
+from tasks.predict import check_model_uri, is_tracked_model_uri
 from tasks.runs import (
     ResumeError,
     champion_version,
@@ -89,8 +89,8 @@ def check_data(config: TrainConfig) -> None:
             f"no example; use at least {1 / examples:.2g}"
         )
     if config.batch_size > len(train_rows):
-        held_out = f" after holding out {len(validation_rows)} for validation" * bool(
-            len(validation_rows)
+        held_out = f" after holding out {len(validation_rows)} for validation" * (
+            len(validation_rows) > 0
         )
         raise InputError(
             f"batch_size: {config.batch_size} is more than the {len(train_rows)} "
@@ -287,10 +287,7 @@ def check_predict(
     if target.is_dir():
         raise InputError(f"--output {output}: is a directory; name a CSV file")
     _writable(target.parent, f"--output {output}: cannot write there ({{reason}}); name a file")
-    try:
-        check_model_uri(model_uri, trust_model)
-    except UntrustedModelError as error:
-        raise InputError(str(error)) from None
+    check_model_uri(model_uri, trust_model)  # an InputError if untrusted
     check_tracking()
     try:
         if is_tracked_model_uri(model_uri):

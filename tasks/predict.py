@@ -11,6 +11,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.config import InputError
 from tfnn.errors import DataError
 from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import load_png_images
@@ -24,7 +25,7 @@ _TRACKED_MODEL_URI = re.compile(r"(models|runs):/[^/]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-class UntrustedModelError(ValueError):
+class UntrustedModelError(InputError):
     """A model URI outside the tracking server, not explicitly trusted."""
 
 

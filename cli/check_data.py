@@ -67,7 +67,7 @@ def check_data_inputs(args: argparse.Namespace):
 def run_check_data(args: argparse.Namespace, thresholds) -> tuple[list[str], bool]:
     """Check ``args.data_dir`` against the champion's data: the report's lines, and whether
     the data passes."""
-    from tasks.data_watch import check_data
+    from tasks.data_check import check_data
 
     # The report is the command's output: no download bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -27,7 +27,7 @@ from prefect.settings import (
 )
 
 from tasks.config import CHAMPION_ALIAS, InputError, TrainConfig, check_utf8, one_line
-from tasks.data_source import check_tfds_source, load_source
+from tasks.data import check_tfds_source, load_source
 from tasks.epoch_logger import keep_checkpoints
 from tasks.locking import exclusive_lock
 from tasks.predict import check_model_uri, is_tracked_model_uri

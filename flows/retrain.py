@@ -6,7 +6,7 @@ from flows.model_guard import model_slot
 from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
-from tasks.data_watch import changed_since_check, data_change, tag_data_event
+from tasks.data_check import changed_since_check, data_change, tag_data_event
 from tasks.model_card import publish_model_card
 from tasks.registry import (
     Decision,

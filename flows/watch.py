@@ -11,8 +11,7 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.types.entrypoint import EntrypointType
 
 from tasks.config import RunOptions, default_data_source
-from tasks.data_profile import CheckThresholds
-from tasks.data_watch import (
+from tasks.data_check import (
     CHANGED_EVENT,
     announce,
     check_new_data,
@@ -21,6 +20,7 @@ from tasks.data_watch import (
     save_watch_state,
     source_fingerprint,
 )
+from tasks.data_profile import CheckThresholds
 
 WATCH_INTERVAL_ENV, WATCH_SETTLE_ENV = "TFNN_WATCH_INTERVAL", "TFNN_WATCH_SETTLE"
 DEFAULT_WATCH_INTERVAL, DEFAULT_SETTLE_SECONDS = 60.0, 30.0

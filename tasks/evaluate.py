@@ -7,8 +7,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.config import CLASS_ACCURACY_PREFIX, InputError
-from tasks.data import PreparedData
-from tasks.data_source import load_source
+from tasks.data import PreparedData, load_source
 from tfnn.metrics import accuracy, confusion_matrix, per_class_accuracy
 from tfnn.network import Sequential
 from tfnn.preprocessing import preprocess

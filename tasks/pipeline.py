@@ -11,7 +11,7 @@ from prefect import runtime
 
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
-from tasks.data_watch import record_data_profile
+from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
 from tasks.lineage import log_dataset
 from tasks.model import build_network, log_trained_model

@@ -236,11 +236,11 @@ def test_offline_tfds_default_is_refused_before_any_run(tmp_path, monkeypatch, c
     # The default source with no network and nothing downloaded: refused at once with the way
     # out, instead of tfds retrying for minutes inside a run. (The probe is replaced so the
     # test means the same on a machine that is online.)
-    import tasks.data_source
+    import tasks.data
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setattr(tasks.data_source, "tfds_reachable", lambda: False)
+    monkeypatch.setattr(tasks.data, "tfds_reachable", lambda: False)
     assert main(["train", "--data-source", "tfds:mnist"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("tfnn: error: tfds:mnist: tensorflow-datasets cannot download")

@@ -1,5 +1,5 @@
 """Tests for the data readers (tfnn.idx, tfnn.mnist, tfnn.preprocessing) and the command's
-data source (tasks.data_source): IDX reading and writing, MNIST loaders, tfds offline
+data source (tasks.data): IDX reading and writing, MNIST loaders, tfds offline
 behaviour."""
 
 import gzip
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import write_mnist_dir
 
-from tasks import data_source
-from tasks.data_source import DATA_DIR_HINT, check_tfds_source, load_source
+import tasks.data
+from tasks.data import DATA_DIR_HINT, check_tfds_source, load_source
 from tfnn.errors import DataError, MissingSourceError
 from tfnn.idx import load_idx_images, load_idx_labels, write_idx_images, write_idx_labels
 from tfnn.mnist import MnistArrays, load_dataset, load_mnist_idx, load_mnist_tfds
@@ -372,7 +372,7 @@ def tfds_mock(monkeypatch):
         assert dataset_builder.DatasetBuilder.download_and_prepare.__name__ == (
             "mock_download_and_prepare"
         )
-        monkeypatch.setattr(data_source, "tfds_reachable", lambda *args, **kwargs: True)
+        monkeypatch.setattr(tasks.data, "tfds_reachable", lambda *args, **kwargs: True)
         yield
 
 
@@ -395,7 +395,7 @@ def test_load_dataset_tfds_under_mock(tfds_mock, name):
 
 
 def test_an_unreachable_tfds_source_is_refused_at_once(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_source, "tfds_reachable", lambda *args, **kwargs: False)
+    monkeypatch.setattr(tasks.data, "tfds_reachable", lambda *args, **kwargs: False)
     start = time.monotonic()
     with pytest.raises(DataError) as excinfo:
         check_tfds_source("mnist", data_dir=tmp_path / "tfds")
@@ -437,10 +437,10 @@ def test_tfds_reachable_probe_against_local_ports():
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        assert data_source.tfds_reachable("127.0.0.1", port, timeout=1.0)
+        assert tasks.data.tfds_reachable("127.0.0.1", port, timeout=1.0)
     # The port is closed now: refused at once, no waiting for the timeout.
     start = time.monotonic()
-    assert not data_source.tfds_reachable("127.0.0.1", port, timeout=1.0)
+    assert not tasks.data.tfds_reachable("127.0.0.1", port, timeout=1.0)
     assert time.monotonic() - start < 1.0
 
 

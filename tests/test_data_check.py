@@ -278,7 +278,7 @@ def test_the_recorded_profile_is_the_training_data_s(champion_store):
 
 
 def test_a_retrain_started_for_checked_data_refuses_data_that_changed_since():
-    from tasks.data_watch import changed_since_check
+    from tasks.data_check import changed_since_check
 
     assert changed_since_check(None, "b" * 64) is None  # a cron retrain: no check to honour
     assert changed_since_check("a" * 64, "a" * 64) is None

@@ -132,7 +132,7 @@ def load_mnist_tfds(name: str = "mnist", data_dir: str | Path | None = None) -> 
 
     Downloads only if not yet prepared in `data_dir`; a failed download raises
     ``MissingSourceError``. Without network tfds retries for minutes before failing: callers
-    that may be offline check the download host first (``tasks.data_source``).
+    that may be offline check the download host first (``tasks.data``).
     """
     import tensorflow_datasets as tfds  # lazy: pulls in TensorFlow, not needed for IDX files
 

@@ -6,12 +6,13 @@ Building the parser imports no TensorFlow, MLflow or Prefect.
 """
 
 import argparse
+import os
 from importlib.metadata import PackageNotFoundError
 
+from croniter import croniter  # the library Prefect's CronSchedule vendors
 from pydantic import BaseModel
 
 from cli.check_data import add_check_data_command
-from flows.crons import default_crons, is_valid_cron
 from tasks.config import (
     COMPARED_ACTIVATIONS,
     PREDICTIONS_FILE,
@@ -45,6 +46,9 @@ OPTIONS = {
 }
 _METAVARS = {"resume": "RUN_ID", "output_dir": "DIR", "model_name": "NAME"}
 _FLAGS = {"register_model": "register"}  # shorter than the field's name: --no-register
+TRAIN_CRON_ENV, RETRAIN_CRON_ENV = "TFNN_TRAIN_CRON", "TFNN_RETRAIN_CRON"
+# Nightly training at 02:00 and a weekly retrain on Sunday at 03:00 (UTC).
+DEFAULT_TRAIN_CRON, DEFAULT_RETRAIN_CRON = "0 2 * * *", "0 3 * * 0"
 
 
 def given_fields(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, object]:
@@ -178,7 +182,9 @@ def _versions() -> str:
 
 
 def _cron(text: str) -> str:
-    if not is_valid_cron(text):
+    # Prefect's CronSchedule takes croniter's rules, less its R and H fields.
+    fields = text.casefold().split()
+    if not croniter.is_valid(text) or "r" in fields or "h" in fields:
         raise argparse.ArgumentTypeError(
             f"invalid cron string {text!r}: use five fields, e.g. '0 2 * * *'"
         )
@@ -192,7 +198,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_schedule_flags(schedule: argparse.ArgumentParser) -> None:
-    train_cron, retrain_cron = default_crons()
+    train_cron = os.environ.get(TRAIN_CRON_ENV) or DEFAULT_TRAIN_CRON
+    retrain_cron = os.environ.get(RETRAIN_CRON_ENV) or DEFAULT_RETRAIN_CRON
     schedule.add_argument(
         "--train-cron",
         type=_cron,

@@ -7,7 +7,6 @@ from flows.train import train_flow
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.data_check import changed_since_check, data_change, tag_data_event
-from tasks.model_card import publish_model_card
 from tasks.registry import (
     Decision,
     already_decided,
@@ -16,7 +15,7 @@ from tasks.registry import (
     record_decision,
     retrain_key,
 )
-from tasks.reporting import publish_decision
+from tasks.reports import publish_decision, publish_model_card
 from tasks.timeouts import FLOW_TIMEOUT_ENV, timeout_seconds
 from tasks.tracking import tag_flow_run
 

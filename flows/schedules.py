@@ -7,7 +7,6 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
-from flows.crons import DEFAULT_RETRAIN_CRON, DEFAULT_TRAIN_CRON, default_crons
 from flows.retrain import retrain_flow
 from flows.train import train_flow
 from flows.watch import data_changed_trigger
@@ -15,14 +14,6 @@ from tasks.config import RunOptions, TrainConfig
 
 # As prefect.yaml says: a cron means the same hour wherever the server runs.
 TIMEZONE = "UTC"
-
-__all__ = [
-    "DEFAULT_RETRAIN_CRON",
-    "DEFAULT_TRAIN_CRON",
-    "build_deployments",
-    "default_crons",
-    "serve_schedules",
-]
 
 
 def build_deployments(

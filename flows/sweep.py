@@ -12,10 +12,10 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.config import RunOptions, TrainConfig
 from tasks.grid import DEFAULT_MAX_CONCURRENCY, SweepSpec
-from tasks.model_card import publish_model_card
 from tasks.pipeline import TrainResult, train_pipeline
 from tasks.plots import plot_comparison
 from tasks.registry import crown_if_first, register_model
+from tasks.reports import publish_model_card
 from tasks.sweep import (
     portable_tracking_uri,
     prepare_worker,

@@ -10,15 +10,13 @@ from mlflow import MlflowClient
 from prefect import runtime
 
 from tasks.config import RunOptions, TrainConfig
-from tasks.data import load_data, prepare_data
+from tasks.data import load_data, log_dataset, prepare_data
 from tasks.data_check import record_data_profile
 from tasks.evaluate import evaluate
-from tasks.lineage import log_dataset
 from tasks.model import build_network, log_trained_model
-from tasks.model_card import publish_model_card
 from tasks.plots import plot_run
 from tasks.registry import WARM_START_TAG, crown_if_first, register_model
-from tasks.reporting import publish_summary
+from tasks.reports import publish_model_card, publish_summary
 from tasks.runs import hold_run_directory, option_tags
 from tasks.tracking import (
     expected_run_seconds,

@@ -17,6 +17,7 @@ from prefect.cache_policies import NONE
 
 from tasks.config import TrainConfig
 from tasks.grid import SweepSpec
+from tasks.reports import ranking_note
 from tasks.runs import ERROR_TAG
 
 BEST_TAG_PREFIX = "tfnn.best."
@@ -157,27 +158,4 @@ def _tag_best(
         ],
         tags=[RunTag(BEST_TAG_PREFIX + key, value) for key, value in tags.items()]
         + [RunTag(MLFLOW_RUN_NOTE, ranking_note(rows))],
-    )
-
-
-def _score(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def ranking_note(ranking: list[dict[str, Any]]) -> str:
-    """The parent run's description: which configuration won on validation, with its test
-    score, and the ranking as a table."""
-    best = ranking[0]
-    rows = "\n".join(
-        f"| {row['rank'] or '-'} | {row['configuration']} | {_score(row['val_accuracy'])} "
-        f"| {_score(row['test_accuracy'])} | {row['status']} |"
-        for row in ranking
-    )
-    return (
-        f"**{best['configuration']}** wins on validation: validation accuracy "
-        f"{_score(best['val_accuracy'])}, test accuracy {_score(best['test_accuracy'])} (run "
-        f"`{best['run_id']}`). {len(ranking)} configurations, ranked on validation accuracy "
-        "only; the test accuracy is reported, never chosen on.\n\n"
-        "| rank | configuration | validation accuracy | test accuracy | status |\n"
-        f"|---|---|---|---|---|\n{rows}\n"
     )

@@ -20,23 +20,17 @@ DEFAULTS = {
 }
 
 
-def env_seconds(env: str, default: float, hint: str = "") -> float:
-    """``$env`` (``default`` when unset or empty) as a number of seconds; ``ValueError``
-    naming the variable unless it is a number >= 0."""
-    text = os.environ.get(env, "").strip() or str(default)
+def timeout_seconds(env: str) -> float | None:
+    """``$env`` (default ``DEFAULTS[env]``) as a Prefect ``timeout_seconds``: None for 0;
+    ``ValueError`` naming the variable unless it is a number >= 0."""
+    text = os.environ.get(env, "").strip() or str(DEFAULTS[env])
     try:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds < math.inf:
-        raise ValueError(f"{env}={text!r}: expected a number of seconds >= 0{hint}")
-    return seconds
-
-
-def timeout_seconds(env: str) -> float | None:
-    """``$env`` (default ``DEFAULTS[env]``) as a Prefect ``timeout_seconds``: None for 0;
-    ``ValueError`` unless a number >= 0."""
-    return env_seconds(env, DEFAULTS[env], " (0: no limit)") or None
+        raise ValueError(f"{env}={text!r}: expected a number of seconds >= 0 (0: no limit)")
+    return seconds or None
 
 
 def check_timeouts() -> None:

@@ -13,8 +13,7 @@ from rich.progress import Progress
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from tasks.data import PreparedData
-from tasks.lineage import log_dataset
+from tasks.data import PreparedData, log_dataset
 from tasks.predict import load_digits
 from tasks.training import ProgressBar
 from tfnn.idx import write_idx_images

@@ -1,5 +1,9 @@
-"""Model cards (what a run trained, on what, how well, how decided) for MLflow's registry and run
-views, built from the run's record alone so a card can be rewritten once a retrain decides."""
+"""What a run's two UIs say of it. In MLflow: model cards (what a run trained, on what, how
+well, how decided) for the registry and run views, built from the run's record alone so a
+card can be rewritten once a retrain decides. In Prefect: artifacts that summarise a run or a
+retrain's decision and point at its MLflow record."""
+
+from typing import Any
 
 import mlflow
 from mlflow.entities import Run
@@ -7,11 +11,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
 
-from tasks.config import CHAMPION_ALIAS, CLASS_ACCURACY_PREFIX
-from tasks.registry import DECISION_REASON_TAG, DECISION_TAG
+from tasks.config import CHAMPION_ALIAS, CLASS_ACCURACY_PREFIX, TrainConfig
+from tasks.evaluate import Evaluation
+from tasks.registry import DECISION_REASON_TAG, DECISION_TAG, Decision
 from tasks.runs import champion_version, mlflow_run_url
 from tasks.tracking import FLOW_RUN_NAME_TAG, FLOW_RUN_URL_TAG
+from tfnn.training import History
 
 
 @task
@@ -36,24 +44,13 @@ def publish_model_card(
     return card
 
 
-CONFIG_PARAMS = (
-    "hidden_sizes",
-    "activation",
-    "output_activation",
-    "loss",
-    "initializer",
-    "learning_rate",
-    "batch_size",
-    "epochs",
-    "seed",
-    "validation_fraction",
-    "early_stopping_patience",
-    "restore_best",
-)
+# The card's settings table: the configuration, less the data (its own section).
+CONFIG_PARAMS = tuple(name for name in TrainConfig.model_fields if name != "data_source")
 
 
-def _score(metrics: dict[str, float], name: str) -> str:
-    return f"{metrics[name]:.4f}" if name in metrics else "-"
+def score(value: float | None) -> str:
+    """A score as the reports show it: four decimals, ``-`` when there is none."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _decision(run: Run) -> str:
@@ -83,8 +80,8 @@ def run_description(run: Run) -> str:
         f"{params.get('num_train_examples', '?')} training, "
         f"{params.get('num_validation_examples', '?')} validation and "
         f"{params.get('num_test_examples', '?')} test examples). Its kept weights score "
-        f"validation accuracy {_score(metrics, 'val/final_accuracy')} and test accuracy "
-        f"{_score(metrics, 'test/final_accuracy')}; {_decision(run)}.{_flow_run_link(run)}"
+        f"validation accuracy {score(metrics.get('val/final_accuracy'))} and test accuracy "
+        f"{score(metrics.get('test/final_accuracy'))}; {_decision(run)}.{_flow_run_link(run)}"
     )
 
 
@@ -136,8 +133,8 @@ validation and {params.get("num_test_examples", "?")} test examples (validation:
 
 | split | accuracy | loss |
 |---|---|---|
-| validation | {_score(metrics, "val/final_accuracy")} | {_score(metrics, "val/final_loss")} |
-| test | {_score(metrics, "test/final_accuracy")} | {_score(metrics, "test/final_loss")} |
+| validation | {score(metrics.get("val/final_accuracy"))} | {score(metrics.get("val/final_loss"))} |
+| test | {score(metrics.get("test/final_accuracy"))} | {score(metrics.get("test/final_loss"))} |
 
 Per-class test accuracy:
 
@@ -173,8 +170,8 @@ def model_summary(model_name: str, champion: ModelVersion | None, run: Run | Non
         now = (
             f"The champion, `models:/{model_name}@{CHAMPION_ALIAS}`, is version "
             f"{champion.version}: {architecture(run)}, validation accuracy "
-            f"{_score(metrics, 'val/final_accuracy')}, test accuracy "
-            f"{_score(metrics, 'test/final_accuracy')}."
+            f"{score(metrics.get('val/final_accuracy'))}, test accuracy "
+            f"{score(metrics.get('test/final_accuracy'))}."
         )
     return (
         f"# {model_name}\n\n"
@@ -183,4 +180,69 @@ def model_summary(model_name: str, champion: ModelVersion | None, run: Run | Non
         f"10 class probabilities.\n\n{now}\n\n{CHAMPION_RULE}\n\n"
         "Each version's description is its model card: what was trained, on which data, how "
         "well, and how it was decided.\n"
+    )
+
+
+@task(cache_policy=NONE)
+def publish_summary(run_id: str, model_uri: str, history: History, evaluation: Evaluation) -> None:
+    """A markdown artifact of the final metrics and MLflow run, and a table of epoch metrics."""
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation.metrics().items())
+    create_markdown_artifact(
+        key="training-summary",
+        description="Final metrics of the training run and where MLflow keeps it",
+        markdown=(
+            f"# Training run `{run_id}`\n\n"
+            f"MLflow run id: `{run_id}`  \nModel: `{model_uri}`\n\n"
+            f"| metric | value |\n|---|---|\n{rows}\n"
+        ),
+    )
+    # Rounded as the UI shows them: a float's 17 digits overflow the page.
+    rounded = (
+        {"epoch": epoch, **{k: round(v, 4) for k, v in history.epoch_metrics(epoch).items()}}
+        for epoch in range(1, history.epochs + 1)
+    )
+    create_table_artifact(
+        key="epoch-metrics", description="Metrics after each epoch", table=[*rounded]
+    )
+
+
+@task
+def publish_decision(decision: Decision, cause: str | None = None) -> None:
+    """A markdown artifact of the retrain's decision, scores, reason and ``cause`` (if any)."""
+
+    create_markdown_artifact(
+        key="retrain-decision",
+        description=f"Retrain decision for {decision.model_name}: {decision.action}",
+        markdown=(
+            f"# Retrain of `{decision.model_name}`: {decision.action}\n\n"
+            f"{decision.reason}\n\n"
+            f"{f'Started by {cause}' if cause else ''}\n\n"
+            "| | version | validation accuracy (decides) | test accuracy |\n|---|---|---|---|\n"
+            f"| champion before | {decision.champion_version or '-'} | "
+            f"{score(decision.champion_val_accuracy)} | "
+            f"{score(decision.champion_test_accuracy)} |\n"
+            f"| challenger | {decision.challenger_version or '-'} | "
+            f"{score(decision.challenger_val_accuracy)} | "
+            f"{score(decision.challenger_test_accuracy)} |\n\n"
+            f"Challenger MLflow run id: `{decision.challenger_run_id or '-'}`\n"
+        ),
+    )
+
+
+def ranking_note(ranking: list[dict[str, Any]]) -> str:
+    """The parent run's description: which configuration won on validation, with its test
+    score, and the ranking as a table."""
+    best = ranking[0]
+    rows = "\n".join(
+        f"| {row['rank'] or '-'} | {row['configuration']} | {score(row['val_accuracy'])} "
+        f"| {score(row['test_accuracy'])} | {row['status']} |"
+        for row in ranking
+    )
+    return (
+        f"**{best['configuration']}** wins on validation: validation accuracy "
+        f"{score(best['val_accuracy'])}, test accuracy {score(best['test_accuracy'])} (run "
+        f"`{best['run_id']}`). {len(ranking)} configurations, ranked on validation accuracy "
+        "only; the test accuracy is reported, never chosen on.\n\n"
+        "| rank | configuration | validation accuracy | test accuracy | status |\n"
+        f"|---|---|---|---|---|\n{rows}\n"
     )

@@ -32,6 +32,8 @@ from tasks.epoch_logger import keep_checkpoints
 from tasks.locking import exclusive_lock
 from tasks.predict import check_model_uri, is_tracked_model_uri
 from tasks.runs import (
+    CHECK_TIMEOUT_SECONDS,
+    QUICK_MLFLOW,
     ResumeError,
     champion_version,
     check_run_to_resume,
@@ -44,16 +46,8 @@ from tfnn.idx import load_idx_images, load_idx_labels
 from tfnn.png import check_png
 from tfnn.preprocessing import validation_split
 
-CHECK_TIMEOUT_SECONDS = 5
 # The stores MLflow's tracking accepts: its REST server, SQLAlchemy databases and files.
 TRACKING_SCHEMES = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql", "file")
-
-
-# MLflow reads its HTTP settings from the environment at every request.
-_QUICK_MLFLOW = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-}
 
 
 def _path(flag: str, path: str) -> Path:
@@ -125,7 +119,7 @@ def check_tracking() -> None:
         )
     if not uri.startswith("sqlite:///"):
         try:
-            with mock.patch.dict(os.environ, _QUICK_MLFLOW):
+            with mock.patch.dict(os.environ, QUICK_MLFLOW):
                 MlflowClient().search_experiments(max_results=1)
         except MlflowException as error:
             if error.get_http_status_code() in (401, 403):

@@ -33,6 +33,13 @@ from mlflow.utils.mlflow_tags import (
 from tasks.config import CHAMPION_ALIAS, installed_version
 
 ERROR_TAG = "tfnn.error"
+# One quick try for MLflow's requests, where an answer is not worth its retries (MLflow reads
+# its HTTP settings from the environment at every request).
+CHECK_TIMEOUT_SECONDS = 5
+QUICK_MLFLOW = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+}
 LOCK_FILE = "run.lock"
 # The run options a resumed run keeps (where its model goes), recorded as tags.
 OPTION_TAG_PREFIX = "tfnn.option."

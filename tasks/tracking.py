@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from unittest import mock
 
 import mlflow
 import mlflow.tensorflow
@@ -30,6 +31,7 @@ from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tasks.runs import (
     ERROR_TAG,
+    QUICK_MLFLOW,
     code_version_tags,
     library_versions,
     mlflow_run_url,
@@ -97,15 +99,22 @@ def tracked_run(
         yield run_id
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt | TerminationSignal)
-        # The tracking server may be why the run failed: then the run stays RUNNING there,
-        # to be resumed, and the original error is the one worth reporting.
-        with suppress(MlflowException):
+        quick = {}
+        try:
             client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
+        except MlflowException:
+            # The tracking server may be why the run failed: then the run stays RUNNING there,
+            # to be resumed, and the original error is the one worth reporting. One quick try
+            # to end it, not another round of MLflow's retries.
+            quick = QUICK_MLFLOW
+        # Off this thread's run stack in any case: MLflow's exit hook ends a run left there
+        # as FINISHED. ``end_run`` takes it off before it asks the server.
+        with suppress(MlflowException), mock.patch.dict(os.environ, quick):
             mlflow.end_run("KILLED" if interrupted else "FAILED")
-            if interrupted:  # the command's last line names the runs it killed
-                error.add_note(
-                    f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}"
-                )
+        if interrupted:  # the command's last line names the runs it killed
+            error.add_note(
+                f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}"
+            )
         raise
     mlflow.end_run()
 

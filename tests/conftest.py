@@ -178,6 +178,22 @@ def train_killed_after_epoch(epoch: int, flags: list[str], cwd: Path, env: dict[
     return run_dir.name
 
 
+# What no test may leave in the checkout: a run's directory, predictions, an MLflow store
+# (MLflow's exit hook makes ./mlflow.db to end a run left active in the main thread).
+LEFT_BEHIND = ("outputs", "mlflow.db", "mlruns", "predictions.csv")
+
+
+@pytest.fixture(autouse=True)
+def _leaves_the_checkout_clean():
+    before = {name for name in LEFT_BEHIND if (ROOT / name).exists()}
+    yield
+    left = {name for name in LEFT_BEHIND if (ROOT / name).exists()} - before
+    assert not left, f"the test left {sorted(left)} in the checkout {ROOT}"
+    mlflow = sys.modules.get("mlflow")
+    active = mlflow and mlflow.active_run()
+    assert not active, f"the test left MLflow run {active.info.run_id} active"
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect server and database for the whole session."""

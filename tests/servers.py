@@ -18,14 +18,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(command: list[str], log: Path, **env: str) -> subprocess.Popen:
-    """Start a server process with ``env`` added, its output going to ``log``; the venv's
-    scripts come first on PATH, as in an activated venv (``mlflow models serve`` runs
+def start(command: list[str], log: Path, cwd: Path | None = None, **env: str) -> subprocess.Popen:
+    """Start a server process in ``cwd`` with ``env`` added, its output going to ``log``; the
+    venv's scripts come first on PATH, as in an activated venv (``mlflow models serve`` runs
     ``uvicorn``)."""
     path = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
     with open(log, "wb") as out:
         return subprocess.Popen(
-            command, env={**os.environ, "PATH": path, **env}, stdout=out, stderr=subprocess.STDOUT
+            command,
+            env={**os.environ, "PATH": path, **env},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

@@ -208,7 +208,9 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     # The long-running `tfnn schedule` registers its deployments while `tfnn train` runs;
     # then it is stopped. `prefect deploy` (the worker's route) runs beside `tfnn retrain`.
     log = home / "schedule.log"
-    serving = start(tfnn("schedule", *data, "--train-cron", "15 4 * * *"), log, **env)
+    serving = start(
+        tfnn("schedule", *data, "--train-cron", "15 4 * * *"), log, home / "work", **env
+    )
     try:
         trained = run(tfnn("train", *data, *SMALL), env, home / "work")
         deadline = time.monotonic() + 180
@@ -232,11 +234,13 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
     prefect = str(VENV_BIN / "prefect")
     run([ENTRYPOINT, prefect, "work-pool", "create", "tfnn", "--type", "process"], worker_env, ROOT)
     deploy_env = {"TFNN_DATA_DIR": str(small_mnist_dir), "TFNN_RETRAIN_CRON": "30 5 * * 1"}
+    yaml_file = str(ROOT / "prefect.yaml")
     with open(home / "deploy.log", "wb") as out:
         deploy = subprocess.Popen(
-            [ENTRYPOINT, prefect, "--no-prompt", "deploy", "--all"],
+            [ENTRYPOINT, prefect, "--no-prompt", "deploy", "--all", "--prefect-file", yaml_file],
             env={**os.environ, **worker_env, **deploy_env, "TFNN_TRAIN_CRON": "0 5 * * *"},
-            cwd=ROOT,
+            # The deployments' runs work where it ran (the image's /app): here, not the checkout.
+            cwd=home / "work",
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -343,8 +347,8 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
         for log in ("mlflow.log", "prefect.log"):
             assert secret not in (home / log).read_text(errors="replace"), (log, secret)
 
-    # A scheduled train run by a process worker from the checkout (no image, no pull step):
-    # started by hand here, as the schedule's next run would be, and run to the end.
+    # A scheduled train run by a process worker (no image, no pull step: in the directory
+    # `prefect deploy` ran in): started by hand here, as the schedule's next run would be.
     flow_run = prefect_call(
         env, lambda c: c.create_flow_run_from_deployment(deployed["scheduled-train"].id)
     )
@@ -358,6 +362,8 @@ def test_the_compose_topology_on_loopback(stack, small_mnist_dir, monkeypatch):
         f"tags.`prefect.flow_run_id` = '{flow_run.id}'",
     )
     assert trained_by_worker.info.status == "FINISHED"
+    assert (home / "work" / "outputs" / trained_by_worker.info.run_id / "plots").is_dir()
+    assert not (ROOT / "outputs" / trained_by_worker.info.run_id).exists()
     assert trained_by_worker.info.run_name == done.name
     assert trained_by_worker.data.params["data_source"] == str(small_mnist_dir)
     [version] = client.search_model_versions(f"run_id = '{trained_by_worker.info.run_id}'")

@@ -98,25 +98,29 @@ def tracked_run(
         link_mlflow_run(run_id, experiment_id)
         yield run_id
     except BaseException as error:
-        interrupted = isinstance(error, KeyboardInterrupt | TerminationSignal)
-        quick = {}
-        try:
-            client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
-        except MlflowException:
-            # The tracking server may be why the run failed: then the run stays RUNNING there,
-            # to be resumed, and the original error is the one worth reporting. One quick try
-            # to end it, not another round of MLflow's retries.
-            quick = QUICK_MLFLOW
-        # Off this thread's run stack in any case: MLflow's exit hook ends a run left there
-        # as FINISHED. ``end_run`` takes it off before it asks the server.
-        with suppress(MlflowException), mock.patch.dict(os.environ, quick):
-            mlflow.end_run("KILLED" if interrupted else "FAILED")
-        if interrupted:  # the command's last line names the runs it killed
-            error.add_note(
-                f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}"
-            )
+        end_failed_run(client, run_id, error)
         raise
     mlflow.end_run()
+
+
+def end_failed_run(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    """End run ``run_id`` FAILED with ``error`` in ``tfnn.error``, or KILLED if Ctrl-C or
+    SIGTERM (Prefect's ``TerminationSignal``) stopped it, noting that on ``error``."""
+    interrupted = isinstance(error, KeyboardInterrupt | TerminationSignal)
+    quick = {}
+    try:
+        client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
+    except MlflowException:
+        # The tracking server may be why the run failed: then the run stays RUNNING there, to
+        # be resumed, and the original error is the one worth reporting. One quick try to end
+        # it, not another round of MLflow's retries.
+        quick = QUICK_MLFLOW
+    # Off this thread's run stack in any case: MLflow's exit hook ends a run left there as
+    # FINISHED. ``end_run`` takes it off before it asks the server.
+    with suppress(MlflowException), mock.patch.dict(os.environ, quick):
+        mlflow.end_run("KILLED" if interrupted else "FAILED")
+    if interrupted:  # the command's last line names the runs it killed
+        error.add_note(f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}")
 
 
 SYSTEM_METRICS_SAMPLES = 60

@@ -107,14 +107,15 @@ def end_failed_run(client: MlflowClient, run_id: str, error: BaseException) -> N
     """End run ``run_id`` FAILED with ``error`` in ``tfnn.error``, or KILLED if Ctrl-C or
     SIGTERM (Prefect's ``TerminationSignal``) stopped it, noting that on ``error``."""
     interrupted = isinstance(error, KeyboardInterrupt | TerminationSignal)
-    quick = {}
-    try:
-        client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
-    except MlflowException:
-        # The tracking server may be why the run failed: then the run stays RUNNING there, to
-        # be resumed, and the original error is the one worth reporting. One quick try to end
-        # it, not another round of MLflow's retries.
-        quick = QUICK_MLFLOW
+    # The tracking server may be why the run failed (MLflow's retries are spent): then one
+    # quick try each, not another round of retries. If it stays away, the run stays RUNNING
+    # there, to be resumed, and the original error is the one worth reporting.
+    quick = QUICK_MLFLOW if isinstance(error, MlflowException) else {}
+    with mock.patch.dict(os.environ, quick):
+        try:
+            client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
+        except MlflowException:
+            quick = QUICK_MLFLOW
     # Off this thread's run stack in any case: MLflow's exit hook ends a run left there as
     # FINISHED. ``end_run`` takes it off before it asks the server.
     with suppress(MlflowException), mock.patch.dict(os.environ, quick):

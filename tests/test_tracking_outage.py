@@ -197,6 +197,8 @@ def test_outage_past_the_budget_fails_then_resumes(
     assert (checkpoints / "checkpoint").is_file() and list(checkpoints.glob("ckpt-*.index"))
 
     mlflow_server.start()
+    # Nothing could end it while the server was away: it waits, RUNNING, to be resumed.
+    assert tracking_at.get_run(run_dir.name).info.status == "RUNNING"
     # Without the local checkpoints, resuming starts from those uploaded before the outage.
     shutil.rmtree(checkpoints)
     result = train_flow(config, RunOptions(experiment="stays-away", resume=run_dir.name))

@@ -141,14 +141,15 @@ def crown_if_first(name: str, version: str, run_id: str) -> bool:
     ``version`` is the champion so (a resumed run's may be already). Under the promotion
     lock, so that of two first versions one wins."""
     client = MlflowClient()
+    decision = {DECISION_TAG: "promoted", DECISION_REASON_TAG: FIRST_CHAMPION}
     with promotion_lock():
         now = champion_version(client, name)
+        if now is not None and str(now.version) != version:
+            return False
+        # Tagged before the alias moves: a champion always carries its decision.
+        tag_version_and_run(client, name, version, run_id, decision)
         if now is None:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-        elif str(now.version) != version:
-            return False
-    decision = {DECISION_TAG: "promoted", DECISION_REASON_TAG: FIRST_CHAMPION}
-    tag_version_and_run(client, name, version, run_id, decision)
     return True
 
 
@@ -238,24 +239,24 @@ def promotion_lock() -> Iterator[None]:
 
 @task(timeout_seconds=timeout_seconds(REGISTRY_TIMEOUT_ENV))
 def record_decision(decision: Decision) -> Decision:
-    """Tag the challenger's run and version with the decision; on promotion, move the
+    """Tag the challenger's run and version with the decision, then, on promotion, move the
     ``champion`` alias to the (already READY) challenger, compare-and-set: only if it still
     points at the version compared with. If another retrain moved it meanwhile, the
-    challenger is kept, and the decision returned says so.
+    challenger is kept, and the decision returned says so. The alias moves after the tags,
+    so a champion always carries the decision that made it one.
 
     The retrain key, which makes a repeat a no-op, is written last: a retrain killed before
     the alias moved is not mistaken for one already decided, so its winner is not lost.
     """
     client = MlflowClient()
+    where = (client, decision.model_name, decision.challenger_version, decision.challenger_run_id)
     with promotion_lock():
+        move = False
         if decision.action == "promoted":
             now = champion_version(client, decision.model_name)
             now = now and str(now.version)
-            if now == decision.champion_version:
-                client.set_registered_model_alias(
-                    decision.model_name, CHAMPION_ALIAS, decision.challenger_version
-                )
-            elif now != decision.challenger_version:  # there, it was crowned as the first
+            move = now == decision.champion_version
+            if not move and now != decision.challenger_version:  # there: crowned as the first
                 decision = replace(
                     decision,
                     action="kept",
@@ -263,10 +264,14 @@ def record_decision(decision: Decision) -> Decision:
                     f"compared with version {decision.champion_version or 'none'}: kept; "
                     f"retrain again to compare with version {now}",
                 )
-    tags = decision.tags()
-    key = tags.pop(KEY_TAG)
-    where = (client, decision.model_name, decision.challenger_version, decision.challenger_run_id)
-    tag_version_and_run(*where, {**tags, KEY_TAG: key})  # the key last (dicts keep order)
+        tags = decision.tags()
+        key = tags.pop(KEY_TAG)
+        tag_version_and_run(*where, tags)
+        if move:
+            client.set_registered_model_alias(
+                decision.model_name, CHAMPION_ALIAS, decision.challenger_version
+            )
+    tag_version_and_run(*where, {KEY_TAG: key})
     return decision
 
 

@@ -11,13 +11,19 @@ from tasks.registry import FIRST_CHAMPION, Decision, crown_if_first, record_deci
 NAME = "raced"
 
 
+def registered_versions(client: MlflowClient, experiment: str, count: int) -> list[str]:
+    """Versions 1..count of NAME, each from a run of its own; returns the run ids."""
+    client.create_registered_model(NAME)
+    experiment_id = client.create_experiment(experiment)
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(count)]
+    for run_id in runs:
+        client.create_model_version(NAME, f"runs:/{run_id}/model", run_id=run_id)
+    return runs
+
+
 def test_two_promotions_against_one_champion_move_the_alias_once(prefect_harness, mlflow_store):
     client = MlflowClient()
-    client.create_registered_model(NAME)
-    experiment = client.create_experiment("race")
-    runs = [client.create_run(experiment).info.run_id for _ in range(3)]
-    for run_id in runs:  # versions 1, 2 and 3; 1 is the champion
-        client.create_model_version(NAME, f"runs:/{run_id}/model", run_id=run_id)
+    runs = registered_versions(client, "race", 3)  # versions 1, 2 and 3; 1 is the champion
     client.set_registered_model_alias(NAME, CHAMPION_ALIAS, "1")
     decisions = [
         Decision(NAME, "promoted", "better", f"key{v}", "1", str(v), challenger_run_id=runs[v - 1])
@@ -48,11 +54,7 @@ def test_two_promotions_against_one_champion_move_the_alias_once(prefect_harness
 
 def test_two_first_versions_registered_together_crown_one_champion(prefect_harness, mlflow_store):
     client = MlflowClient()
-    client.create_registered_model(NAME)
-    experiment = client.create_experiment("first")
-    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
-    for run_id in runs:
-        client.create_model_version(NAME, f"runs:/{run_id}/model", run_id=run_id)
+    runs = registered_versions(client, "first", 2)
     start, crowned = threading.Barrier(2), {}
 
     def crown(version: str) -> None:
@@ -74,3 +76,27 @@ def test_two_first_versions_registered_together_crown_one_champion(prefect_harne
         assert run_tags.get("tfnn.decision_reason") == (
             FIRST_CHAMPION if version == winner else None
         )
+
+
+def test_the_alias_moves_only_onto_a_version_that_carries_its_decision(
+    prefect_harness, mlflow_store, monkeypatch
+):
+    # A reader polling the alias (the serving side, the retrain crash test) must never see a
+    # champion without its decision: each move is checked against the real store as it
+    # happens, then made.
+    client = MlflowClient()
+    runs = registered_versions(client, "order", 2)
+    moves = []
+    move = MlflowClient.set_registered_model_alias
+
+    def checked_move(self, name, alias, version):
+        moves.append((version, self.get_model_version(name, version).tags.get("tfnn.decision")))
+        move(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", checked_move)
+    assert crown_if_first(NAME, "1", runs[0])
+    record_decision(
+        Decision(NAME, "promoted", "better", "key", "1", "2", challenger_run_id=runs[1])
+    )
+    assert moves == [("1", "promoted"), ("2", "promoted")]
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION_ALIAS).version) == "2"

@@ -1,9 +1,14 @@
-"""Bad input, tried on purpose: the ``tfnn`` command, run as a subprocess with each bad
-input, exits 2 with one line naming the problem, no traceback, and no MLflow run left
-RUNNING or FINISHED. The cases run side by side, each in its own directory and stores."""
+"""Bad input, tried on purpose: the ``tfnn`` command, given each bad input, exits 2 with one
+line naming the problem, no traceback, and no MLflow run left RUNNING or FINISHED.
+
+Each case runs in a directory and stores of its own, through ``cli.main`` in this process
+(under the suite's Prefect server). One case of each kind, and the one that needs a process
+of its own (a ``PREFECT_API_URL`` Prefect reads when it starts), also run as real ``tfnn``
+processes, four at a time, whose whole stderr is counted."""
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import struct
@@ -11,6 +16,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from conftest import crafted_model, run_each, tfnn_command, tfnn_env, write_mnist_dir
@@ -18,15 +24,13 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from servers import free_port
 
+from cli import main
 from cli.output import TF_STARTUP
 from tasks.config import TrainConfig
 from tasks.runs import library_versions
 from tfnn.idx import write_idx_images, write_idx_labels
 from tfnn.network import build_mlp
 from tfnn.serialization import ARCHITECTURE_FILE, WEIGHTS_FILE, save_network
-
-# Subprocesses, real servers or signals: the slow lane.
-pytestmark = pytest.mark.slow
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -385,35 +389,28 @@ def _command(
     return ["evaluate", "--weights", str(model), "--data-dir", str(data)], {}, BROKEN_MODEL[case][1]
 
 
-@pytest.fixture(scope="module")
-def outcomes(small_mnist_dir, tmp_path_factory) -> dict[str, tuple]:
-    """Every case run as its own ``tfnn`` process, four at a time: case -> (completed
-    process, expected fragment, the case's MLflow database file)."""
-
-    def run(case: str):
-        directory = tmp_path_factory.mktemp("case")
-        database = directory / "mlflow.db"
-        store = f"sqlite:///{database}"
-        argv, extra, fragment = _command(case, directory, small_mnist_dir, store)
-        env = tfnn_env(
-            **{"MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(directory / "prefect"), **extra}
-        )
-        result = subprocess.run(
-            tfnn_command(*argv), cwd=directory, env=env, capture_output=True, text=True, timeout=600
-        )
-        return result, fragment, database
-
-    return run_each(CASES, run)
+# Run as ``tfnn`` processes too: one case of each table, and "unreachable Prefect", whose
+# ``PREFECT_API_URL`` this process's Prefect (under the suite's server) would not read.
+IN_A_PROCESS = [
+    "missing directory",
+    "learning rate abc",
+    "unreachable MLflow",
+    "unreachable Prefect",
+    "weights of the wrong shapes",
+    "resume with another learning rate",
+    "predict with a model the registry lacks",
+    "sweep of 1600 configurations",
+]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_refused_in_one_line(outcomes, case):
-    result, fragment, database = outcomes[case]
+def assert_refused(code: int, stderr: str, fragment: str, database: Path) -> None:
+    """Exit 2, one ``tfnn: error:`` line holding ``fragment``, the crafted model never
+    loaded, and no run left RUNNING or FINISHED in the case's store."""
     assert not (database.parent / "marker").exists()  # the crafted model never loaded
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    ours = [line for line in result.stderr.splitlines() if not TF_STARTUP.match(line)]
-    assert len(ours) == 1 and ours[0].startswith("tfnn: error: "), result.stderr[-2000:]
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    ours = [line for line in stderr.splitlines() if not TF_STARTUP.match(line)]
+    assert len(ours) == 1 and ours[0].startswith("tfnn: error: "), stderr[-2000:]
     assert fragment in ours[0]
     if database.exists():  # most cases are refused before the store is even opened
         client = MlflowClient(f"sqlite:///{database}")
@@ -422,24 +419,79 @@ def test_bad_input_is_refused_in_one_line(outcomes, case):
         assert not [run for run in runs if run.info.status in ("RUNNING", "FINISHED")]
 
 
-def test_a_network_and_batch_too_big_for_memory_are_refused_before_the_run(tmp_path):
+def main_in(directory: Path, argv: list[str], env: dict[str, str], monkeypatch) -> int:
+    """``tfnn ARGV`` through ``cli.main`` in ``directory`` with ``env`` set, this process's
+    environment restored afterwards (the command sets defaults in it)."""
+    monkeypatch.chdir(directory)
+    # What MLFLOW_LOGGING_LEVEL=WARNING makes of MLflow's logger when the command imports it.
+    monkeypatch.setattr(logging.getLogger("mlflow"), "level", logging.WARNING)
+    saved = dict(os.environ)
+    os.environ.update(env)
+    mlflow.set_tracking_uri(None)  # MLFLOW_TRACKING_URI, as the command reads it
+    try:
+        return main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case != "unreachable Prefect"])
+def test_bad_input_is_refused_in_one_line(
+    case, small_mnist_dir, tmp_path, monkeypatch, capfd, prefect_harness
+):
+    database = tmp_path / "mlflow.db"
+    argv, extra, fragment = _command(case, tmp_path, small_mnist_dir, f"sqlite:///{database}")
+    capfd.readouterr()  # what making the case printed (MLflow creating a resume's store)
+    code = main_in(
+        tmp_path, argv, {"MLFLOW_TRACKING_URI": f"sqlite:///{database}", **extra}, monkeypatch
+    )
+    assert_refused(code, capfd.readouterr().err, fragment, database)
+
+
+@pytest.fixture(scope="module")
+def commands(small_mnist_dir, tmp_path_factory, prefect_harness) -> dict[str, tuple]:
+    """The ``IN_A_PROCESS`` cases, each run as its own ``tfnn`` process, four at a time:
+    case -> (exit code, stderr, expected fragment, the case's MLflow database file). The
+    first starts its own Prefect server in a new home, as on a new machine; the others use
+    the suite's server, as with ``PREFECT_API_URL`` set."""
+    from prefect.settings import PREFECT_API_URL
+
+    suite_server = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+    def run(case: str):
+        directory = tmp_path_factory.mktemp("case")
+        database = directory / "mlflow.db"
+        store = f"sqlite:///{database}"
+        argv, extra, fragment = _command(case, directory, small_mnist_dir, store)
+        server = {} if case == IN_A_PROCESS[0] else suite_server
+        prefect = {"PREFECT_HOME": str(directory / "prefect"), **server}
+        env = tfnn_env(**{"MLFLOW_TRACKING_URI": store, **prefect, **extra})
+        result = subprocess.run(
+            tfnn_command(*argv), cwd=directory, env=env, capture_output=True, text=True, timeout=600
+        )
+        return result.returncode, result.stderr, fragment, database
+
+    return run_each(IN_A_PROCESS, run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", IN_A_PROCESS)
+def test_the_command_refuses_bad_input_in_one_line(commands, case):
+    assert_refused(*commands[case])
+
+
+def test_a_network_and_batch_too_big_for_memory_are_refused_before_the_run(
+    tmp_path, monkeypatch, capfd, prefect_harness
+):
     # 60,000 rows of 784 + 65,536 + 10 units: about 60 GiB for one step's activations.
     data = write_mnist_dir(tmp_path / "data", train_count=60_000, test_count=10)
     flags = ["--data-dir", str(data), "--hidden-sizes", "65536", "--batch-size", "60000"]
     flags += ["--validation-fraction", "0"]
-    env = tfnn_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = subprocess.run(
-        tfnn_command("train", *flags),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    ours = [line for line in result.stderr.splitlines() if not TF_STARTUP.match(line)]
-    assert len(ours) == 1, result.stderr[-2000:]
-    assert ours[0].startswith(
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    assert main_in(tmp_path, ["train", *flags], env, monkeypatch) == 2
+    (line,) = capfd.readouterr().err.splitlines()
+    assert line.startswith(
         "tfnn: error: hidden_sizes 65536 with batch_size 60000: one training step needs at "
         "least 59.7 GiB"
     )

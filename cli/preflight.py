@@ -11,7 +11,6 @@ import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from unittest import mock
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -33,11 +32,11 @@ from tasks.locking import exclusive_lock
 from tasks.predict import check_model_uri, is_tracked_model_uri
 from tasks.runs import (
     CHECK_TIMEOUT_SECONDS,
-    QUICK_MLFLOW,
     ResumeError,
     champion_version,
     check_run_to_resume,
     hold_run_directory,
+    quick_mlflow,
     recorded_options,
 )
 from tasks.timeouts import check_timeouts
@@ -119,7 +118,7 @@ def check_tracking() -> None:
         )
     if not uri.startswith("sqlite:///"):
         try:
-            with mock.patch.dict(os.environ, QUICK_MLFLOW):
+            with quick_mlflow():
                 MlflowClient().search_experiments(max_results=1)
         except MlflowException as error:
             if error.get_http_status_code() in (401, 403):

@@ -48,6 +48,22 @@ KEPT_OPTIONS = ("model_name", "register_model")
 MLFLOW_UI_URL_ENV = "TFNN_MLFLOW_UI_URL"
 
 
+@contextmanager
+def quick_mlflow(quick: bool = True) -> Iterator[None]:
+    """In the block (if ``quick``), MLflow's requests get one try of ``CHECK_TIMEOUT_SECONDS``;
+    the environment is restored after it."""
+    saved = {name: os.environ.get(name) for name in QUICK_MLFLOW}
+    os.environ.update(QUICK_MLFLOW if quick else {})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def option_tags(options) -> dict[str, str]:
     """``RunOptions``' ``KEPT_OPTIONS`` as the run's tags (JSON values)."""
     return {OPTION_TAG_PREFIX + name: json.dumps(getattr(options, name)) for name in KEPT_OPTIONS}

@@ -9,7 +9,7 @@ DATA_TIMEOUT_ENV = "TFNN_DATA_TIMEOUT_SECONDS"
 UPLOAD_TIMEOUT_ENV = "TFNN_UPLOAD_TIMEOUT_SECONDS"
 REGISTRY_TIMEOUT_ENV = "TFNN_REGISTRY_TIMEOUT_SECONDS"
 FLOW_TIMEOUT_ENV = "TFNN_FLOW_TIMEOUT_SECONDS"
-# How long a deployment's run waits for its model's slot (flows.model_guard).
+# How long a deployment's run waits for its model's slot (flows.train's model_slot).
 MODEL_WAIT_ENV = "TFNN_MODEL_WAIT_SECONDS"
 DEFAULTS = {
     DATA_TIMEOUT_ENV: 1800.0,  # one attempt at downloading MNIST on a slow line

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from unittest import mock
 
 import mlflow
 import mlflow.tensorflow
@@ -31,10 +30,10 @@ from tasks.data import PreparedData
 from tasks.evaluate import Evaluation
 from tasks.runs import (
     ERROR_TAG,
-    QUICK_MLFLOW,
     code_version_tags,
     library_versions,
     mlflow_run_url,
+    quick_mlflow,
     reopen,
 )
 from tfnn.names import parameter_count
@@ -110,15 +109,15 @@ def end_failed_run(client: MlflowClient, run_id: str, error: BaseException) -> N
     # The tracking server may be why the run failed (MLflow's retries are spent): then one
     # quick try each, not another round of retries. If it stays away, the run stays RUNNING
     # there, to be resumed, and the original error is the one worth reporting.
-    quick = QUICK_MLFLOW if isinstance(error, MlflowException) else {}
-    with mock.patch.dict(os.environ, quick):
+    quick = isinstance(error, MlflowException)
+    with quick_mlflow(quick):
         try:
             client.set_tag(run_id, ERROR_TAG, "interrupted" if interrupted else one_line(error))
         except MlflowException:
-            quick = QUICK_MLFLOW
+            quick = True
     # Off this thread's run stack in any case: MLflow's exit hook ends a run left there as
     # FINISHED. ``end_run`` takes it off before it asks the server.
-    with suppress(MlflowException), mock.patch.dict(os.environ, quick):
+    with suppress(MlflowException), quick_mlflow(quick):
         mlflow.end_run("KILLED" if interrupted else "FAILED")
     if interrupted:  # the command's last line names the runs it killed
         error.add_note(f"MLflow run {run_id} KILLED, continue it with tfnn train --resume {run_id}")

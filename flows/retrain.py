@@ -2,8 +2,7 @@
 
 from prefect import flow, runtime
 
-from flows.model_guard import model_slot
-from flows.train import train_flow
+from flows.train import model_slot, train_flow
 from tasks.config import RunOptions, TrainConfig
 from tasks.data import load_data, prepare_data
 from tasks.data_check import changed_since_check, data_change, tag_data_event

@@ -13,7 +13,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from servers import VENV_BIN, free_port, start, stop, wait_for
 
-from flows.model_guard import model_limit_name, model_slot
+from flows.train import model_limit_name, model_slot
 
 # Subprocesses, real servers or signals: the slow lane.
 pytestmark = pytest.mark.slow
